@@ -1,0 +1,311 @@
+"""The `lukspack` command: parse options, call lukspack.ops, render progress, map exit codes.
+
+Exit codes: 0 success, 1 a LukspackError (one line on stderr), 2 usage error, 130 SIGINT,
+143 SIGTERM. Keys are read from files or standard input (`--key-file -`), never from arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from lukspack import __version__, ops
+from lukspack.errors import Interrupted, LukspackError
+from lukspack.keys import generate_dek, read_key_file, wipe, write_key_file
+
+KEY_FILE_HELP = "File holding the key (its whole content is the passphrase); '-' reads stdin."
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn | None]:
+    """A rich progress bar on stderr when it is a terminal; None (no output) otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    bar = Progress(TextColumn("{task.description:>8}"), BarColumn(), DownloadColumn(binary_units=True),
+                   TransferSpeedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done)
+
+    with bar:
+        yield update
+
+
+def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@contextmanager
+def key_from(path: str, *, dek_rules: bool) -> Iterator[bytearray]:
+    key = read_key_file(path, dek_rules=dek_rules)
+    try:
+        yield key
+    finally:
+        wipe(key)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lukspack")
+def cli() -> None:
+    """Turn a VM disk image into a LUKS-encrypted image, rootless, in one streaming pass."""
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def keygen(file: str) -> None:
+    """Write a new data encryption key: 32 random bytes, base64, one line, mode 0600."""
+    key = generate_dek()
+    try:
+        write_key_file(file, key)
+    finally:
+        wipe(key)
+    click.echo(f"wrote a 256-bit data encryption key to {file} (mode 0600)", err=True)
+
+
+input_format_option = click.option(
+    "--input-format", type=click.Choice(["raw", "vhd"]), default=None,
+    help="Input container format (default: detected from the content).")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--key-file", required=True, help=KEY_FILE_HELP + " Must be a valid DEK.")
+@click.option("--type", "luks_type", type=click.Choice(["luks1"]), default="luks1",
+              show_default=True, help="LUKS version.")
+@click.option("--hash", "hash_", default="sha256", show_default=True,
+              help="PBKDF2 and AF hash.")
+@click.option("--iter-time", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Milliseconds of PBKDF2 to unlock, calibrated as cryptsetup does.")
+@click.option("--pbkdf-force-iterations", type=click.IntRange(min=1000), default=None,
+              help="Use this PBKDF2 iteration count instead of calibrating.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Reopen the output with the key file and compare it with the source.")
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
+@input_format_option
+def encrypt(source: str, output: str, key_file: str, luks_type: str, hash_: str,
+            iter_time: int, pbkdf_force_iterations: int | None, verify: bool, force: bool,
+            as_json: bool, progress: bool, input_format: str | None) -> None:
+    """Encrypt SOURCE (raw or VHD) into a LUKS1 RAW image OUTPUT, aes-xts-plain64."""
+    opts = ops.EncryptOptions(luks_type=luks_type, hash=hash_, iter_time_ms=iter_time,
+                              force_iterations=pbkdf_force_iterations, verify=verify, force=force,
+                              input_format=input_format, output_digest=as_json)
+    with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
+        s = ops.encrypt(source, output, key, opts, bar)
+    emit(s, as_json, [
+        f"{output}: {s['type'].upper()} {s['cipher']} {s['key_bits']}-bit, "
+        f"{human(s['total_bytes'])} ({s['header_bytes']} header + {s['payload_bytes']} payload)",
+        f"source {source} ({s['source_format']}, {human(s['virtual_size'])}), "
+        f"sha256 {s['plaintext_sha256']}",
+        ("verified: decrypts to the source" if s["verified"] else "not verified (--no-verify)")
+        + f", {s['seconds']:.1f} s",
+    ])
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--key-file", required=True, help=KEY_FILE_HELP)
+@click.option("--source", type=click.Path(dir_okay=False), default=None,
+              help="Compare the decrypted payload with this image.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=True)
+@input_format_option
+def verify(image: str, key_file: str, source: str | None, as_json: bool, progress: bool,
+           input_format: str | None) -> None:
+    """Unlock IMAGE and decrypt its whole payload; with --source, compare with it."""
+    opts = ops.EncryptOptions(input_format=input_format)
+    with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
+        r = ops.verify(image, key, source, opts, bar)
+    line = f"{image}: key opens {r['type'].upper()} {r['cipher']}, payload sha256 " \
+           f"{r['plaintext_sha256']}"
+    emit(r, as_json, [line] + ([f"matches {source}"] if source else []))
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--key-file", required=True, help=KEY_FILE_HELP)
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=True)
+def decrypt(image: str, output: str, key_file: str, force: bool, as_json: bool,
+            progress: bool) -> None:
+    """Write the decrypted payload of IMAGE to OUTPUT as RAW (mode 0600)."""
+    with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
+        r = ops.decrypt(image, output, key, force=force, progress=bar)
+    emit(r, as_json, [f"{output}: {human(r['bytes'])} RAW, sha256 {r['plaintext_sha256']}"])
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@input_format_option
+def info(image: str, as_json: bool, input_format: str | None) -> None:
+    """Describe IMAGE: its format and sizes, VHD footer fields, or its LUKS header."""
+    d = ops.info(image, input_format)
+    emit(d, as_json, list(_info_lines(d)))
+
+
+def _info_lines(d: dict[str, Any], indent: str = "") -> Iterator[str]:
+    luks = d.get("luks")
+    if luks and luks.get("version") == 1:
+        yield from _luks1_dump(luks)
+        return
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield f"{indent}{k}:"
+            yield from _info_lines(v, indent + "  ")
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            yield f"{indent}{k}:"
+            for item in v:
+                yield from _info_lines(item, indent + "  ")
+        else:
+            yield f"{indent}{k}: {v}"
+
+
+def _hexgroups(h: str, per_line: int = 16, prefix: str = "\t") -> str:
+    pairs = [h[i : i + 2] for i in range(0, len(h), 2)]
+    rows = [" ".join(pairs[i : i + per_line]) + " " for i in range(0, len(pairs), per_line)]
+    return ("\n" + prefix).join(rows)
+
+
+def _luks1_dump(h: dict[str, Any]) -> Iterator[str]:
+    yield "LUKS header information"
+    yield ""
+    yield f"Version:       \t{h['version']}"
+    yield f"Cipher name:   \t{h['cipher_name']}"
+    yield f"Cipher mode:   \t{h['cipher_mode']}"
+    yield f"Hash spec:     \t{h['hash_spec']}"
+    yield f"Payload offset:\t{h['payload_offset']}"
+    yield f"MK bits:       \t{h['mk_bits']}"
+    yield f"MK digest:     \t{_hexgroups(h['mk_digest'], 20)}"
+    yield f"MK salt:       \t{_hexgroups(h['mk_salt'], 16, '               ' + chr(9))}"
+    yield f"MK iterations: \t{h['mk_iterations']}"
+    yield f"UUID:          \t{h['uuid']}"
+    yield ""
+    for s in h["key_slots"]:
+        if not s["enabled"]:
+            yield f"Key Slot {s['slot']}: DISABLED"
+            continue
+        yield f"Key Slot {s['slot']}: ENABLED"
+        yield f"\tIterations:         \t{s['iterations']}"
+        yield f"\tSalt:               \t{_hexgroups(s['salt'], 16, chr(9) * 7 + '      ')}"
+        yield f"\tKey material offset:\t{s['key_material_offset']}"
+        yield f"\tAF stripes:            \t{s['af_stripes']}"
+
+
+@cli.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@input_format_option
+def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -> None:
+    """Size of the encrypted image: the documented step 4 (RAW + header, whole MiB) done right."""
+    r = ops.size_report(source, luks_type, input_format)
+    lines = [
+        f"source bytes:  {r['source_bytes']}",
+        f"header bytes:  {r['header_bytes']} ({r['header_bytes'] // ops.MiB} MiB {luks_type} "
+        "header and key slots)",
+        f"payload bytes: {r['payload_bytes']} (source rounded up to a whole MiB)",
+        f"total bytes:   {r['total_bytes']}",
+        f"total MiB:     {r['total_mib']}",
+    ]
+    if not r["documented_fits"]:
+        lines.append(f"note: the documented 'RAW + 4 MiB' ({r['documented_total_bytes']} bytes) is "
+                     f"too small for a {luks_type} header of {r['header_bytes'] // ops.MiB} MiB: "
+                     "the image would be truncated")
+    emit(r, as_json, lines)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--to", type=click.Choice(["raw", "vhd-fixed"]), required=True)
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=True)
+@input_format_option
+def convert(source: str, output: str, to: str, force: bool, as_json: bool, progress: bool,
+            input_format: str | None) -> None:
+    """Convert SOURCE to RAW or a fixed VHD (the documented steps 1 and 2)."""
+    opts = ops.EncryptOptions(input_format=input_format)
+    with progress_bar(progress) as bar:
+        r = ops.convert(source, output, to, force=force, opts=opts, progress=bar)
+    emit(r, as_json, [f"{output}: {to}, {human(r['virtual_size'])} from {r['source_format']}"])
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    click.echo(f"lukspack: warning: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    warnings.showwarning = _show_warning
+    code = 0
+    try:
+        cli.main(args=argv, prog_name="lukspack", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("lukspack: interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("lukspack: interrupted", err=True)
+        code = 130
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except LukspackError as e:
+        click.echo(f"lukspack: error: {e}", err=True)
+        code = e.exit_code
+    except BrokenPipeError:
+        code = 1
+    except MemoryError:
+        click.echo("lukspack: error: out of memory", err=True)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code in (130, 143):
+        os._exit(code)  # worker threads may still be finishing a chunk
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Block cipher modes for LUKS payloads and key slots, built on OpenSSL's AES."""

@@ -1,0 +1,46 @@
+"""One exception base; the CLI turns any LukspackError into one line on stderr and exit code 1.
+
+Every message names the file, the field and the bad value where there is one.
+"""
+
+from __future__ import annotations
+
+
+class LukspackError(Exception):
+    """Base of every error lukspack reports to a user."""
+
+    exit_code = 1
+
+
+class FormatError(LukspackError):
+    """An input is malformed: bad magic, checksum, size, offset, table."""
+
+
+class UnsupportedError(LukspackError):
+    """An input is valid but uses a feature lukspack does not handle."""
+
+
+class KeyFileError(LukspackError):
+    """A key file cannot be read or breaks the DEK rules."""
+
+
+class WrongKeyError(LukspackError):
+    """No key slot opens with the given passphrase."""
+
+
+class OutputError(LukspackError):
+    """The output cannot be created: exists, is the source, no space, no permission."""
+
+
+class VerifyError(LukspackError):
+    """The written image does not decrypt to the source."""
+
+
+class Interrupted(LukspackError):
+    """Work stopped by a signal; exit code 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum

@@ -1,0 +1,106 @@
+"""The one reader interface every input format implements.
+
+A DiskImage is the virtual disk a container describes: `virtual_size` bytes, read with
+`read_into(offset, buf)`, which fills buf completely (unallocated ranges read as zeros without
+touching the file). `extents()` lists which ranges hold data, so sparse sources cost what their
+data costs. The pipeline never knows which format it reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lukspack.errors import FormatError
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    length: int
+    allocated: bool  # False: reads as zeros and costs no I/O
+
+
+class DiskImage:
+    """Base class; subclasses set format_name, virtual_size and implement _read_allocated."""
+
+    format_name = "?"
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.file_size = os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+        self.virtual_size = 0
+        self.bytes_read = 0  # what actually came from the file: proves holes cost nothing
+
+    # -- the interface -------------------------------------------------------------------------
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill buf with the virtual disk's bytes at offset; past the end reads as zeros."""
+        mv = memoryview(buf).cast("B")
+        end = offset + len(mv)
+        pos = offset
+        for ext in self.extents(offset, end):
+            lo, hi = max(ext.offset, offset), min(ext.offset + ext.length, end)
+            if lo >= hi:
+                continue
+            if lo > pos:
+                mv[pos - offset : lo - offset] = bytes(lo - pos)
+            view = mv[lo - offset : hi - offset]
+            if ext.allocated:
+                self._read_allocated(lo, view)
+            else:
+                view[:] = bytes(len(view))
+            pos = hi
+        if pos < end:
+            mv[pos - offset :] = bytes(end - pos)
+
+    def extents(self, start: int = 0, end: int | None = None) -> Iterator[Extent]:
+        """Ranges of the virtual disk between start and end, in order, covering it."""
+        end = self.virtual_size if end is None else min(end, self.virtual_size)
+        if start < end:
+            yield Extent(start, end - start, True)
+
+    def allocated_size(self) -> int:
+        return sum(e.length for e in self.extents() if e.allocated)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "format": self.format_name,
+            "virtual_size": self.virtual_size,
+            "allocated_size": self.allocated_size(),
+            "file_size": self.file_size,
+        }
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DiskImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def _read_allocated(self, offset: int, view: memoryview) -> None:
+        """Fill view with allocated data at virtual offset (within one allocated extent)."""
+        raise NotImplementedError
+
+    def pread_exact(self, file_offset: int, view: memoryview, what: str = "data") -> None:
+        """Read len(view) bytes of the file at file_offset or raise a FormatError naming them."""
+        got = 0
+        while got < len(view):
+            n = os.preadv(self.fd, [view[got:]], file_offset + got)
+            if n == 0:
+                raise FormatError(f"{self.path}: {what} at offset {file_offset + got} is past the "
+                                  f"end of the file (size {self.file_size})")
+            got += n
+        self.bytes_read += got
+
+    def pread(self, file_offset: int, size: int, what: str = "data") -> bytes:
+        buf = bytearray(size)
+        self.pread_exact(file_offset, memoryview(buf), what)
+        return bytes(buf)

@@ -1,0 +1,1 @@
+"""LUKS containers: headers, key slots, the anti-forensic splitter and key derivation."""

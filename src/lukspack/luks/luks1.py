@@ -1,0 +1,244 @@
+"""LUKS1 on-disk format (big-endian): header, key slots, format and unlock.
+
+Layout written by lukspack, as `cryptsetup luksFormat --type luks1` lays it out: the 592-byte
+header in a 4096-byte sector-aligned area, eight key slots of keyBytes * 4000 bytes of AF material
+each aligned to 4096 bytes (for a 512-bit key: sectors 8, 512, 1016, ... 3536), and the payload at
+sector 4096 (2 MiB), aligned to 1 MiB.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import struct
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from lukspack.crypto.sector import check_cipher, make_sector_cipher
+from lukspack.errors import FormatError, UnsupportedError, WrongKeyError
+from lukspack.keys import wipe
+from lukspack.luks import af
+from lukspack.luks.kdf import check_hash, pbkdf2
+
+MAGIC = b"LUKS\xba\xbe"
+VERSION = 1
+SECTOR = 512
+NUM_KEYS = 8
+STRIPES = 4000
+KEY_ACTIVE = 0x00AC71F3
+KEY_DISABLED = 0x0000DEAD
+DIGEST_SIZE = 20
+SALT_SIZE = 32
+ALIGN_KEYSLOTS = 4096
+ALIGN_PAYLOAD = 1 << 20
+HEADER_SIZE = 592
+
+# magic, version, cipherName, cipherMode, hashSpec, payloadOffset, keyBytes, mkDigest,
+# mkDigestSalt, mkDigestIterations, uuid
+_PHDR = struct.Struct(">6sH32s32s32sII20s32sI40s")
+# active, passwordIterations, passwordSalt, keyMaterialOffset, stripes
+_KEYBLOCK = struct.Struct(">II32sII")
+assert _PHDR.size + NUM_KEYS * _KEYBLOCK.size == HEADER_SIZE
+
+
+@dataclass
+class KeySlot:
+    active: int = KEY_DISABLED
+    iterations: int = 0
+    salt: bytes = bytes(SALT_SIZE)
+    key_material_offset: int = 0  # sectors
+    stripes: int = STRIPES
+
+    @property
+    def enabled(self) -> bool:
+        return self.active == KEY_ACTIVE
+
+
+@dataclass
+class Luks1Header:
+    cipher_name: str
+    cipher_mode: str
+    hash_spec: str
+    payload_offset: int  # sectors
+    key_bytes: int
+    mk_digest: bytes
+    mk_digest_salt: bytes
+    mk_digest_iterations: int
+    uuid: str
+    slots: list[KeySlot] = field(default_factory=list)
+    version: int = VERSION
+
+    def pack(self) -> bytes:
+        out = _PHDR.pack(
+            MAGIC, self.version, self.cipher_name.encode(), self.cipher_mode.encode(),
+            self.hash_spec.encode(), self.payload_offset, self.key_bytes, self.mk_digest,
+            self.mk_digest_salt, self.mk_digest_iterations, self.uuid.encode(),
+        )
+        for s in self.slots:
+            out += _KEYBLOCK.pack(s.active, s.iterations, s.salt, s.key_material_offset, s.stripes)
+        return out
+
+    @classmethod
+    def unpack(cls, data: bytes, name: str = "image") -> Luks1Header:
+        """Parse and validate a LUKS1 header as strictly as cryptsetup's LUKS_read_phdr."""
+        if len(data) < HEADER_SIZE:
+            raise FormatError(f"{name}: LUKS1 header truncated ({len(data)} < {HEADER_SIZE} bytes)")
+        f = _PHDR.unpack_from(data)
+        if f[0] != MAGIC:
+            raise FormatError(f"{name}: not a LUKS header (magic {f[0]!r})")
+        if f[1] != VERSION:
+            raise FormatError(f"{name}: LUKS version {f[1]} where 1 was expected")
+        hdr = cls(
+            cipher_name=_cstr(f[2], name, "cipherName"), cipher_mode=_cstr(f[3], name, "cipherMode"),
+            hash_spec=_cstr(f[4], name, "hashSpec"), payload_offset=f[5], key_bytes=f[6],
+            mk_digest=f[7], mk_digest_salt=f[8], mk_digest_iterations=f[9],
+            uuid=_cstr(f[10], name, "uuid"), version=f[1],
+        )
+        for i in range(NUM_KEYS):
+            s = KeySlot(*_KEYBLOCK.unpack_from(data, _PHDR.size + i * _KEYBLOCK.size))
+            hdr.slots.append(s)
+        hdr.validate(name)
+        return hdr
+
+    def validate(self, name: str) -> None:
+        if not 1 <= self.key_bytes <= 512:  # cryptsetup: LUKS_MAX_KEY_BYTES? keys up to 4096 bits
+            raise FormatError(f"{name}: LUKS1 keyBytes {self.key_bytes} is out of range")
+        if self.mk_digest_iterations < 1:
+            raise FormatError(f"{name}: LUKS1 mkDigestIterations is {self.mk_digest_iterations}")
+        try:
+            check_hash(self.hash_spec)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{name}: {e}") from None
+        material = self.material_sectors()
+        header_end = -(-HEADER_SIZE // SECTOR)
+        spans: list[tuple[int, int, int]] = []
+        for i, s in enumerate(self.slots):
+            if s.active not in (KEY_ACTIVE, KEY_DISABLED):
+                raise FormatError(f"{name}: LUKS1 key slot {i} has invalid state 0x{s.active:08x}")
+            if s.stripes != STRIPES:
+                raise FormatError(f"{name}: LUKS1 key slot {i} has {s.stripes} stripes, not {STRIPES}")
+            if s.key_material_offset < header_end:
+                raise FormatError(f"{name}: LUKS1 key slot {i} material offset "
+                                  f"{s.key_material_offset} overlaps the header")
+            end = s.key_material_offset + material
+            if self.payload_offset and end > self.payload_offset:
+                raise FormatError(f"{name}: LUKS1 key slot {i} material (sectors "
+                                  f"{s.key_material_offset}..{end}) overlaps the payload at "
+                                  f"sector {self.payload_offset}")
+            spans.append((s.key_material_offset, end, i))
+        spans.sort()
+        for (a0, a1, i), (b0, _b1, j) in zip(spans, spans[1:], strict=False):
+            if b0 < a1:
+                raise FormatError(f"{name}: LUKS1 key slots {i} and {j} overlap "
+                                  f"(sector {b0} < {a1})")
+
+    def material_sectors(self) -> int:
+        return -(-self.key_bytes * STRIPES // SECTOR)
+
+    @property
+    def cipher(self) -> str:
+        return f"{self.cipher_name}-{self.cipher_mode}"
+
+    def unlock(self, read_at, passphrase: bytes | bytearray, name: str = "image") -> bytearray:
+        """Return the volume key opened by passphrase; read_at(offset, size) reads the image."""
+        check_cipher(self.cipher_name, self.cipher_mode, self.key_bytes)
+        for i, s in enumerate(self.slots):
+            if not s.enabled:
+                continue
+            material = bytearray(read_at(s.key_material_offset * SECTOR,
+                                         self.material_sectors() * SECTOR))
+            if len(material) != self.material_sectors() * SECTOR:
+                raise FormatError(f"{name}: LUKS1 key slot {i} material is truncated")
+            key = self.open_slot(i, passphrase, material)
+            if key is not None:
+                return key
+        raise WrongKeyError(f"{name}: no key slot opens with this key file")
+
+    def open_slot(self, index: int, passphrase: bytes | bytearray,
+                  material: bytearray) -> bytearray | None:
+        s = self.slots[index]
+        slot_key = pbkdf2(self.hash_spec, passphrase, s.salt, s.iterations, self.key_bytes)
+        try:
+            c = make_sector_cipher(self.cipher_name, self.cipher_mode, slot_key)
+            c.decrypt(material, 0)
+            c.close()
+        finally:
+            wipe(slot_key)
+        key = af.merge(material, self.key_bytes, s.stripes, self.hash_spec)
+        wipe(material)
+        if self.digest_matches(key):
+            return key
+        wipe(key)
+        return None
+
+    def digest_matches(self, key: bytes | bytearray) -> bool:
+        d = pbkdf2(self.hash_spec, key, self.mk_digest_salt, self.mk_digest_iterations, DIGEST_SIZE)
+        return hmac.compare_digest(bytes(d), self.mk_digest)
+
+
+def _cstr(raw: bytes, name: str, fieldname: str) -> str:
+    text = raw.split(b"\0", 1)[0]
+    try:
+        return text.decode("ascii")
+    except UnicodeDecodeError:
+        raise FormatError(f"{name}: LUKS1 {fieldname} is not ASCII ({text!r})") from None
+
+
+def slot_layout(key_bytes: int) -> tuple[list[int], int]:
+    """Key-material offsets of the 8 slots and the payload offset, in sectors, as cryptsetup."""
+    material = -(-key_bytes * STRIPES // ALIGN_KEYSLOTS) * ALIGN_KEYSLOTS // SECTOR
+    first = ALIGN_KEYSLOTS // SECTOR
+    offsets = [first + i * material for i in range(NUM_KEYS)]
+    end = (offsets[-1] + material) * SECTOR
+    payload = -(-end // ALIGN_PAYLOAD) * ALIGN_PAYLOAD // SECTOR
+    return offsets, payload
+
+
+def header_bytes(key_bytes: int = 64) -> int:
+    """Bytes before the payload of a lukspack/cryptsetup LUKS1 image."""
+    return slot_layout(key_bytes)[1] * SECTOR
+
+
+def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *,
+                 slot_iterations: int, digest_iterations: int, hash_spec: str = "sha256",
+                 cipher_name: str = "aes", cipher_mode: str = "xts-plain64",
+                 uuid: str | None = None) -> bytes:
+    """The whole header area (header + 8 slot areas, slot 0 active), payloadOffset*512 bytes."""
+    key_bytes = len(volume_key)
+    check_cipher(cipher_name, cipher_mode, key_bytes)
+    hash_spec = check_hash(hash_spec)
+    offsets, payload = slot_layout(key_bytes)
+    digest_salt = secrets.token_bytes(SALT_SIZE)
+    mk_digest = bytes(pbkdf2(hash_spec, volume_key, digest_salt, digest_iterations, DIGEST_SIZE))
+    hdr = Luks1Header(
+        cipher_name=cipher_name, cipher_mode=cipher_mode, hash_spec=hash_spec,
+        payload_offset=payload, key_bytes=key_bytes, mk_digest=mk_digest,
+        mk_digest_salt=digest_salt, mk_digest_iterations=digest_iterations,
+        uuid=uuid or str(uuidlib.uuid4()),
+        slots=[KeySlot(key_material_offset=o) for o in offsets],
+    )
+    area = bytearray(payload * SECTOR)
+    set_slot(hdr, area, 0, volume_key, passphrase, slot_iterations)
+    return bytes(area)
+
+
+def set_slot(hdr: Luks1Header, area: bytearray, index: int, volume_key: bytes | bytearray,
+             passphrase: bytes | bytearray, iterations: int) -> None:
+    """Fill key slot `index` of a header area in memory and repack the header into it."""
+    slot = hdr.slots[index]
+    slot.salt = secrets.token_bytes(SALT_SIZE)
+    slot.iterations = iterations
+    slot.active = KEY_ACTIVE
+    slot_key = pbkdf2(hdr.hash_spec, passphrase, slot.salt, iterations, hdr.key_bytes)
+    material = af.split(volume_key, slot.stripes, hdr.hash_spec)
+    material += bytes(hdr.material_sectors() * SECTOR - len(material))
+    try:
+        c = make_sector_cipher(hdr.cipher_name, hdr.cipher_mode, slot_key)
+        c.encrypt(material, 0)
+        c.close()
+    finally:
+        wipe(slot_key)
+    start = slot.key_material_offset * SECTOR
+    area[start : start + len(material)] = material
+    packed = hdr.pack()
+    area[: len(packed)] = packed

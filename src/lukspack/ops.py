@@ -1,0 +1,439 @@
+"""What each command does, as library functions: encrypt, verify, decrypt, convert, size, info.
+
+The CLI only parses options, calls these, renders progress and maps errors to exit codes.
+Progress is a callback `progress(phase, done_bytes, total_bytes)`; the library never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lukspack.errors import FormatError, LukspackError, VerifyError
+from lukspack.images import DiskImage, open_image
+from lukspack.keys import wipe
+from lukspack.luks import luks1
+from lukspack.luks.kdf import pbkdf2_cost
+from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
+from lukspack.output import AtomicOutput
+from lukspack.pipeline import CHUNK_SIZE, WORKERS, run_stream
+
+MiB = 1 << 20
+ProgressFn = Callable[[str, int, int], None]
+LUKS_TYPES = ("luks1",)
+_FLUSH_EVERY = 256 * MiB
+
+
+def round_up(n: int, unit: int = MiB) -> int:
+    return -(-n // unit) * unit
+
+
+@dataclass
+class EncryptOptions:
+    luks_type: str = "luks1"
+    hash: str = "sha256"
+    iter_time_ms: int = 2000
+    force_iterations: int | None = None
+    verify: bool = True
+    force: bool = False
+    input_format: str | None = None
+    output_digest: bool = False  # SHA-256 of the whole output file, for --json
+    chunk_size: int = CHUNK_SIZE
+    workers: int = WORKERS
+
+
+def _progress(progress: ProgressFn | None, phase: str, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    progress(phase, 0, total)
+    return lambda done: progress(phase, done, total)
+
+
+def _background(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run fn in a thread now; the returned join() gives its result or raises its exception."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread by join()
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join() -> Any:
+        while t.is_alive():
+            t.join(0.1)  # short waits keep the main thread responsive to signals
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    return join
+
+
+class _Flusher:
+    """Starts write-back of the output every few hundred MiB so the final fsync is short."""
+
+    def __init__(self, out: AtomicOutput) -> None:
+        self.out, self.pending, self.thread = out, 0, None
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= _FLUSH_EVERY and (self.thread is None or not self.thread.is_alive()):
+            self.pending = 0
+            fd = self.out.fd
+            self.thread = threading.Thread(target=_quiet_fdatasync, args=(fd,), daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _quiet_fdatasync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # the final fsync in commit() reports errors
+
+
+def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
+            progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Encrypt a disk image into a LUKS1 raw image at output; returns a summary."""
+    started = time.perf_counter()
+    if opts.luks_type not in LUKS_TYPES:
+        raise LukspackError(f"--type {opts.luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
+    with open_image(source, opts.input_format) as image:
+        volume_key = bytearray(secrets.token_bytes(64))
+        try:
+            return _encrypt(image, output, passphrase, volume_key, opts, progress, started)
+        finally:
+            wipe(volume_key)
+
+
+def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
+             volume_key: bytearray, opts: EncryptOptions, progress: ProgressFn | None,
+             started: float) -> dict[str, Any]:
+    payload_size = round_up(image.virtual_size)
+    header_size = luks1.header_bytes(len(volume_key))
+    total = header_size + payload_size
+
+    def make_header() -> bytes:
+        cost = pbkdf2_cost(opts.hash, len(volume_key), opts.iter_time_ms, opts.force_iterations)
+        return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
+                                  digest_iterations=cost.digest_iterations, hash_spec=opts.hash)
+
+    with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
+        out.preallocate(total)
+        header_join = _background(make_header)  # key derivation overlaps the payload
+        flusher = _Flusher(out)
+        plain_hash = hashlib.sha256()
+
+        def write(offset: int, data: memoryview, _meta: Any) -> None:
+            out.pwrite(header_size + offset, data)
+            flusher.wrote(len(data))
+
+        def transform_factory() -> Callable[[memoryview, int], None]:
+            from lukspack.crypto.xts import XtsCipher
+
+            cipher = XtsCipher(volume_key)
+            return lambda buf, off: cipher.encrypt(buf, off // 512)
+
+        hashed = _Hashed(plain_hash, image.virtual_size)
+        run_stream(payload_size, hashed.read(image.read_into), write,
+                   transform_factory=transform_factory, chunk_size=opts.chunk_size,
+                   workers=opts.workers, progress=_progress(progress, "encrypt", payload_size))
+        header = header_join()
+        out.pwrite(0, header)
+        flusher.join()
+        summary: dict[str, Any] = {
+            "source": image.path,
+            "source_format": image.format_name,
+            "output": output,
+            "type": "luks1",
+            "cipher": "aes-xts-plain64",
+            "key_bits": len(volume_key) * 8,
+            "virtual_size": image.virtual_size,
+            "source_bytes_read": image.bytes_read,
+            "header_bytes": header_size,
+            "payload_offset": header_size,
+            "payload_bytes": payload_size,
+            "total_bytes": total,
+            "plaintext_sha256": plain_hash.hexdigest(),
+        }
+        fsync_join = _background(out.fsync)  # durable write-back overlaps verification
+        if opts.verify:
+            digests = verify_written(out.tmp, passphrase, volume_key, image.virtual_size,
+                                     opts, progress, header if opts.output_digest else None)
+            if digests["plaintext_sha256"] != summary["plaintext_sha256"]:
+                raise VerifyError(f"{output}: verification failed: the payload decrypts to "
+                                  f"sha256 {digests['plaintext_sha256']}, the source has "
+                                  f"{summary['plaintext_sha256']}")
+            summary["verified"] = True
+            summary["output_sha256"] = digests.get("output_sha256")
+        else:
+            summary["verified"] = False
+            if opts.output_digest:
+                summary["output_sha256"] = _file_sha256(out.fd, total, progress)
+        fsync_join()
+        out.commit()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+class _Hashed:
+    """Wraps a reader so the plaintext digest covers exactly the source's virtual bytes."""
+
+    def __init__(self, h: Any, limit: int) -> None:
+        self.h, self.limit = h, limit
+
+    def read(self, inner: Callable[[int, memoryview], None]) -> Callable[[int, memoryview], None]:
+        def read(offset: int, view: memoryview) -> None:
+            inner(offset, view)
+            if offset < self.limit:
+                self.h.update(view[: self.limit - offset])
+
+        return read
+
+
+def verify_written(path: str, passphrase: bytes | bytearray, volume_key: bytes | bytearray,
+                   virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None,
+                   header: bytes | None) -> dict[str, Any]:
+    """Reopen a just-written image: unlock it with the key file (in a thread) while the payload
+    is read back and decrypted; both must agree with what was written."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        vol = open_luks(path, fd)
+
+        def unlock_matches() -> bool:
+            key = vol.unlock(passphrase)
+            try:
+                return hmac.compare_digest(bytes(key), bytes(volume_key))
+            finally:
+                wipe(key)
+
+        unlock_join = _background(unlock_matches)
+        out_hash = None
+        if header is not None:
+            out_hash = hashlib.sha256(header)
+        result = decrypt_stream(vol, fd, volume_key, virtual_size, opts, progress, "verify",
+                                in_hash=out_hash)
+        if not unlock_join():
+            raise VerifyError(f"{path}: verification failed: the key file opens a different key")
+        if out_hash is not None:
+            result["output_sha256"] = out_hash.hexdigest()
+        return result
+    finally:
+        os.close(fd)
+
+
+def decrypt_stream(vol: LuksVolume, fd: int, volume_key: bytes | bytearray, plain_size: int,
+                   opts: EncryptOptions, progress: ProgressFn | None, phase: str,
+                   sink: Callable[[int, memoryview], None] | None = None,
+                   in_hash: Any = None) -> dict[str, Any]:
+    """Decrypt a payload; hash its first plain_size bytes, check the rest decrypts to zeros."""
+    plain_hash = hashlib.sha256()
+    nonzero_padding = [0]
+    base = vol.payload_offset
+    size = vol.payload_size
+
+    def read(offset: int, view: memoryview) -> None:
+        n = os.preadv(fd, [view], base + offset)
+        if n != len(view):
+            raise FormatError(f"{vol.path}: payload truncated at offset {base + offset + n}")
+
+    def write(offset: int, data: memoryview, _meta: Any) -> None:
+        keep = max(0, min(len(data), plain_size - offset))
+        if keep:
+            plain_hash.update(data[:keep])
+        if keep < len(data) and np.frombuffer(data[keep:], dtype=np.uint8).any():
+            nonzero_padding[0] += 1
+        if sink is not None:
+            sink(offset, data)
+
+    def transform_factory() -> Callable[[memoryview, int], None]:
+        cipher = vol.sector_cipher(volume_key)
+        return lambda buf, off: cipher.decrypt(buf, off // 512)
+
+    run_stream(size, read, write, transform_factory=transform_factory, in_hash=in_hash,
+               chunk_size=opts.chunk_size, workers=opts.workers,
+               progress=_progress(progress, phase, size))
+    if nonzero_padding[0]:
+        raise VerifyError(f"{vol.path}: the padding after byte {plain_size} does not decrypt to "
+                          "zeros")
+    return {"plaintext_sha256": plain_hash.hexdigest(), "payload_bytes": size}
+
+
+def _file_sha256(fd: int, size: int, progress: ProgressFn | None) -> str:
+    h = hashlib.sha256()
+
+    def read(offset: int, view: memoryview) -> None:
+        os.preadv(fd, [view], offset)
+
+    run_stream(size, read, lambda o, d, m: None, in_hash=h,
+               progress=_progress(progress, "digest", size))
+    return h.hexdigest()
+
+
+def image_sha256(image: DiskImage, progress: ProgressFn | None = None,
+                 opts: EncryptOptions | None = None) -> str:
+    opts = opts or EncryptOptions()
+    h = hashlib.sha256()
+    run_stream(image.virtual_size, image.read_into, lambda o, d, m: None, in_hash=h,
+               chunk_size=opts.chunk_size, progress=_progress(progress, "source", image.virtual_size))
+    return h.hexdigest()
+
+
+def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = None,
+           opts: EncryptOptions | None = None, progress: ProgressFn | None = None
+           ) -> dict[str, Any]:
+    """Unlock an image and decrypt its whole payload; with source, compare with it."""
+    opts = opts or EncryptOptions()
+    started = time.perf_counter()
+    fd, vol = open_luks_path(image_path)
+    try:
+        key = vol.unlock(passphrase)
+        try:
+            result: dict[str, Any] = {"image": image_path, "type": f"luks{vol.version}",
+                                      "cipher": vol.cipher}
+            if source is None:
+                d = decrypt_stream(vol, fd, key, vol.payload_size, opts, progress, "verify")
+                result.update(d)
+            else:
+                with open_image(source, opts.input_format) as src:
+                    if src.virtual_size > vol.payload_size:
+                        raise VerifyError(f"{image_path}: payload ({vol.payload_size} bytes) is "
+                                          f"smaller than the source ({src.virtual_size} bytes)")
+                    want = image_sha256(src, progress, opts)
+                    d = decrypt_stream(vol, fd, key, src.virtual_size, opts, progress, "verify")
+                result.update(d)
+                result["source_sha256"] = want
+                if d["plaintext_sha256"] != want:
+                    raise VerifyError(f"{image_path}: does not decrypt to {source} (sha256 "
+                                      f"{d['plaintext_sha256']} != {want})")
+            result["matches_source"] = source is not None
+        finally:
+            wipe(key)
+    finally:
+        os.close(fd)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, force: bool = False,
+            opts: EncryptOptions | None = None, progress: ProgressFn | None = None
+            ) -> dict[str, Any]:
+    """Write the decrypted payload of a LUKS image as a RAW file (mode 0600: it is plaintext)."""
+    opts = opts or EncryptOptions()
+    fd, vol = open_luks_path(image_path)
+    try:
+        key = vol.unlock(passphrase)
+        try:
+            with AtomicOutput(output, force=force, sources=(image_path,), mode=0o600) as out:
+                out.truncate(vol.payload_size)
+                d = decrypt_stream(vol, fd, key, vol.payload_size, opts, progress, "decrypt",
+                                   sink=_sparse_writer(out))
+                out.commit()
+        finally:
+            wipe(key)
+    finally:
+        os.close(fd)
+    return {"image": image_path, "output": output, "bytes": vol.payload_size, **d}
+
+
+def _sparse_writer(out: AtomicOutput, base: int = 0) -> Callable[[int, memoryview], None]:
+    """Write a chunk unless it is all zeros (the file was sized first, so holes read as zeros)."""
+
+    def write(offset: int, data: memoryview) -> None:
+        if len(data) % 8 == 0 and not np.frombuffer(data, dtype=np.uint64).any():
+            return
+        out.pwrite(base + offset, data)
+
+    return write
+
+
+def convert(source: str, output: str, to: str, *, force: bool = False,
+            opts: EncryptOptions | None = None, progress: ProgressFn | None = None
+            ) -> dict[str, Any]:
+    """Write the source's virtual disk as RAW or as a fixed VHD (disk + 512-byte footer)."""
+    from lukspack.images.vhd import make_footer
+
+    opts = opts or EncryptOptions()
+    if to not in ("raw", "vhd-fixed"):
+        raise LukspackError(f"--to {to} is not supported (use raw or vhd-fixed)")
+    with open_image(source, opts.input_format) as image:
+        size = image.virtual_size
+        if to == "vhd-fixed" and size % 512:
+            raise LukspackError(f"{source}: size {size} is not whole 512-byte sectors")
+        with AtomicOutput(output, force=force, sources=(source,)) as out:
+            extra = 512 if to == "vhd-fixed" else 0
+            out.truncate(size + extra)
+            sink = _sparse_writer(out)
+            run_stream(size, image.read_into, lambda o, d, m: sink(o, d),
+                       chunk_size=opts.chunk_size, progress=_progress(progress, "convert", size))
+            if extra:
+                out.pwrite(size, make_footer(size, unique_id=secrets.token_bytes(16),
+                                             timestamp=int(time.time()) - 946684800))
+            out.commit()
+        return {"source": source, "source_format": image.format_name, "output": output,
+                "format": to, "virtual_size": size, "bytes": size + extra}
+
+
+def size_report(source: str, luks_type: str = "luks1", input_format: str | None = None
+                ) -> dict[str, Any]:
+    """The documented step-4 arithmetic done right for this image and LUKS type."""
+    with open_image(source, input_format) as image:
+        raw = image.virtual_size
+    if luks_type == "luks1":
+        header = luks1.header_bytes(64)
+    elif luks_type == "luks2":
+        header = 16 * MiB
+    else:
+        raise LukspackError(f"--type {luks_type} is not supported (use luks1 or luks2)")
+    payload = round_up(raw)
+    total = header + payload
+    documented = round_up(raw + 4 * MiB)
+    return {
+        "source": source,
+        "type": luks_type,
+        "source_bytes": raw,
+        "header_bytes": header,
+        "payload_bytes": payload,
+        "total_bytes": total,
+        "total_mib": total // MiB,
+        "documented_total_bytes": documented,
+        "documented_fits": documented - header >= raw,
+    }
+
+
+def info(path: str, input_format: str | None = None) -> dict[str, Any]:
+    """Describe any supported image: a LUKS header like luksDump, or a disk image's layout."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+    if magic == luks1.MAGIC and input_format is None:
+        fd, vol = open_luks_path(path)
+        try:
+            return {"format": f"luks{vol.version}", "file_size": os.fstat(fd).st_size,
+                    "payload_offset": vol.payload_offset, "payload_bytes": vol.payload_size,
+                    "sector_size": vol.sector_size, "luks": vol.dump()}
+        finally:
+            os.close(fd)
+    with open_image(path, input_format) as image:
+        return image.info()
+
+
+__all__ = ["EncryptOptions", "encrypt", "verify", "decrypt", "convert", "size_report", "info",
+           "file_reader"]

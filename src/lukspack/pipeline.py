@@ -1,0 +1,127 @@
+"""The streaming engine: read -> transform -> write in chunks, overlapped across threads.
+
+    reader thread ──► [hasher thread] ──► transform pool (N threads) ──► caller's thread: write
+
+The reader fills chunk buffers from a bounded free list, so memory is `depth` chunks whatever the
+image size. The optional hasher digests plaintext in order before the in-place transform. The
+transform runs in worker threads (OpenSSL via ctypes and numpy release the GIL). The calling
+thread writes results in order, so an interrupt (KeyboardInterrupt, or the CLI's SIGTERM handler)
+lands there; it stops the other stages within one chunk and re-raises.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+CHUNK_SIZE = 4 << 20
+WORKERS = 2
+_POLL = 0.1
+
+Reader = Callable[[int, memoryview], None]
+Transform = Callable[[memoryview, int], Any]  # (chunk, offset) -> meta handed to the writer
+Writer = Callable[[int, memoryview, Any], None]
+Progress = Callable[[int], None]
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_stream(total: int, read: Reader, write: Writer, *,
+               transform_factory: Callable[[], Transform] | None = None,
+               in_hash: Any = None, out_hash: Any = None,
+               chunk_size: int = CHUNK_SIZE, workers: int = WORKERS,
+               progress: Progress | None = None) -> int:
+    """Stream `total` bytes from read() through a per-thread transform to write(), in order.
+
+    transform_factory() is called once per worker thread to build that thread's transform (so
+    each thread has its own cipher contexts and scratch buffers). in_hash and out_hash are
+    hashlib objects fed the data before and after the transform, in order.
+    """
+    depth = workers * 2 + 2
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(min(depth, max(1, -(-total // chunk_size)))):
+        free.put(bytearray(chunk_size))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    ready: queue.Queue[tuple[int, memoryview, bytearray, Future[Any] | None] | None] = \
+        queue.Queue(maxsize=depth)
+    local = threading.local()
+
+    def put(q: queue.Queue, item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def take_free() -> bytearray:
+        while not stop.is_set():
+            try:
+                return free.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        raise _Stop
+
+    def do_transform(view: memoryview, offset: int) -> Any:
+        fn = getattr(local, "fn", None)
+        if fn is None:
+            fn = local.fn = transform_factory()  # type: ignore[misc]
+        return fn(view, offset)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lukspack-x") \
+        if transform_factory else None
+
+    def produce() -> None:
+        try:
+            for offset in range(0, total, chunk_size):
+                buf = take_free()
+                view = memoryview(buf)[: min(chunk_size, total - offset)]
+                read(offset, view)
+                if in_hash is not None:
+                    in_hash.update(view)
+                fut = pool.submit(do_transform, view, offset) if pool else None
+                put(ready, (offset, view, buf, fut))
+            put(ready, None)
+        except _Stop:
+            pass
+        except BaseException as e:  # handed to the writer thread, which re-raises it
+            errors.append(e)
+            stop.set()
+
+    reader = threading.Thread(target=produce, name="lukspack-read", daemon=True)
+    reader.start()
+    done = 0
+    try:
+        while True:
+            try:
+                item = ready.get(timeout=_POLL)
+            except queue.Empty:
+                if errors:
+                    raise errors[0]
+                continue
+            if item is None:
+                break
+            offset, view, buf, fut = item
+            meta = fut.result() if fut is not None else None
+            if out_hash is not None:
+                out_hash.update(view)
+            write(offset, view, meta)
+            done += len(view)
+            free.put(buf)
+            if progress is not None:
+                progress(done)
+        if errors:
+            raise errors[0]
+    finally:
+        stop.set()
+        reader.join()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return done
