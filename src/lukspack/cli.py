@@ -33,8 +33,14 @@ def progress_bar(enabled: bool) -> Iterator[ops.ProgressFn | None]:
         yield None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     bar = Progress(TextColumn("{task.description:>8}"), BarColumn(), DownloadColumn(binary_units=True),
                    TransferSpeedColumn(), TimeRemainingColumn(),
@@ -224,7 +230,7 @@ def _luks1_dump(h: dict[str, Any]) -> Iterator[str]:
             continue
         yield f"Key Slot {s['slot']}: ENABLED"
         yield f"\tIterations:         \t{s['iterations']}"
-        yield f"\tSalt:               \t{_hexgroups(s['salt'], 16, chr(9) * 7 + '      ')}"
+        yield f"\tSalt:               \t{_hexgroups(s['salt'], 16, chr(9) + ' ' * 22 + chr(9))}"
         yield f"\tKey material offset:\t{s['key_material_offset']}"
         yield f"\tAF stripes:            \t{s['af_stripes']}"
 
@@ -256,18 +262,31 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -
 @cli.command()
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--to", type=click.Choice(["raw", "vhd-fixed"]), required=True)
+@click.option("--to", type=click.Choice(list(ops.CONVERT_TARGETS)), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--progress/--no-progress", default=True)
 @input_format_option
 def convert(source: str, output: str, to: str, force: bool, as_json: bool, progress: bool,
             input_format: str | None) -> None:
-    """Convert SOURCE to RAW or a fixed VHD (the documented steps 1 and 2)."""
+    """Convert SOURCE to RAW or VHD (fixed or dynamic): the documented steps 1 and 2."""
     opts = ops.EncryptOptions(input_format=input_format)
     with progress_bar(progress) as bar:
         r = ops.convert(source, output, to, force=force, opts=opts, progress=bar)
     emit(r, as_json, [f"{output}: {to}, {human(r['virtual_size'])} from {r['source_format']}"])
+
+
+@cli.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--size", "size_mib", type=click.IntRange(min=4, max=1 << 20), default=64,
+              show_default=True, help="Size in MiB.")
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
+def sample(output: str, size_mib: int, force: bool) -> None:
+    """Write a sample RAW disk (MBR, one Linux partition, data and holes) to try lukspack on."""
+    from lukspack.sample import write_sample
+
+    n = write_sample(output, size_mib, force=force)
+    click.echo(f"{output}: sample RAW disk of {human(n)}")
 
 
 # -- entry point -------------------------------------------------------------------------------

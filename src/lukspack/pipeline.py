@@ -104,7 +104,7 @@ def run_stream(total: int, read: Reader, write: Writer, *,
                 item = ready.get(timeout=_POLL)
             except queue.Empty:
                 if errors:
-                    raise errors[0]
+                    raise errors[0] from None
                 continue
             if item is None:
                 break

@@ -142,7 +142,7 @@ def xts_reference(key: bytes, data: bytes, first_iv: int, sector_size: int = 512
     out = bytearray()
     step = sector_size // 512
     for k in range(0, len(data), sector_size):
-        tweak = ((first_iv + (k // sector_size) * step)).to_bytes(16, "little")
+        tweak = (first_iv + (k // sector_size) * step).to_bytes(16, "little")
         c = Cipher(algorithms.AES(key), modes.XTS(tweak))
         op = c.decryptor() if decrypt else c.encryptor()
         out += op.update(data[k : k + sector_size]) + op.finalize()

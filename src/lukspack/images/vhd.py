@@ -27,6 +27,7 @@ BAT_UNUSED = 0xFFFFFFFF
 DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING = 2, 3, 4
 MAX_BLOCK_SIZE = 256 << 20
 MAX_BAT_ENTRIES = 1 << 26  # 64 Mi entries: 128 TiB of 2 MiB blocks, 256 MiB of BAT
+CREATOR = b"win "  # see make_footer
 DISK_TYPES = {0: "none", 2: "fixed", 3: "dynamic", 4: "differencing"}
 
 # cookie, features, file_format_version, data_offset, time_stamp, creator_application,
@@ -62,13 +63,26 @@ def parse_footer(data: bytes) -> dict[str, Any] | None:
 
 def make_footer(size: int, disk_type: int = DISK_FIXED, data_offset: int = 0xFFFFFFFFFFFFFFFF,
                 unique_id: bytes = bytes(16), timestamp: int = 0) -> bytes:
-    """A VHD footer for a disk of `size` bytes (used by `convert --to vhd-fixed`)."""
+    """A VHD footer for a disk of `size` bytes.
+
+    The creator is written as 'win ' (Hyper-V) on purpose: readers such as qemu decide by the
+    creator whether the size is current_size or the CHS geometry, and only for Hyper-V-style
+    creators do they trust current_size, which is the true size of any disk lukspack writes.
+    """
     cyl, heads, spt = chs_geometry(size // SECTOR)
-    fields = [FOOTER_COOKIE, 2, 0x00010000, data_offset, timestamp, b"lkpk", 0x00010000, b"Wi2k",
+    fields = [FOOTER_COOKIE, 2, 0x00010000, data_offset, timestamp, CREATOR, 0x000A0000, b"Wi2k",
               size, size, cyl, heads, spt, disk_type, 0, unique_id, 0]
     raw = FOOTER.pack(*fields)
     fields[14] = vhd_checksum(raw, _CHECKSUM_AT_FOOTER)
     return FOOTER.pack(*fields)
+
+
+def make_dynamic_header(table_offset: int, entries: int, block_size: int) -> bytes:
+    fields = [DYNAMIC_COOKIE, 0xFFFFFFFFFFFFFFFF, table_offset, 0x00010000, entries, block_size,
+              0, bytes(16), 0, 0, bytes(512), bytes(192)]
+    raw = DYN_HEADER.pack(*fields)
+    fields[6] = vhd_checksum(raw, _CHECKSUM_AT_DYN)
+    return DYN_HEADER.pack(*fields)
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:

@@ -127,7 +127,7 @@ class Luks1Header:
                                   f"sector {self.payload_offset}")
             spans.append((s.key_material_offset, end, i))
         spans.sort()
-        for (a0, a1, i), (b0, _b1, j) in zip(spans, spans[1:], strict=False):
+        for (_a0, a1, i), (b0, _b1, j) in zip(spans, spans[1:], strict=False):
             if b0 < a1:
                 raise FormatError(f"{name}: LUKS1 key slots {i} and {j} overlap "
                                   f"(sector {b0} < {a1})")

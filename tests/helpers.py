@@ -1,0 +1,115 @@
+"""Test helpers: the CLI as a subprocess, real peer tools, and pattern disk images.
+
+Peers (qemu-img, cryptsetup) are required, never skipped: `scripts/test.sh` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+MiB = 1 << 20
+FAST = ["--pbkdf-force-iterations", "1000"]  # tests do not spend 2 s per key slot
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail(f"{name} is required (scripts/test.sh installs qemu-utils and cryptsetup-bin)")
+    return path
+
+
+def run(cmd: list[str], *, input: bytes | None = None, check: bool = True, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    p = subprocess.run(cmd, input=input, capture_output=True, cwd=cwd, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}:\n{p.stdout.decode()}\n"
+                             f"{p.stderr.decode()}")
+    return p
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Cli:
+    """Runs `python -m lukspack` from this checkout's src/ in a working directory."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def __call__(self, *args: str, input: bytes | None = None, check: bool = True,
+                 ) -> subprocess.CompletedProcess[bytes]:
+        return run([sys.executable, "-m", "lukspack", *map(str, args)], input=input,
+                   check=check, cwd=self.cwd, env=cli_env())
+
+    def fails(self, *args: str, code: int = 1, input: bytes | None = None) -> str:
+        """Run a command that must fail with `code` and one line on stderr; return that line."""
+        p = self(*args, input=input, check=False)
+        err = p.stderr.decode()
+        assert p.returncode == code, f"exit {p.returncode}, stderr: {err}"
+        assert "Traceback" not in err, err
+        if code == 1:
+            assert err.count("\n") == 1 and err.startswith("lukspack: error: "), repr(err)
+        return err.strip()
+
+
+def pattern_disk(path: Path, mib: int, *, tail: int = 0, seed: int = 1) -> Path:
+    """A raw disk: MiB i is byte i repeated (i % 4 == 1: random data; i % 4 == 3: zeros, a hole
+    in sparse formats), then `tail` extra bytes of random data (to test sizes that are not whole
+    MiB). Tests can assert exactly what each MiB holds."""
+    import random
+
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        for i in range(mib):
+            if i % 4 == 1:
+                f.write(rnd.randbytes(MiB))
+            elif i % 4 == 3:
+                f.write(bytes(MiB))
+            else:
+                f.write(bytes([i % 256]) * MiB)
+        if tail:
+            f.write(rnd.randbytes(tail))
+    return path
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return run([tool("qemu-img"), *args])
+
+
+def cryptsetup(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return run([tool("cryptsetup"), *args], check=check)
+
+
+def qemu_luks_decrypt(image: Path, key: Path, out: Path) -> Path:
+    """Decrypt a LUKS image through QEMU's own LUKS driver."""
+    qemu_img("convert", "--object", f"secret,id=s0,file={key}", "--image-opts",
+             f"driver=luks,key-secret=s0,file.filename={image}", "-O", "raw", str(out))
+    return out
+
+
+def same_prefix(a: Path, b: Path, size: int | None = None) -> bool:
+    """True when the first `size` bytes (default: all of b) of a and b are equal."""
+    size = b.stat().st_size if size is None else size
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while size > 0:
+            n = min(size, 4 * MiB)
+            if fa.read(n) != fb.read(n):
+                return False
+            size -= n
+    return True
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary files lukspack may have left behind."""
+    return [p.name for p in directory.iterdir() if "lukspack-tmp" in p.name]
