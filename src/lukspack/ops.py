@@ -18,18 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, VerifyError
 from lukspack.images import DiskImage, open_image
 from lukspack.keys import wipe
 from lukspack.luks import luks1
-from lukspack.luks.kdf import pbkdf2_cost
+from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
 from lukspack.output import AtomicOutput
 from lukspack.pipeline import CHUNK_SIZE, WORKERS, run_stream
 
 MiB = 1 << 20
 ProgressFn = Callable[[str, int, int], None]
-LUKS_TYPES = ("luks1",)
 _FLUSH_EVERY = 256 * MiB
 
 
@@ -109,33 +109,29 @@ def _quiet_fdatasync(fd: int) -> None:
 
 def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
             progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Encrypt a disk image into a LUKS1 raw image at output; returns a summary."""
+    """Encrypt a disk image into a LUKS raw image at output; returns a summary."""
     started = time.perf_counter()
-    if opts.luks_type not in LUKS_TYPES:
-        raise LukspackError(f"--type {opts.luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
+    plan = plan_header(opts.luks_type, KdfOptions(opts.hash, opts.iter_time_ms,
+                                                  opts.force_iterations))
     with open_image(source, opts.input_format) as image:
-        volume_key = bytearray(secrets.token_bytes(64))
+        volume_key = bytearray(secrets.token_bytes(plan.key_bytes))
         try:
-            return _encrypt(image, output, passphrase, volume_key, opts, progress, started)
+            return _encrypt(image, output, passphrase, volume_key, plan, opts, progress, started)
         finally:
             wipe(volume_key)
 
 
 def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
-             volume_key: bytearray, opts: EncryptOptions, progress: ProgressFn | None,
-             started: float) -> dict[str, Any]:
+             volume_key: bytearray, plan: HeaderPlan, opts: EncryptOptions,
+             progress: ProgressFn | None, started: float) -> dict[str, Any]:
     payload_size = round_up(image.virtual_size)
-    header_size = luks1.header_bytes(len(volume_key))
+    header_size = plan.header_size
     total = header_size + payload_size
-
-    def make_header() -> bytes:
-        cost = pbkdf2_cost(opts.hash, len(volume_key), opts.iter_time_ms, opts.force_iterations)
-        return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
-                                  digest_iterations=cost.digest_iterations, hash_spec=opts.hash)
 
     with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
         out.preallocate(total)
-        header_join = _background(make_header)  # key derivation overlaps the payload
+        # key derivation (seconds, by design) runs while the payload streams
+        header_join = _background(lambda: plan.build(volume_key, passphrase))
         flusher = _Flusher(out)
         plain_hash = hashlib.sha256()
 
@@ -144,9 +140,8 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             flusher.wrote(len(data))
 
         def transform_factory() -> Callable[[memoryview, int], None]:
-            from lukspack.crypto.xts import XtsCipher
-
-            cipher = XtsCipher(volume_key)
+            cipher = make_sector_cipher(plan.cipher_name, plan.cipher_mode, volume_key,
+                                        plan.sector_size)
             return lambda buf, off: cipher.encrypt(buf, off // 512)
 
         hashed = _Hashed(plain_hash, image.virtual_size)
@@ -160,9 +155,10 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             "source": image.path,
             "source_format": image.format_name,
             "output": output,
-            "type": "luks1",
-            "cipher": "aes-xts-plain64",
+            "type": plan.luks_type,
+            "cipher": plan.cipher,
             "key_bits": len(volume_key) * 8,
+            "sector_size": plan.sector_size,
             "virtual_size": image.virtual_size,
             "source_bytes_read": image.bytes_read,
             "header_bytes": header_size,
