@@ -90,7 +90,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 def keygen(file: str) -> None:
     """Write a new data encryption key: 32 random bytes, base64, one line, mode 0600."""
     key = generate_dek()
@@ -107,8 +107,8 @@ input_format_option = click.option(
 
 
 @cli.command()
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
+@click.argument("output", type=click.Path())
 @click.option("--key-file", required=True, help=KEY_FILE_HELP + " Must be a valid DEK.")
 @click.option("--type", "luks_type", type=click.Choice(["luks1"]), default="luks1",
               show_default=True, help="LUKS version.")
@@ -144,9 +144,9 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, hash_: str,
 
 
 @cli.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=click.Path())
 @click.option("--key-file", required=True, help=KEY_FILE_HELP)
-@click.option("--source", type=click.Path(dir_okay=False), default=None,
+@click.option("--source", type=click.Path(), default=None,
               help="Compare the decrypted payload with this image.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--progress/--no-progress", default=True)
@@ -163,8 +163,8 @@ def verify(image: str, key_file: str, source: str | None, as_json: bool, progres
 
 
 @cli.command()
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("image", type=click.Path())
+@click.argument("output", type=click.Path())
 @click.option("--key-file", required=True, help=KEY_FILE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--json", "as_json", is_flag=True)
@@ -178,7 +178,7 @@ def decrypt(image: str, output: str, key_file: str, force: bool, as_json: bool,
 
 
 @cli.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 @input_format_option
 def info(image: str, as_json: bool, input_format: str | None) -> None:
@@ -236,7 +236,7 @@ def _luks1_dump(h: dict[str, Any]) -> Iterator[str]:
 
 
 @cli.command()
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -260,8 +260,8 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -
 
 
 @cli.command()
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
+@click.argument("output", type=click.Path())
 @click.option("--to", type=click.Choice(list(ops.CONVERT_TARGETS)), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--json", "as_json", is_flag=True)
@@ -277,7 +277,7 @@ def convert(source: str, output: str, to: str, force: bool, as_json: bool, progr
 
 
 @cli.command()
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path())
 @click.option("--size", "size_mib", type=click.IntRange(min=4, max=1 << 20), default=64,
               show_default=True, help="Size in MiB.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")

@@ -48,6 +48,9 @@ def dek_rule_broken(data: bytes | bytearray) -> str | None:
         return f"it must be {DEK_MIN_CHARS} to {DEK_MAX_CHARS} characters long, not {len(data)}"
     if not set(data) <= _B64_ALPHABET:
         return "it must be base64 text (A-Z, a-z, 0-9, +, / and = padding)"
+    body = bytes(data).rstrip(b"=")
+    if len(data) % 4 or b"=" in body or len(data) - len(body) > 2:
+        return "it is not valid base64 (length must be a multiple of 4, '=' only at the end)"
     try:
         base64.b64decode(bytes(data), validate=True)
     except (binascii.Error, ValueError):

@@ -26,12 +26,12 @@ def _fold(h: np.ndarray) -> np.ndarray:
     return h ^ (h << np.uint64(1)) ^ (h << np.uint64(2)) ^ (h << np.uint64(7))
 
 
-def _shift_tables(units: int) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous (units, 32) tables of j and 64 - j: numpy shifts fastest without broadcasting.
+def _shift_tables(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous (rows, width) tables of j and 64 - j: numpy shifts fastest without broadcasting.
 
     numpy defines a shift by 64 or more as 0, which is what j == 0 needs.
     """
-    j = np.broadcast_to(np.arange(_GROUP, dtype=np.uint64), (units, _GROUP)).copy()
+    j = np.broadcast_to(np.arange(width, dtype=np.uint64), (rows, width)).copy()
     return j, np.uint64(64) - j
 
 
@@ -44,26 +44,27 @@ class XtsCipher:
     def __init__(self, key: bytes | bytearray, sector_size: int = 512, iv_step: int | None = None):
         if len(key) not in (32, 64):
             raise ValueError(f"AES-XTS takes a 256 or 512-bit key, not {len(key) * 8} bits")
-        if sector_size < 512 or sector_size & (sector_size - 1):
-            raise ValueError(f"sector size must be a power of two >= 512, not {sector_size}")
+        if sector_size < 16 or sector_size & (sector_size - 1):
+            raise ValueError(f"data unit size must be a power of two >= 16, not {sector_size}")
         half = len(key) // 2
         self.sector_size = sector_size
-        self.iv_step = sector_size // 512 if iv_step is None else iv_step
+        self.iv_step = max(1, sector_size // 512) if iv_step is None else iv_step
         self._blocks = sector_size // 16
         self._tweak_ecb = AesEcb(key[half:], encrypt=True)
         self._enc = AesEcb(key[:half], encrypt=True)
         self._dec = AesEcb(key[:half], encrypt=False)
         units = max(1, _SUBCHUNK // sector_size)
         self._units_per_pass = units
-        self._groups = max(1, self._blocks // _GROUP)  # 1 for 512-byte sectors, 8 for 4096
-        rows = units * self._groups  # one row per run of 32 blocks
-        self._tweaks = np.empty((rows, _GROUP, 2), dtype=np.uint64)
+        self._width = min(self._blocks, _GROUP)  # blocks per run: 32 but for tiny data units
+        self._groups = self._blocks // self._width  # runs per unit: 1 for 512 bytes, 8 for 4096
+        rows = units * self._groups  # one row per run of blocks
+        self._tweaks = np.empty((rows, self._width, 2), dtype=np.uint64)
         self._iv = np.zeros((units, 2), dtype=np.uint64)
         self._base = np.empty((units, self._groups, 2), dtype=np.uint64)
         self._steps = np.arange(units, dtype=np.uint64) * np.uint64(self.iv_step)
-        self._j, self._64_j = _shift_tables(rows)
+        self._j, self._64_j = _shift_tables(rows, self._width)
         self._lo, self._hi, self._t, self._u = (
-            np.empty((rows, _GROUP), dtype=np.uint64) for _ in range(4)
+            np.empty((rows, self._width), dtype=np.uint64) for _ in range(4)
         )
 
     def encrypt(self, buf: bytearray | memoryview, first_iv: int) -> None:
@@ -109,6 +110,7 @@ class XtsCipher:
         base = self._base[:units]
         base[:, 0] = iv
         for g in range(1, self._groups):  # base of each run of 32 blocks: previous * x^32
+            # (runs are 32 blocks whenever there is more than one)
             lo0, hi0 = base[:, g - 1, 0], base[:, g - 1, 1]
             base[:, g, 1] = (hi0 << _U32) | (lo0 >> _U32)
             base[:, g, 0] = (lo0 << _U32) ^ _fold(hi0 >> _U32)
