@@ -289,6 +289,31 @@ def sample(output: str, size_mib: int, force: bool) -> None:
     click.echo(f"{output}: sample RAW disk of {human(n)}")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--threads", type=click.IntRange(min=1, max=64), default=None,
+              help="Threads for the multi-threaded rows (default: all cores).")
+def benchmark(as_json: bool, threads: int | None) -> None:
+    """Measure PBKDF2 and AES-XTS speed in memory, like `cryptsetup benchmark`."""
+    from lukspack import benchmark as bench
+
+    r = bench.run(threads)
+    n = r["threads"]
+    lines = ["# Tests are approximate using memory only (no storage IO).",
+             f"# AES from {r['aes_backend']}; {n} thread(s) in the last columns."]
+    for k in r["pbkdf2"]:
+        lines.append(f"PBKDF2-{k['hash']:<8} {k['iterations_per_second']:>9} iterations per second "
+                     f"for {k['key_bits']}-bit key")
+    lines.append(f"#  Algorithm |  Key | Sector |  Encryption |  Decryption |"
+                 f"  Enc {n}t    |  Dec {n}t")
+    for c in r["ciphers"]:
+        lines.append(f"    {c['cipher']:>7}  {c['key_bits']:>4}b {c['sector_size']:>6}  "
+                     f"{c['encrypt_mib_s_1t']:>7.1f} MiB/s {c['decrypt_mib_s_1t']:>7.1f} MiB/s "
+                     f"{c.get(f'encrypt_mib_s_{n}t', 0):>7.1f} MiB/s "
+                     f"{c.get(f'decrypt_mib_s_{n}t', 0):>7.1f} MiB/s")
+    emit(r, as_json, lines)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def _on_sigterm(signum: int, _frame: Any) -> None:

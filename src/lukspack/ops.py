@@ -22,7 +22,7 @@ from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, VerifyError
 from lukspack.images import DiskImage, open_image
 from lukspack.keys import wipe
-from lukspack.luks import luks1
+from lukspack.luks import kdf, luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
 from lukspack.output import AtomicOutput
@@ -116,7 +116,9 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     with open_image(source, opts.input_format) as image:
         volume_key = bytearray(secrets.token_bytes(plan.key_bytes))
         try:
-            return _encrypt(image, output, passphrase, volume_key, plan, opts, progress, started)
+            with kdf.remember():  # verification re-derives nothing it already derived
+                return _encrypt(image, output, passphrase, volume_key, plan, opts, progress,
+                                started)
         finally:
             wipe(volume_key)
 
@@ -148,9 +150,6 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
         run_stream(payload_size, hashed.read(image.read_into), write,
                    transform_factory=transform_factory, chunk_size=opts.chunk_size,
                    workers=opts.workers, progress=_progress(progress, "encrypt", payload_size))
-        header = header_join()
-        out.pwrite(0, header)
-        flusher.join()
         summary: dict[str, Any] = {
             "source": image.path,
             "source_format": image.format_name,
@@ -166,21 +165,22 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             "payload_bytes": payload_size,
             "total_bytes": total,
             "plaintext_sha256": plain_hash.hexdigest(),
+            "verified": False,
         }
-        fsync_join = _background(out.fsync)  # durable write-back overlaps verification
-        if opts.verify:
-            digests = verify_written(out.tmp, passphrase, volume_key, image.virtual_size,
-                                     opts, progress, header if opts.output_digest else None)
-            if digests["plaintext_sha256"] != summary["plaintext_sha256"]:
+        if opts.verify:  # the payload is checked while the key slot is still being derived
+            got = verify_payload(out.tmp, plan, payload_size, volume_key, image.virtual_size,
+                                 opts, progress)
+            if got != summary["plaintext_sha256"]:
                 raise VerifyError(f"{output}: verification failed: the payload decrypts to "
-                                  f"sha256 {digests['plaintext_sha256']}, the source has "
-                                  f"{summary['plaintext_sha256']}")
+                                  f"sha256 {got}, the source has {summary['plaintext_sha256']}")
+        out.pwrite(0, header_join())
+        flusher.join()
+        fsync_join = _background(out.fsync)  # durable write-back overlaps the header check
+        if opts.verify:
+            verify_header(out.tmp, plan, passphrase, volume_key)
             summary["verified"] = True
-            summary["output_sha256"] = digests.get("output_sha256")
-        else:
-            summary["verified"] = False
-            if opts.output_digest:
-                summary["output_sha256"] = _file_sha256(out.fd, total, progress)
+        if opts.output_digest:
+            summary["output_sha256"] = _file_sha256(out.fd, total, progress)
         fsync_join()
         out.commit()
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -202,33 +202,38 @@ class _Hashed:
         return read
 
 
-def verify_written(path: str, passphrase: bytes | bytearray, volume_key: bytes | bytearray,
-                   virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None,
-                   header: bytes | None) -> dict[str, Any]:
-    """Reopen a just-written image: unlock it with the key file (in a thread) while the payload
-    is read back and decrypted; both must agree with what was written."""
+def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: bytes | bytearray,
+                   virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None) -> str:
+    """Read the written payload back from disk, decrypt it, and return its plaintext digest."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        vol = LuksVolume(path, 0, None, plan.cipher_name, plan.cipher_mode, plan.key_bytes,
+                         plan.header_size, payload_size, plan.sector_size, file_reader(fd, path))
+        return decrypt_stream(vol, fd, volume_key, virtual_size, opts, progress,
+                              "verify")["plaintext_sha256"]
+    finally:
+        os.close(fd)
+
+
+def verify_header(path: str, plan: HeaderPlan, passphrase: bytes | bytearray,
+                  volume_key: bytes | bytearray) -> None:
+    """Reopen the written file, parse its header and unlock it with the key file: it must give
+    the volume key and the payload geometry that the payload check used."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         vol = open_luks(path, fd)
-
-        def unlock_matches() -> bool:
-            key = vol.unlock(passphrase)
-            try:
-                return hmac.compare_digest(bytes(key), bytes(volume_key))
-            finally:
-                wipe(key)
-
-        unlock_join = _background(unlock_matches)
-        out_hash = None
-        if header is not None:
-            out_hash = hashlib.sha256(header)
-        result = decrypt_stream(vol, fd, volume_key, virtual_size, opts, progress, "verify",
-                                in_hash=out_hash)
-        if not unlock_join():
-            raise VerifyError(f"{path}: verification failed: the key file opens a different key")
-        if out_hash is not None:
-            result["output_sha256"] = out_hash.hexdigest()
-        return result
+        found = (vol.payload_offset, vol.cipher, vol.sector_size, vol.key_bytes)
+        want = (plan.header_size, plan.cipher, plan.sector_size, plan.key_bytes)
+        if found != want:
+            raise VerifyError(f"{path}: verification failed: the header says {found}, "
+                              f"expected {want}")
+        key = vol.unlock(passphrase)
+        try:
+            if not hmac.compare_digest(bytes(key), bytes(volume_key)):
+                raise VerifyError(f"{path}: verification failed: the key file opens a different "
+                                  "key")
+        finally:
+            wipe(key)
     finally:
         os.close(fd)
 

@@ -11,7 +11,10 @@ rate of that run, in iterations per second, sets the counts for the requested ti
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lukspack.errors import UnsupportedError
@@ -29,13 +32,53 @@ def check_hash(name: str) -> str:
     return name
 
 
+_memo: dict[tuple, bytearray] | None = None
+_memo_lock = threading.Lock()
+
+
+@contextmanager
+def remember() -> Iterator[None]:
+    """Within this block, a derivation with exactly the same inputs is computed once.
+
+    `encrypt` derives the key slot's key, writes the header, then verifies by unlocking the header
+    it reads back from disk with the key file. Every input of that second derivation (hash, salt,
+    iterations, passphrase) comes from the disk, so the check is complete; only the identical
+    computation, seconds long by design, is not repeated. Remembered keys are wiped on exit.
+    """
+    global _memo
+    with _memo_lock:
+        _memo = {}
+    try:
+        yield
+    finally:
+        with _memo_lock:
+            for value in (_memo or {}).values():
+                value[:] = bytes(len(value))
+            _memo = None
+
+
+def memoized(key: tuple, compute) -> bytearray:  # noqa: ANN001 - compute: () -> bytes
+    """compute(), or the result of the same call inside an active remember() block (a copy)."""
+    with _memo_lock:
+        memo = _memo
+        if memo is not None and key in memo:
+            return bytearray(memo[key])
+    result = bytearray(compute())
+    if memo is not None:
+        with _memo_lock:
+            memo[key] = bytearray(result)
+    return result
+
+
 def pbkdf2(hash_name: str, password: bytes | bytearray, salt: bytes, iterations: int,
            length: int) -> bytearray:
     """PBKDF2-HMAC; the result is a bytearray the caller wipes."""
     if iterations < 1:
         raise ValueError(f"PBKDF2 iterations must be at least 1, not {iterations}")
-    return bytearray(hashlib.pbkdf2_hmac(check_hash(hash_name), bytes(password), salt,
-                                         iterations, length))
+    name = check_hash(hash_name)
+    key = ("pbkdf2", name, hashlib.sha256(password).digest(), bytes(salt), iterations, length)
+    return memoized(key, lambda: hashlib.pbkdf2_hmac(name, bytes(password), salt, iterations,
+                                                     length))
 
 
 def pbkdf2_rate(hash_name: str, key_length: int) -> int:

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""lukspack against its peers, side by side, in one run: prints a table of medians and ratios.
+
+Inputs (built once in the work directory): a 1 GiB dynamic VHD that is half random data and half
+unallocated (2 MiB blocks alternating), the same disk as RAW, and a 16 GiB sparse dynamic VHD.
+Runs alternate between tools, round after round; the table gives medians. Every tool reads its
+input from the page cache (run once before timing); outputs are deleted and `sync`ed between runs.
+
+    .venv/bin/python bench/bench.py [--rounds 3] [--work DIR] [--quick]
+
+Targets (issue 3) are checked at the end and printed as PASS/FAIL lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+GiB = 1 << 30
+LUKSPACK = [sys.executable, "-m", "lukspack"]
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    maxrss_mib: float
+    extra: dict = field(default_factory=dict)
+
+
+def run(cmd: list[str], *, env: dict | None = None, stdout: bool = False) -> Sample:
+    """Run cmd, return wall seconds, user+sys CPU seconds and peak RSS of the whole process."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    out = p.stdout.read() if p.stdout else b""
+    err = p.stderr.read() if p.stderr else b""
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed ({p.returncode}): {err.decode()[-2000:]}")
+    extra = json.loads(out) if stdout and out.strip().startswith(b"{") else {}
+    return Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, extra)
+
+
+def sync() -> None:
+    os.sync()
+
+
+def build_inputs(work: Path, key: Path, quick: bool) -> dict[str, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    if not key.exists():
+        subprocess.run([*LUKSPACK, "keygen", str(key)], check=True, env=ENV)
+    raw = work / "half.raw"
+    if not raw.exists():
+        with open(raw, "wb") as f:
+            f.truncate(GiB)
+            for block in range(0, GiB, 4 * MiB):  # 2 MiB random, 2 MiB hole
+                f.seek(block)
+                f.write(os.urandom(2 * MiB))
+    vhd = work / "half.vhd"
+    if not vhd.exists():
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on",
+                        str(raw), str(vhd)], check=True)
+    paths = {"raw": raw, "vhd": vhd}
+    if not quick:
+        big_raw = work / "sparse16g.raw"
+        big = work / "sparse16g.vhd"
+        if not big.exists():
+            with open(big_raw, "wb") as f:
+                f.truncate(16 * GiB)
+                for off in range(0, 16 * GiB, GiB):  # 16 MiB of data per GiB
+                    f.seek(off)
+                    f.write(os.urandom(16 * MiB))
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                            "force_size=on", str(big_raw), str(big)], check=True)
+            big_raw.unlink()
+        paths["big"] = big
+    for p in paths.values():  # warm the page cache so every tool reads from memory
+        subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    ap.add_argument("--quick", action="store_true", help="skip the 16 GiB sparse run")
+    args = ap.parse_args()
+    work: Path = args.work
+    key = work / "dek.key"
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = build_inputs(work, key, args.quick)
+    out = work / "out.img"
+    secret = f"secret,id=s0,file={key}"
+
+    def lk(*extra: str, src: str = "vhd") -> list[str]:
+        return [*LUKSPACK, "encrypt", str(inputs[src]), str(out), "--key-file", str(key),
+                "--force", "--no-progress", "--json", *extra]
+
+    cases: dict[str, list[str]] = {
+        "lukspack encrypt (defaults: verify, fsync)": lk(),
+        "lukspack encrypt --no-verify": lk("--no-verify"),
+        "lukspack encrypt --no-verify --iter-time 10": lk("--no-verify", "--iter-time", "10"),
+        "qemu-img convert -O luks": ["qemu-img", "convert", "-f", "vpc", "-O", "luks",
+                                     "--object", secret, "-o", "key-secret=s0",
+                                     str(inputs["vhd"]), str(out)],
+        "qemu-img convert -O luks (iter-time=10)": [
+            "qemu-img", "convert", "-f", "vpc", "-O", "luks", "--object", secret,
+            "-o", "key-secret=s0,iter-time=10", str(inputs["vhd"]), str(out)],
+        "qemu-img convert -O luks + sync": ["sh", "-c", " ".join([
+            "qemu-img", "convert", "-f", "vpc", "-O", "luks", "--object", secret,
+            "-o", "key-secret=s0", str(inputs["vhd"]), str(out), "&& sync"])],
+        "cryptsetup reencrypt --encrypt (LUKS2, in place)": ["sh", "-c", " ".join([
+            "cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size",
+            "32M", "--batch-mode", "--key-file", str(key), str(out)])],
+        "dd bs=4M conv=fdatasync (durable copy)": ["dd", f"if={inputs['raw']}", f"of={out}",
+                                                   "bs=4M", "conv=fdatasync", "status=none"],
+        "dd bs=4M (page-cache copy)": ["dd", f"if={inputs['raw']}", f"of={out}", "bs=4M",
+                                       "status=none"],
+    }
+    results: dict[str, list[Sample]] = {name: [] for name in cases}
+    for r in range(args.rounds):
+        for name, cmd in cases.items():
+            if out.exists():
+                out.unlink()
+            if name.startswith("cryptsetup"):  # in place: start from a copy of the RAW disk
+                shutil.copyfile(inputs["raw"], out)
+            sync()
+            results[name].append(run(cmd, env=ENV, stdout=name.startswith("lukspack")))
+            print(f"round {r + 1}: {name}: {results[name][-1].wall:.2f} s", file=sys.stderr)
+    if out.exists():
+        out.unlink()
+    big = None
+    if "big" in inputs:
+        big = run(lk("--no-verify", src="big"), env=ENV, stdout=True)
+        out.unlink()
+    kernel = json.loads(subprocess.run([*LUKSPACK, "benchmark", "--json"], capture_output=True,
+                                       check=True, env=ENV).stdout)
+    report(results, big, kernel, inputs)
+
+
+def med(samples: list[Sample], attr: str) -> float:
+    return statistics.median(getattr(s, attr) for s in samples)
+
+
+def report(results: dict[str, list[Sample]], big: Sample | None, kernel: dict,
+           inputs: dict[str, Path]) -> None:
+    ref = results["dd bs=4M conv=fdatasync (durable copy)"]
+    print(f"\nlukspack bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}, "
+          f"{len(ref)} rounds (medians)\n")
+    print("| run (1 GiB dynamic VHD, half data) | wall s | CPU s | peak RSS MiB | wall vs dd fdatasync |")
+    print("|---|---:|---:|---:|---:|")
+    for name, s in results.items():
+        print(f"| {name} | {med(s, 'wall'):.2f} | {med(s, 'cpu'):.2f} | "
+              f"{med(s, 'maxrss_mib'):.0f} | {med(s, 'wall') / med(ref, 'wall'):.2f}x |")
+    lk_default = results["lukspack encrypt (defaults: verify, fsync)"]
+    lk_nov = results["lukspack encrypt --no-verify"]
+    lk_fast = results["lukspack encrypt --no-verify --iter-time 10"]
+    q = results["qemu-img convert -O luks"]
+    q_fast = results["qemu-img convert -O luks (iter-time=10)"]
+    q_sync = results["qemu-img convert -O luks + sync"]
+    read_bytes = lk_nov[0].extra.get("source_bytes_read", 0)
+    print()
+    if big is not None:
+        print(f"16 GiB sparse dynamic VHD (256 MiB of data), `encrypt --no-verify`: "
+              f"{big.wall:.1f} s, peak RSS {big.maxrss_mib:.0f} MiB, source bytes read "
+              f"{big.extra.get('source_bytes_read', 0) / MiB:.1f} MiB of "
+              f"{inputs['big'].stat().st_size / MiB:.0f} MiB file")
+    print(f"1 GiB half-allocated VHD: source bytes read {read_bytes / MiB:.1f} MiB "
+          f"(file {inputs['vhd'].stat().st_size / MiB:.0f} MiB, disk 1024 MiB)")
+    print("\nAES-XTS kernel alone (lukspack benchmark), MiB/s:")
+    for c in kernel["ciphers"]:
+        n = kernel["threads"]
+        print(f"  {c['key_bits']}-bit key, {c['sector_size']}-byte sectors: encrypt "
+              f"{c['encrypt_mib_s_1t']:.0f} (1 thread) / {c.get(f'encrypt_mib_s_{n}t', 0):.0f} "
+              f"({n} threads), decrypt {c['decrypt_mib_s_1t']:.0f} / "
+              f"{c.get(f'decrypt_mib_s_{n}t', 0):.0f}")
+    k512 = next(c for c in kernel["ciphers"] if c["key_bits"] == 512 and c["sector_size"] == 512)
+    n = kernel["threads"]
+    checks = [
+        ("qemu-img CPU >= 8x lukspack --no-verify CPU (defaults on both)",
+         med(q, "cpu") / med(lk_nov, "cpu"), 8.0, True),
+        ("qemu-img CPU >= 8x lukspack --no-verify CPU (iter-time 10 ms on both: data path)",
+         med(q_fast, "cpu") / med(lk_fast, "cpu"), 8.0, True),
+        ("lukspack defaults wall <= 1.3x dd conv=fdatasync",
+         med(lk_default, "wall") / med(ref, "wall"), 1.3, False),
+        ("qemu-img -O luks + sync >= 1.5x lukspack defaults wall",
+         med(q_sync, "wall") / med(lk_default, "wall"), 1.5, True),
+        ("peak RSS <= 256 MiB (1 GiB)", med(lk_default, "maxrss_mib"), 256, False),
+        ("XTS kernel >= 1000 MB/s per core, 512-bit key, 512-byte sectors (1 thread)",
+         k512["encrypt_mib_s_1t"] * MiB / 1e6, 1000, True),
+        (f"XTS kernel >= {n} x 1000 MB/s on {n} threads",
+         k512.get(f"encrypt_mib_s_{n}t", 0) * MiB / 1e6, 1000 * n, True),
+    ]
+    if big is not None:
+        checks.append(("peak RSS <= 256 MiB (16 GiB sparse)", big.maxrss_mib, 256, False))
+    print("\nTargets:")
+    for text, value, bound, at_least in checks:
+        ok = value >= bound if at_least else value <= bound
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}: {value:.2f}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+if __name__ == "__main__":
+    main()
