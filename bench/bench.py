@@ -40,7 +40,24 @@ class Sample:
 
 
 def run(cmd: list[str], *, env: dict | None = None, stdout: bool = False) -> Sample:
-    """Run cmd, return wall seconds, user+sys CPU seconds and peak RSS of the whole process."""
+    """Run cmd, return wall seconds, user+sys CPU seconds and peak RSS of the whole process.
+
+    qemu-img's PBKDF2 calibration sometimes gives up on a busy machine ("Unable to get accurate
+    CPU usage"); such a run is repeated, up to three times.
+    """
+    for _attempt in range(3):
+        try:
+            return _run_once(cmd, env=env, stdout=stdout)
+        except _Retry:
+            continue
+    raise SystemExit(f"{cmd} kept failing")
+
+
+class _Retry(Exception):
+    pass
+
+
+def _run_once(cmd: list[str], *, env: dict | None, stdout: bool) -> Sample:
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(p.pid, 0)
@@ -48,6 +65,8 @@ def run(cmd: list[str], *, env: dict | None = None, stdout: bool = False) -> Sam
     out = p.stdout.read() if p.stdout else b""
     err = p.stderr.read() if p.stderr else b""
     p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0 and b"accurate CPU usage" in err:
+        raise _Retry
     if p.returncode != 0:
         raise SystemExit(f"{cmd} failed ({p.returncode}): {err.decode()[-2000:]}")
     extra = json.loads(out) if stdout and out.strip().startswith(b"{") else {}

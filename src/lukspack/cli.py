@@ -316,7 +316,16 @@ def benchmark(as_json: bool, threads: int | None) -> None:
 
 # -- entry point -------------------------------------------------------------------------------
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
+_interrupted = False
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, once: the `with` blocks on the
+    way out remove temporary outputs; a second signal does not interrupt that cleanup."""
+    global _interrupted
+    if _interrupted:
+        return
+    _interrupted = True
     raise Interrupted(signum)
 
 
@@ -326,7 +335,9 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # installed even where the shell started us with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     warnings.showwarning = _show_warning
     code = 0
     try:
@@ -337,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("lukspack: interrupted", err=True)
         code = 130
+    except Interrupted as e:
+        click.echo(f"lukspack: {e}", err=True)
+        code = e.exit_code
     except click.ClickException as e:
         e.show()
         code = e.exit_code

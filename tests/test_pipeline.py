@@ -1,0 +1,79 @@
+"""The streaming engine: order, digests, error propagation, bounded buffers."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+
+import pytest
+
+from lukspack.pipeline import run_stream
+
+
+def test_order_digests_and_transform() -> None:
+    data = random.Random(3).randbytes(10 * 65536 + 123)
+    out = bytearray(len(data))
+
+    def read(off: int, view: memoryview) -> None:
+        view[:] = data[off : off + len(view)]
+
+    def factory():  # noqa: ANN202
+        def transform(view: memoryview, off: int) -> int:
+            time.sleep(random.random() / 1000)  # finish out of order
+            for i in range(len(view)):
+                view[i] ^= 0xFF
+            return off
+
+        return transform
+
+    seen: list[int] = []
+
+    def write(off: int, view: memoryview, meta: int) -> None:
+        assert meta == off
+        seen.append(off)
+        out[off : off + len(view)] = view
+
+    h_in, h_out = hashlib.sha256(), hashlib.sha256()
+    n = run_stream(len(data), read, write, transform_factory=factory, in_hash=h_in,
+                   out_hash=h_out, chunk_size=65536, workers=3)
+    assert n == len(data) and seen == sorted(seen)
+    assert bytes(out) == bytes(b ^ 0xFF for b in data)
+    assert h_in.digest() == hashlib.sha256(data).digest()
+    assert h_out.digest() == hashlib.sha256(out).digest()
+
+
+@pytest.mark.parametrize("where", ["read", "transform", "write"])
+def test_errors_propagate_and_threads_stop(where: str) -> None:
+    def read(off: int, view: memoryview) -> None:
+        if where == "read" and off == 3 * 4096:
+            raise OSError("read failed")
+
+    def factory():  # noqa: ANN202
+        def transform(view: memoryview, off: int) -> None:
+            if where == "transform" and off == 5 * 4096:
+                raise ValueError("transform failed")
+
+        return transform
+
+    def write(off: int, view: memoryview, meta: object) -> None:
+        if where == "write" and off == 2 * 4096:
+            raise RuntimeError("write failed")
+
+    before = threading.active_count()
+    with pytest.raises((OSError, ValueError, RuntimeError), match=f"{where} failed"):
+        run_stream(40 * 4096, read, write, transform_factory=factory, chunk_size=4096)
+    time.sleep(0.3)
+    assert threading.active_count() <= before
+
+
+def test_buffers_are_bounded() -> None:
+    """However long the stream, at most workers*2+2 chunk buffers exist."""
+    ids: set[int] = set()
+
+    def read(off: int, view: memoryview) -> None:
+        ids.add(id(view.obj))
+
+    run_stream(1000 * 1024, read, lambda o, v, m: None, chunk_size=1024, workers=2)
+    assert len(ids) <= 6
