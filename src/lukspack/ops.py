@@ -46,6 +46,7 @@ class EncryptOptions:
     verify: bool = True
     force: bool = False
     input_format: str | None = None
+    output_format: str | None = None  # raw | qcow2; None: qcow2 for a .qcow2 output name
     output_digest: bool = False  # SHA-256 of the whole output file, for --json
     chunk_size: int = CHUNK_SIZE
     workers: int = WORKERS
@@ -109,7 +110,11 @@ def _quiet_fdatasync(fd: int) -> None:
 
 def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
             progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Encrypt a disk image into a LUKS raw image at output; returns a summary."""
+    """Encrypt a disk image into a LUKS raw image (or qcow2+LUKS) at output; returns a summary."""
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.output_format(output, opts.output_format) == "qcow2":
+        return qcow2_ops.encrypt(source, output, passphrase, opts, progress)
     started = time.perf_counter()
     plan = plan_header(opts.luks_type, KdfOptions(opts.hash, opts.iter_time_ms,
                                                   opts.force_iterations))
@@ -295,6 +300,10 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
            ) -> dict[str, Any]:
     """Unlock an image and decrypt its whole payload; with source, compare with it."""
     opts = opts or EncryptOptions()
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.is_qcow2(image_path):
+        return qcow2_ops.verify(image_path, passphrase, source, opts, progress)
     started = time.perf_counter()
     fd, vol = open_luks_path(image_path)
     try:
@@ -331,6 +340,11 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
             ) -> dict[str, Any]:
     """Write the decrypted payload of a LUKS image as a RAW file (mode 0600: it is plaintext)."""
     opts = opts or EncryptOptions()
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.is_qcow2(image_path):
+        return qcow2_ops.decrypt(image_path, output, passphrase, force=force, opts=opts,
+                                 progress=progress)
     fd, vol = open_luks_path(image_path)
     try:
         key = vol.unlock(passphrase)
@@ -440,10 +454,18 @@ def pos_pad(entries: int) -> int:
     return round_up(entries * 4, 512) - entries * 4
 
 
+def _to_qcow2(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+              progress: Callable[[int], None] | None) -> int:
+    from lukspack.qcow2_ops import convert_to_qcow2
+
+    return convert_to_qcow2(image, out, opts, progress)
+
+
 CONVERT_TARGETS: dict[str, Callable[..., int]] = {
     "raw": _to_raw,
     "vhd-fixed": _to_vhd_fixed,
     "vhd-dynamic": _to_vhd_dynamic,
+    "qcow2": _to_qcow2,
 }
 
 
@@ -489,6 +511,10 @@ def info(path: str, input_format: str | None = None) -> dict[str, Any]:
                     "sector_size": vol.sector_size, "luks": vol.dump()}
         finally:
             os.close(fd)
+    if magic[:4] == b"QFI\xfb" and input_format in (None, "qcow2"):
+        from lukspack import qcow2_ops
+
+        return qcow2_ops.info(path)
     with open_image(path, input_format) as image:
         return image.info()
 

@@ -12,7 +12,7 @@ from lukspack.images.vhd import FOOTER_COOKIE, FOOTER_SIZE, VhdImage, parse_foot
 
 __all__ = ["DiskImage", "Extent", "open_image", "detect_format", "FORMATS"]
 
-FORMATS = ("raw", "vhd")
+FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx")
 _RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd")
 
 _SIGNATURES = (
@@ -44,6 +44,27 @@ def detect_format(path: str, fd: int) -> str:
     return "raw"
 
 
+def _qcow2(path: str, fd: int) -> DiskImage:
+    from lukspack.images.qcow2 import Qcow2Image
+
+    return Qcow2Image(path, fd)
+
+
+def _vmdk(path: str, fd: int) -> DiskImage:
+    from lukspack.images.vmdk import open_vmdk
+
+    return open_vmdk(path, fd)
+
+
+def _vhdx(path: str, fd: int) -> DiskImage:
+    from lukspack.images.vhdx import VhdxImage
+
+    return VhdxImage(path, fd)
+
+
+_READERS = {"qcow2": _qcow2, "vmdk": _vmdk, "vhdx": _vhdx}
+
+
 def open_image(path: str, fmt: str | None = None) -> DiskImage:
     """Open a disk image read-only, detecting its format unless fmt names it."""
     try:
@@ -63,6 +84,8 @@ def open_image(path: str, fmt: str | None = None) -> DiskImage:
             return RawImage(path, fd)
         if found == "vhd":
             return VhdImage(path, fd)
+        if found in _READERS:
+            return _READERS[found](path, fd)
         if found == "luks":
             raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
                                    "use it as it is")
