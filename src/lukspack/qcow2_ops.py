@@ -23,7 +23,8 @@ import numpy as np
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError, VerifyError
 from lukspack.images import DiskImage, open_image
-from lukspack.images.qcow2 import MAGIC, Qcow2Image
+from lukspack.images.qcow2 import Qcow2Image
+from lukspack.images.qcow2_header import MAGIC
 from lukspack.images.qcow2_write import Qcow2Writer
 from lukspack.keys import wipe
 from lukspack.luks import luks1

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lukspack.images.qcow2 import (
+from lukspack.images.qcow2_header import (
     EXT_CRYPTO_HEADER,
     EXT_END,
     EXTENSION,
