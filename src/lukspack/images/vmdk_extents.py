@@ -71,8 +71,9 @@ class FlatExtent:
     def __init__(self, f: File, sectors: int, start_sector: int) -> None:
         self.f, self.size, self.start = f, sectors * SECTOR, start_sector * SECTOR
         if self.start + self.size > f.size:
-            raise FormatError(f"{f.path}: flat extent is truncated (needs {self.start + self.size} "
-                              f"bytes from sector {start_sector}, file has {f.size})")
+            raise FormatError(f"{f.image.path}: flat extent {f.path} is truncated (needs "
+                              f"{self.start + self.size} bytes from sector {start_sector}, the file "
+                              f"has {f.size})")
 
     def extents(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
         yield start, end - start, True
