@@ -153,28 +153,29 @@ class Qcow2Image(DiskImage):
         kinds[compressed] = COMPRESSED
         first = l1_index * self.l2_entries
 
-        def fail(mask: np.ndarray, what: str) -> None:
+        def fail(mask: np.ndarray, subject: str, problem: str) -> None:
             idx = np.flatnonzero(mask)
             if idx.size:
                 j = int(idx[0])
-                raise FormatError(f"{self.path}: {what.format(off=int(offs[j]), e=int(e[j]))} "
-                                  f"(guest cluster {first + j}, L2 entry {j} of L1 entry "
-                                  f"{l1_index})")
+                what = subject.format(off=int(offs[j]), e=int(e[j]))
+                raise FormatError(f"{self.path}: {what} of guest cluster {first + j} (L2 entry {j} "
+                                  f"of L1 entry {l1_index}) {problem}")
 
-        fail(normal & ((offs % np.uint64(cs)) != 0),
-             "data cluster offset 0x{off:x} is not aligned to the cluster size " + str(cs))
-        fail(normal & ((e & np.uint64(L2_RESERVED)) != 0), "L2 entry 0x{e:016x} has reserved bits set")
-        fail(normal & (offs >= np.uint64(self.file_size)),
-             "data cluster offset 0x{off:x} is past the end of the file (size "
-             f"{self.file_size})")
-        fail(normal & (offs < np.uint64(cs)), "data cluster offset 0x{off:x} overlaps the header")
+        data = "data cluster offset 0x{off:x}"
+        fail(normal & ((offs % np.uint64(cs)) != 0), data,
+             f"is not aligned to the cluster size {cs}")
+        fail(normal & ((e & np.uint64(L2_RESERVED)) != 0), "L2 entry 0x{e:016x}",
+             "has reserved bits set")
+        fail(normal & (offs >= np.uint64(self.file_size)), data,
+             f"is past the end of the file (size {self.file_size})")
+        fail(normal & (offs < np.uint64(cs)), data, "overlaps the header")
         if compressed.any():
             if self.crypto_header is not None:
-                fail(compressed, "compressed cluster in an encrypted image (entry 0x{e:016x})")
+                fail(compressed, "compressed L2 entry 0x{e:016x}", "is in an encrypted image")
             coff = e & np.uint64((1 << self._x) - 1)
             fail(compressed & ((coff >= np.uint64(self.file_size)) | (coff < np.uint64(cs))),
-                 "compressed cluster offset (entry 0x{e:016x}) is outside the file "
-                 f"(size {self.file_size})")
+                 "compressed L2 entry 0x{e:016x}",
+                 f"points outside the file (size {self.file_size})")
         return kinds
 
     # -- mapping -------------------------------------------------------------------------------
