@@ -69,6 +69,7 @@ STATE_NAMES = {0: "not_present", 1: "undefined", 2: "zero", 3: "unmapped", 6: "f
                7: "partially_present"}
 MIN_BLOCK, MAX_BLOCK = 1 * MiB, 256 * MiB
 MAX_VIRTUAL_SIZE = 64 << 40
+MAX_LOG = 256 * MiB  # Hyper-V and qemu write 1 MiB logs
 
 
 def _name(guid: bytes) -> str:
@@ -124,18 +125,20 @@ class VhdxImage(DiskImage):
     def _check_log(self) -> None:
         """Refuse an image whose log holds entries of its current LogGuid (a dirty log)."""
         h = self.header
-        guid = h["log_guid"]
-        if guid == bytes(16) or not h["log_length"]:
+        guid, base, size = h["log_guid"], h["log_offset"], h["log_length"]
+        if guid == bytes(16) or not size:
             return
-        log = self.pread(h["log_offset"], h["log_length"], "log")
-        for pos in range(0, len(log) - LOG_ENTRY_HEADER.size + 1, 4 * KiB):
-            e = LOG_ENTRY_HEADER.unpack_from(log, pos)
-            if e[0] != b"loge" or e[7] != guid:
-                continue
+        if size > MAX_LOG:
+            raise UnsupportedError(f"{self.path}: VHDX log of {size} bytes is larger than "
+                                   f"{MAX_LOG} bytes")
+        for pos in range(0, size, 4 * KiB):
+            e = LOG_ENTRY_HEADER.unpack(self.pread(base + pos, LOG_ENTRY_HEADER.size, "log"))
             length = e[2]
-            if length % (4 * KiB) or not 0 < length <= len(log):
+            if e[0] != b"loge" or e[7] != guid or length % (4 * KiB) or not 0 < length <= size:
                 continue
-            entry = (log + log)[pos : pos + length]  # the log is circular
+            first = min(length, size - pos)  # the log is circular: an entry may wrap
+            entry = self.pread(base + pos, first, "log entry")
+            entry += self.pread(base, length - first, "log entry")
             if crc32c_zeroed(entry, 4) == e[1]:
                 raise UnsupportedError(
                     f"{self.path}: the VHDX log holds changes not yet applied (LogGuid "
