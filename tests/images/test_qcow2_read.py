@@ -71,8 +71,7 @@ def test_backing_file_is_refused(tmp_path: Path, cli: Cli, keyfile: Path) -> Non
 
 def test_encrypted_input_is_refused(source: Path, tmp_path: Path, cli: Cli, keyfile: Path) -> None:
     enc = tmp_path / "enc.qcow2"
-    qemu_img("convert", "--object", f"secret,id=s0,file={keyfile}", "-f", "raw", "-O", "qcow2",
-             "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(source),
-             str(enc))
+    cli("encrypt", str(source), str(enc), "--key-file", str(keyfile), "--no-verify", *FAST)
+    assert qemu_img("info", str(enc)).stdout.count(b"encrypted: yes") == 1
     err = cli.fails("encrypt", str(enc), "out.img", "--key-file", str(keyfile), *FAST)
     assert "enc.qcow2" in err and "encrypted qcow2" in err
