@@ -8,11 +8,10 @@ one 64-bit entry per payload block (state in bits 0-2, file offset in MiB in bit
 sector-bitmap entry after every `chunk_ratio` payload entries. Blocks in state FULLY_PRESENT (6)
 are read; NOT_PRESENT, UNDEFINED, ZERO and UNMAPPED read as zeros.
 
-The log: when the current header names a LogGuid and the log holds a valid entry with that GUID,
+The log: when the current header names a LogGuid and the log holds valid entries with that GUID,
 the image was not closed cleanly and its metadata may be stale until the log is replayed. lukspack
-opens images read-only and does not replay logs: it refuses such an image with a message saying
-how to replay it (qemu-img check -r all, or attaching it once in Hyper-V). Differencing disks
-(HasParent) are refused too.
+replays the active sequence in memory (vhdx_log.py) and reads the file as the log leaves it,
+without writing to it. Differencing disks (HasParent) are refused.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import numpy as np
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import DiskImage, Extent
 from lukspack.images.crc32c import crc32c_zeroed
+from lukspack.images.vhdx_log import Replay, active_sequence, replay
 
 KiB, MiB = 1 << 10, 1 << 20
 FILE_SIGNATURE = b"vhdxfile"
@@ -41,9 +41,6 @@ REGION_TABLE_HEADER = struct.Struct("<4sIII")  # signature, checksum, entry_coun
 REGION_ENTRY = struct.Struct("<16sQII")  # guid, file_offset, length, required
 METADATA_HEADER = struct.Struct("<8sHH20x")  # signature, reserved, entry_count
 METADATA_ENTRY = struct.Struct("<16sIII4x")  # item_id, offset, length, flags
-# signature, checksum, entry_length, tail, sequence_number, descriptor_count, reserved, log_guid,
-# flushed_file_offset, last_file_offset
-LOG_ENTRY_HEADER = struct.Struct("<4sIIIQII16sQQ")
 MAX_ENTRIES = 2047
 
 
@@ -81,6 +78,8 @@ class VhdxImage(DiskImage):
 
     def __init__(self, path: str, fd: int) -> None:
         super().__init__(path, fd)
+        self._real_size = self.file_size
+        self.replay: Replay | None = None
         if self.file_size < 1 * MiB:
             raise FormatError(f"{path}: too small for a VHDX ({self.file_size} bytes < 1 MiB)")
         sig = self.pread(0, 8, "file type identifier")
@@ -88,7 +87,7 @@ class VhdxImage(DiskImage):
             raise FormatError(f"{path}: not a VHDX (file type identifier {sig!r})")
         self.creator = self.pread(8, 512, "creator").decode("utf-16-le", "replace").split("\0")[0]
         self.header = self._current_header()
-        self._check_log()
+        self._replay_log()
         regions = self._region_table()
         self._read_metadata(*regions[METADATA_REGION])
         self._read_bat(*regions[BAT_REGION])
@@ -122,8 +121,8 @@ class VhdxImage(DiskImage):
                               f"inside the file (size {self.file_size})")
         return h
 
-    def _check_log(self) -> None:
-        """Refuse an image whose log holds entries of its current LogGuid (a dirty log)."""
+    def _replay_log(self) -> None:
+        """Find the log's active sequence and replay it in memory (the file is not written)."""
         h = self.header
         guid, base, size = h["log_guid"], h["log_offset"], h["log_length"]
         if guid == bytes(16) or not size:
@@ -131,20 +130,30 @@ class VhdxImage(DiskImage):
         if size > MAX_LOG:
             raise UnsupportedError(f"{self.path}: VHDX log of {size} bytes is larger than "
                                    f"{MAX_LOG} bytes")
-        for pos in range(0, size, 4 * KiB):
-            e = LOG_ENTRY_HEADER.unpack(self.pread(base + pos, LOG_ENTRY_HEADER.size, "log"))
-            length = e[2]
-            if e[0] != b"loge" or e[7] != guid or length % (4 * KiB) or not 0 < length <= size:
-                continue
-            first = min(length, size - pos)  # the log is circular: an entry may wrap
-            entry = self.pread(base + pos, first, "log entry")
-            entry += self.pread(base, length - first, "log entry")
-            if crc32c_zeroed(entry, 4) == e[1]:
-                raise UnsupportedError(
-                    f"{self.path}: the VHDX log holds changes not yet applied (LogGuid "
-                    f"{_name(guid)}, entry {e[4]}): the image was not closed cleanly. lukspack "
-                    "opens images read-only and does not replay logs: replay it with `qemu-img "
-                    "check -r all` (or attach it once in Hyper-V), then retry")
+
+        def read(offset: int, n: int) -> bytes:  # the log is circular
+            first = min(n, size - offset)
+            data = self.pread(base + offset, first, "log")
+            return data + self.pread(base, n - first, "log") if first < n else data
+
+        entries = active_sequence(read, size, guid)
+        if entries:
+            self.replay = replay(entries, self._real_size, self.path)
+            self.file_size = self.replay.file_size
+
+    def pread_exact(self, file_offset: int, view: memoryview, what: str = "data") -> None:
+        if self.replay is None:
+            super().pread_exact(file_offset, view, what)
+            return
+        # the file as the log leaves it: extended with zeros, log writes on top
+        avail = max(0, min(len(view), self._real_size - file_offset))
+        super().pread_exact(file_offset, view[:avail], what)
+        if avail < len(view):
+            if file_offset + len(view) > self.file_size:
+                raise FormatError(f"{self.path}: {what} at offset {file_offset} is past the end "
+                                  f"of the file (size {self.file_size} after the log)")
+            view[avail:] = bytes(len(view) - avail)
+        self.replay.apply(file_offset, view)
 
     def _region_table(self) -> dict[bytes, tuple[int, int]]:
         problems = []
@@ -313,6 +322,7 @@ class VhdxImage(DiskImage):
             "virtual_disk_id": self.disk_id,
             "sequence_number": h["sequence_number"],
             "log_guid": _name(h["log_guid"]),
+            "log_entries_replayed": self.replay.entries if self.replay else 0,
             "blocks": {STATE_NAMES[k]: int(counts[k]) for k in STATE_NAMES if counts[k]},
         }
         return out
