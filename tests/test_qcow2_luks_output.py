@@ -22,7 +22,9 @@ from tests.helpers import (
     pattern_disk,
     qemu_img,
     qemu_luks_decrypt,
+    run,
     same_prefix,
+    tool,
 )
 from tests.images.flavours import qemu_check_encrypted, qemu_compare_encrypted
 
@@ -226,3 +228,24 @@ def test_convert_to_plain_qcow2(tmp_path: Path, cli: Cli) -> None:
     assert out.stat().st_size < 7 * MiB  # MiB 0, 3 and 7 are zeros and are not stored
     info = qemu_info(out)
     assert info["format"] == "qcow2" and not info.get("encrypted")
+
+
+def test_qemu_made_with_small_clusters_and_zero_clusters(tmp_path: Path, cli: Cli,
+                                                         keyfile: Path) -> None:
+    src = pattern_disk(tmp_path / "source.raw", 4)
+    enc = tmp_path / "small.qcow2"
+    qemu_img("convert", "--object", f"secret,id=s0,file={keyfile}", "-f", "raw", "-O", "qcow2",
+             "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,"
+             "cluster_size=4096", str(src), str(enc))
+    opts = f"driver=qcow2,encrypt.key-secret=s0,file.filename={enc}"
+    run([tool("qemu-io"), "--object", f"secret,id=s0,file={keyfile}", "-c", "write -z 1M 64k",
+         "-c", "write -P 0x42 2M 6k", "--image-opts", opts])
+    ref = tmp_path / "ref.raw"
+    qemu_img("convert", "--object", f"secret,id=s0,file={keyfile}", "--image-opts", opts, "-O",
+             "raw", str(ref))
+    d = json.loads(cli("info", str(enc), "--json").stdout)
+    assert d["qcow2"]["cluster_size"] == 4096 and d["qcow2"]["clusters"]["zero"] == 16
+    cli("verify", str(enc), "--key-file", str(keyfile), "--source", str(ref))
+    plain = tmp_path / "plain.raw"
+    cli("decrypt", str(enc), str(plain), "--key-file", str(keyfile))
+    assert plain.read_bytes() == ref.read_bytes() and plain.read_bytes()[2 * MiB] == 0x42
