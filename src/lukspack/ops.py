@@ -20,7 +20,7 @@ import numpy as np
 
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, VerifyError
-from lukspack.images import DiskImage, open_image
+from lukspack.images import DiskImage, open_image, source_files
 from lukspack.keys import wipe
 from lukspack.luks import luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
@@ -133,7 +133,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
     header_size = plan.header_size
     total = header_size + payload_size
 
-    with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
+    with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         out.preallocate(total)
         # key derivation (seconds, by design) runs while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
@@ -382,7 +382,7 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
     with open_image(source, opts.input_format) as image:
         size = image.virtual_size
-        with AtomicOutput(output, force=force, sources=(source,)) as out:
+        with AtomicOutput(output, force=force, sources=source_files(image)) as out:
             bytes_out = CONVERT_TARGETS[to](image, out, opts, _progress(progress, "convert", size))
             out.commit()
         return {"source": source, "source_format": image.format_name, "output": output,

@@ -22,7 +22,7 @@ import numpy as np
 
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError, VerifyError
-from lukspack.images import DiskImage, open_image
+from lukspack.images import DiskImage, open_image, source_files
 from lukspack.images.qcow2 import Qcow2Image
 from lukspack.images.qcow2_header import MAGIC
 from lukspack.images.qcow2_write import Qcow2Writer
@@ -104,7 +104,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volum
              opts: EncryptOptions, progress: ProgressFn | None, started: float) -> dict[str, Any]:
     writer = Qcow2Writer(image.virtual_size, crypto_header_length=LUKS_HEADER_BYTES)
     assert writer.crypto_header is not None
-    with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
+    with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts))
         flusher = _Flusher(out)
         plain_hash = hashlib.sha256()

@@ -72,3 +72,14 @@ def test_missing_flat_extent_is_refused(source: Path, tmp_path: Path, cli: Cli,
     (image.parent / "disk-flat.vmdk").unlink()
     err = cli.fails("encrypt", str(image), "out.img", "--key-file", str(keyfile), *FAST)
     assert "disk.vmdk" in err and "disk-flat.vmdk" in err and "cannot open extent file" in err
+
+
+def test_output_over_an_extent_file_is_refused(source: Path, tmp_path: Path, cli: Cli,
+                                               keyfile: Path) -> None:
+    image, _ref = make("vmdk-monolithicFlat", source, tmp_path)
+    extent = image.parent / "disk-flat.vmdk"
+    before = extent.read_bytes()
+    err = cli.fails("encrypt", str(image), str(extent), "--key-file", str(keyfile), "--force",
+                    *FAST)
+    assert "disk-flat.vmdk" in err and "same file as the source" in err
+    assert extent.read_bytes() == before

@@ -10,7 +10,7 @@ from lukspack.images.base import DiskImage, Extent
 from lukspack.images.raw import RawImage
 from lukspack.images.vhd import FOOTER_COOKIE, FOOTER_SIZE, VhdImage, parse_footer
 
-__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "FORMATS"]
+__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "source_files", "FORMATS"]
 
 FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx")
 _RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd")
@@ -51,9 +51,9 @@ def _qcow2(path: str, fd: int) -> DiskImage:
 
 
 def _vmdk(path: str, fd: int) -> DiskImage:
-    from lukspack.images.vmdk import open_vmdk
+    from lukspack.images.vmdk import VmdkImage
 
-    return open_vmdk(path, fd)
+    return VmdkImage(path, fd)
 
 
 def _vhdx(path: str, fd: int) -> DiskImage:
@@ -63,6 +63,11 @@ def _vhdx(path: str, fd: int) -> DiskImage:
 
 
 _READERS = {"qcow2": _qcow2, "vmdk": _vmdk, "vhdx": _vhdx}
+
+
+def source_files(image: DiskImage) -> tuple[str, ...]:
+    """Every file an image reads (a VMDK descriptor names extent files): none may be an output."""
+    return tuple(getattr(image, "files", (image.path,)))
 
 
 def open_image(path: str, fmt: str | None = None) -> DiskImage:

@@ -200,6 +200,12 @@ class VmdkImage(DiskImage):
         self._fds.append(fd)
         return File(self, path, fd)
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The descriptor (or sparse file) and every extent file it names."""
+        extra = [ext.f.path for _, ext in self.parts if hasattr(ext, "f") and ext.f.fd != self.fd]
+        return (self.path, *extra)
+
     def close_extents(self) -> None:
         for fd in self._fds:
             os.close(fd)
@@ -248,6 +254,3 @@ class VmdkImage(DiskImage):
         }
         return out
 
-
-def open_vmdk(path: str, fd: int) -> VmdkImage:
-    return VmdkImage(path, fd)
