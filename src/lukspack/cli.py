@@ -102,7 +102,7 @@ def keygen(file: str) -> None:
 
 
 input_format_option = click.option(
-    "--input-format", type=click.Choice(["raw", "vhd"]), default=None,
+    "--input-format", type=click.Choice(["raw", "vhd", "qcow2", "vmdk", "vhdx"]), default=None,
     help="Input container format (default: detected from the content).")
 
 
@@ -124,17 +124,24 @@ input_format_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
 @input_format_option
+@click.option("--output-format", type=click.Choice(["raw", "qcow2"]), default=None,
+              help="RAW LUKS, or qcow2 with LUKS inside (IBM Cloud VPC) [default: qcow2 when "
+                   "OUTPUT ends in .qcow2, else raw].")
 def encrypt(source: str, output: str, key_file: str, luks_type: str, hash_: str,
             iter_time: int, pbkdf_force_iterations: int | None, verify: bool, force: bool,
-            as_json: bool, progress: bool, input_format: str | None) -> None:
-    """Encrypt SOURCE (raw or VHD) into a LUKS1 RAW image OUTPUT, aes-xts-plain64."""
+            as_json: bool, progress: bool, input_format: str | None,
+            output_format: str | None) -> None:
+    """Encrypt SOURCE (raw, VHD, VHDX, qcow2 or VMDK) into a LUKS1 image OUTPUT, aes-xts-plain64:
+    RAW, or qcow2 with LUKS encryption inside."""
     opts = ops.EncryptOptions(luks_type=luks_type, hash=hash_, iter_time_ms=iter_time,
                               force_iterations=pbkdf_force_iterations, verify=verify, force=force,
-                              input_format=input_format, output_digest=as_json)
+                              input_format=input_format, output_format=output_format,
+                              output_digest=as_json)
     with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
         s = ops.encrypt(source, output, key, opts, bar)
     emit(s, as_json, [
-        f"{output}: {s['type'].upper()} {s['cipher']} {s['key_bits']}-bit, "
+        f"{output}: {'qcow2+' if s.get('output_format') == 'qcow2' else ''}"
+        f"{s['type'].upper()} {s['cipher']} {s['key_bits']}-bit, "
         f"{human(s['total_bytes'])} ({s['header_bytes']} header + {s['payload_bytes']} payload)",
         f"source {source} ({s['source_format']}, {human(s['virtual_size'])}), "
         f"sha256 {s['plaintext_sha256']}",
@@ -269,7 +276,7 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -
 @input_format_option
 def convert(source: str, output: str, to: str, force: bool, as_json: bool, progress: bool,
             input_format: str | None) -> None:
-    """Convert SOURCE to RAW or VHD (fixed or dynamic): the documented steps 1 and 2."""
+    """Convert SOURCE to RAW, VHD (fixed or dynamic) or plain qcow2: the documented steps 1 and 2."""
     opts = ops.EncryptOptions(input_format=input_format)
     with progress_bar(progress) as bar:
         r = ops.convert(source, output, to, force=force, opts=opts, progress=bar)

@@ -20,7 +20,7 @@ import numpy as np
 
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, VerifyError
-from lukspack.images import DiskImage, open_image
+from lukspack.images import DiskImage, open_image, source_files
 from lukspack.keys import wipe
 from lukspack.luks import kdf, luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
@@ -46,6 +46,7 @@ class EncryptOptions:
     verify: bool = True
     force: bool = False
     input_format: str | None = None
+    output_format: str | None = None  # raw | qcow2; None: qcow2 for a .qcow2 output name
     output_digest: bool = False  # SHA-256 of the whole output file, for --json
     chunk_size: int = CHUNK_SIZE
     workers: int = WORKERS
@@ -109,7 +110,11 @@ def _quiet_fdatasync(fd: int) -> None:
 
 def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
             progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Encrypt a disk image into a LUKS raw image at output; returns a summary."""
+    """Encrypt a disk image into a LUKS raw image (or qcow2+LUKS) at output; returns a summary."""
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.output_format(output, opts.output_format) == "qcow2":
+        return qcow2_ops.encrypt(source, output, passphrase, opts, progress)
     started = time.perf_counter()
     plan = plan_header(opts.luks_type, KdfOptions(opts.hash, opts.iter_time_ms,
                                                   opts.force_iterations))
@@ -130,7 +135,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
     header_size = plan.header_size
     total = header_size + payload_size
 
-    with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
+    with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         out.preallocate(total)
         # key derivation (seconds, by design) runs while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
@@ -300,6 +305,10 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
            ) -> dict[str, Any]:
     """Unlock an image and decrypt its whole payload; with source, compare with it."""
     opts = opts or EncryptOptions()
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.is_qcow2(image_path):
+        return qcow2_ops.verify(image_path, passphrase, source, opts, progress)
     started = time.perf_counter()
     fd, vol = open_luks_path(image_path)
     try:
@@ -336,6 +345,11 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
             ) -> dict[str, Any]:
     """Write the decrypted payload of a LUKS image as a RAW file (mode 0600: it is plaintext)."""
     opts = opts or EncryptOptions()
+    from lukspack import qcow2_ops
+
+    if qcow2_ops.is_qcow2(image_path):
+        return qcow2_ops.decrypt(image_path, output, passphrase, force=force, opts=opts,
+                                 progress=progress)
     fd, vol = open_luks_path(image_path)
     try:
         key = vol.unlock(passphrase)
@@ -373,7 +387,7 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
     with open_image(source, opts.input_format) as image:
         size = image.virtual_size
-        with AtomicOutput(output, force=force, sources=(source,)) as out:
+        with AtomicOutput(output, force=force, sources=source_files(image)) as out:
             bytes_out = CONVERT_TARGETS[to](image, out, opts, _progress(progress, "convert", size))
             out.commit()
         return {"source": source, "source_format": image.format_name, "output": output,
@@ -445,10 +459,18 @@ def pos_pad(entries: int) -> int:
     return round_up(entries * 4, 512) - entries * 4
 
 
+def _to_qcow2(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+              progress: Callable[[int], None] | None) -> int:
+    from lukspack.qcow2_ops import convert_to_qcow2
+
+    return convert_to_qcow2(image, out, opts, progress)
+
+
 CONVERT_TARGETS: dict[str, Callable[..., int]] = {
     "raw": _to_raw,
     "vhd-fixed": _to_vhd_fixed,
     "vhd-dynamic": _to_vhd_dynamic,
+    "qcow2": _to_qcow2,
 }
 
 
@@ -494,6 +516,10 @@ def info(path: str, input_format: str | None = None) -> dict[str, Any]:
                     "sector_size": vol.sector_size, "luks": vol.dump()}
         finally:
             os.close(fd)
+    if magic[:4] == b"QFI\xfb" and input_format in (None, "qcow2"):
+        from lukspack import qcow2_ops
+
+        return qcow2_ops.info(path)
     with open_image(path, input_format) as image:
         return image.info()
 

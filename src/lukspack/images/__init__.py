@@ -10,9 +10,9 @@ from lukspack.images.base import DiskImage, Extent
 from lukspack.images.raw import RawImage
 from lukspack.images.vhd import FOOTER_COOKIE, FOOTER_SIZE, VhdImage, parse_footer
 
-__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "FORMATS"]
+__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "source_files", "FORMATS"]
 
-FORMATS = ("raw", "vhd")
+FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx")
 _RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd")
 
 _SIGNATURES = (
@@ -44,6 +44,32 @@ def detect_format(path: str, fd: int) -> str:
     return "raw"
 
 
+def _qcow2(path: str, fd: int) -> DiskImage:
+    from lukspack.images.qcow2 import Qcow2Image
+
+    return Qcow2Image(path, fd)
+
+
+def _vmdk(path: str, fd: int) -> DiskImage:
+    from lukspack.images.vmdk import VmdkImage
+
+    return VmdkImage(path, fd)
+
+
+def _vhdx(path: str, fd: int) -> DiskImage:
+    from lukspack.images.vhdx import VhdxImage
+
+    return VhdxImage(path, fd)
+
+
+_READERS = {"qcow2": _qcow2, "vmdk": _vmdk, "vhdx": _vhdx}
+
+
+def source_files(image: DiskImage) -> tuple[str, ...]:
+    """Every file an image reads (a VMDK descriptor names extent files): none may be an output."""
+    return tuple(getattr(image, "files", (image.path,)))
+
+
 def open_image(path: str, fmt: str | None = None) -> DiskImage:
     """Open a disk image read-only, detecting its format unless fmt names it."""
     try:
@@ -63,6 +89,8 @@ def open_image(path: str, fmt: str | None = None) -> DiskImage:
             return RawImage(path, fd)
         if found == "vhd":
             return VhdImage(path, fd)
+        if found in _READERS:
+            return _READERS[found](path, fd)
         if found == "luks":
             raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
                                    "use it as it is")

@@ -184,30 +184,33 @@ def _cstr(raw: bytes, name: str, fieldname: str) -> str:
         raise FormatError(f"{name}: LUKS1 {fieldname} is not ASCII ({text!r})") from None
 
 
-def slot_layout(key_bytes: int) -> tuple[list[int], int]:
-    """Key-material offsets of the 8 slots and the payload offset, in sectors, as cryptsetup."""
+def slot_layout(key_bytes: int, payload_align: int = ALIGN_PAYLOAD) -> tuple[list[int], int]:
+    """Key-material offsets of the 8 slots and the payload offset, in sectors, as cryptsetup.
+
+    payload_align=ALIGN_KEYSLOTS gives qemu's layout (crypto/block-luks.c): the same slots, and
+    the payload right after the last slot's material (sector 4040 for a 512-bit key)."""
     material = -(-key_bytes * STRIPES // ALIGN_KEYSLOTS) * ALIGN_KEYSLOTS // SECTOR
     first = ALIGN_KEYSLOTS // SECTOR
     offsets = [first + i * material for i in range(NUM_KEYS)]
     end = (offsets[-1] + material) * SECTOR
-    payload = -(-end // ALIGN_PAYLOAD) * ALIGN_PAYLOAD // SECTOR
+    payload = -(-end // payload_align) * payload_align // SECTOR
     return offsets, payload
 
 
-def header_bytes(key_bytes: int = 64) -> int:
+def header_bytes(key_bytes: int = 64, payload_align: int = ALIGN_PAYLOAD) -> int:
     """Bytes before the payload of a lukspack/cryptsetup LUKS1 image."""
-    return slot_layout(key_bytes)[1] * SECTOR
+    return slot_layout(key_bytes, payload_align)[1] * SECTOR
 
 
 def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *,
                  slot_iterations: int, digest_iterations: int, hash_spec: str = "sha256",
                  cipher_name: str = "aes", cipher_mode: str = "xts-plain64",
-                 uuid: str | None = None) -> bytes:
+                 uuid: str | None = None, payload_align: int = ALIGN_PAYLOAD) -> bytes:
     """The whole header area (header + 8 slot areas, slot 0 active), payloadOffset*512 bytes."""
     key_bytes = len(volume_key)
     check_cipher(cipher_name, cipher_mode, key_bytes)
     hash_spec = check_hash(hash_spec)
-    offsets, payload = slot_layout(key_bytes)
+    offsets, payload = slot_layout(key_bytes, payload_align)
     digest_salt = secrets.token_bytes(SALT_SIZE)
     mk_digest = bytes(pbkdf2(hash_spec, volume_key, digest_salt, digest_iterations, DIGEST_SIZE))
     hdr = Luks1Header(

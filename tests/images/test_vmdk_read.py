@@ -1,0 +1,85 @@
+"""VMDK inputs (monolithicSparse, streamOptimized with and without -c and with VMware's footer,
+monolithicFlat, twoGbMaxExtent*, zeroed grains) read exactly as qemu reads them and encrypt to
+what qemu decrypts; delta disks and missing extents are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, Cli, MiB, pattern_disk, qemu_img, qemu_luks_decrypt, same_prefix
+from tests.images.flavours import (
+    FLAVOURS,
+    SOURCE_MIB,
+    check_reader,
+    copy,
+    encrypt_and_compare,
+    make,
+)
+
+NAMES = [n for n in FLAVOURS if n.startswith("vmdk")]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pattern_disk(tmp_path_factory.mktemp("src") / "source.raw", SOURCE_MIB)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flavour_reads_and_encrypts_like_qemu(name: str, source: Path, tmp_path: Path, cli: Cli,
+                                               keyfile: Path) -> None:
+    image, ref = make(name, source, tmp_path)
+    check_reader(name, image, ref, "vmdk")
+    encrypt_and_compare(cli, image, ref, keyfile, tmp_path)
+
+
+def test_stream_optimized_to_raw_luks(source: Path, tmp_path: Path, cli: Cli,
+                                      keyfile: Path) -> None:
+    image, ref = make("vmdk-streamOptimized-vmware-footer", source, tmp_path)
+    out = tmp_path / "out.img"
+    cli("encrypt", str(image), str(out), "--key-file", str(keyfile), *FAST)
+    plain = qemu_luks_decrypt(out, keyfile, tmp_path / "plain.raw")
+    assert same_prefix(plain, ref)
+
+
+def test_detected_by_content_not_name(source: Path, tmp_path: Path, cli: Cli,
+                                      keyfile: Path) -> None:
+    image, ref = make("vmdk-streamOptimized", source, tmp_path)
+    disguised = copy(image, tmp_path / "disk.raw")
+    encrypt_and_compare(cli, disguised, ref, keyfile, tmp_path)
+
+
+def test_info_names_the_subformat(source: Path, tmp_path: Path, cli: Cli) -> None:
+    image, _ref = make("vmdk-streamOptimized", source, tmp_path)
+    d = json.loads(cli("info", str(image), "--json").stdout)
+    assert d["format"] == "vmdk" and d["virtual_size"] == SOURCE_MIB * MiB
+    assert d["vmdk"]["create_type"] == "streamOptimized"
+    assert d["vmdk"]["extents"][0]["compressed"] is True
+
+
+def test_delta_disk_is_refused(tmp_path: Path, cli: Cli, keyfile: Path) -> None:
+    qemu_img("create", "-f", "vmdk", str(tmp_path / "base.vmdk"), "8M")
+    qemu_img("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(tmp_path / "child.vmdk"))
+    err = cli.fails("encrypt", "child.vmdk", "out.img", "--key-file", str(keyfile), *FAST)
+    assert "child.vmdk" in err and "parentCID" in err
+
+
+def test_missing_flat_extent_is_refused(source: Path, tmp_path: Path, cli: Cli,
+                                        keyfile: Path) -> None:
+    image, _ref = make("vmdk-monolithicFlat", source, tmp_path)
+    (image.parent / "disk-flat.vmdk").unlink()
+    err = cli.fails("encrypt", str(image), "out.img", "--key-file", str(keyfile), *FAST)
+    assert "disk.vmdk" in err and "disk-flat.vmdk" in err and "cannot open extent file" in err
+
+
+def test_output_over_an_extent_file_is_refused(source: Path, tmp_path: Path, cli: Cli,
+                                               keyfile: Path) -> None:
+    image, _ref = make("vmdk-monolithicFlat", source, tmp_path)
+    extent = image.parent / "disk-flat.vmdk"
+    before = extent.read_bytes()
+    err = cli.fails("encrypt", str(image), str(extent), "--key-file", str(keyfile), "--force",
+                    *FAST)
+    assert "disk-flat.vmdk" in err and "same file as the source" in err
+    assert extent.read_bytes() == before
