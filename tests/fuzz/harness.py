@@ -43,6 +43,17 @@ def _pattern(path: Path, size: int) -> Path:
     return path
 
 
+QEMU_SEEDS = {
+    "qcow2": ["-O", "qcow2"],
+    "qcow2-v2": ["-O", "qcow2", "-o", "compat=0.10"],
+    "qcow2-compressed": ["-c", "-O", "qcow2"],
+    "vmdk": ["-O", "vmdk"],
+    "vmdk-stream": ["-O", "vmdk", "-o", "subformat=streamOptimized"],
+    "vhdx": ["-O", "vhdx"],
+    "vhdx-fixed": ["-O", "vhdx", "-o", "subformat=fixed"],
+}
+
+
 def make_seed(fmt: str, directory: Path) -> bytes:
     """A small real image of the format, made by the peer tools."""
     raw = _pattern(directory / "seed.raw", 3 * MiB)
@@ -52,6 +63,13 @@ def make_seed(fmt: str, directory: Path) -> bytes:
     if fmt in ("vhd", "vhd-fixed"):
         sub = "subformat=fixed,force_size=on" if fmt == "vhd-fixed" else "force_size=on"
         _run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", sub, str(raw), str(out)])
+    elif fmt in QEMU_SEEDS:
+        _run(["qemu-img", "convert", "-f", "raw", *QEMU_SEEDS[fmt], str(raw), str(out)])
+    elif fmt == "qcow2-luks":
+        _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "--object",
+              f"secret,id=s0,file={key}", "-o",
+              "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+              str(raw), str(out)])
     elif fmt == "luks1":
         with open(out, "wb") as f:
             f.truncate(3 * MiB)
@@ -92,6 +110,24 @@ def exercise_luks(path: str) -> None:
         os.close(fd)
 
 
+def exercise_qcow2_luks(path: str) -> None:
+    from lukspack.qcow2_ops import open_qcow2_luks
+
+    fd, image, vol = open_qcow2_luks(path)
+    try:
+        vol.dump()
+        image.info()
+        if _max_cost(vol) > 20000:
+            return
+        try:
+            key = vol.unlock(b"fuzzing-passphrase")
+            vol.sector_cipher(key)
+        except LukspackError:
+            pass
+    finally:
+        os.close(fd)
+
+
 def _max_cost(vol) -> int:  # noqa: ANN001
     """The largest iteration count the header asks an unlock to spend."""
     h = vol.header
@@ -104,6 +140,8 @@ EXERCISE: dict[str, Callable[[str], None]] = {
     "vhd": exercise_image,
     "vhd-fixed": exercise_image,
     "luks1": exercise_luks,
+    "qcow2-luks": exercise_qcow2_luks,
+    **{name: exercise_image for name in QEMU_SEEDS},
 }
 
 

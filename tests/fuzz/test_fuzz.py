@@ -8,7 +8,7 @@ import pytest
 
 from tests.fuzz.harness import EXERCISE, REGRESSIONS, check_input, fuzz, make_seed
 
-CI_EXAMPLES = 150
+CI_EXAMPLES = 100
 
 
 @pytest.mark.parametrize("fmt", sorted(EXERCISE))
