@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lukspack.errors import LukspackError
-from lukspack.luks import luks1
-from lukspack.luks.kdf import pbkdf2_cost
+from lukspack.luks import luks1, luks2
+from lukspack.luks.kdf import digest_iterations, pbkdf2_cost, slot_kdf
 
-LUKS_TYPES = ("luks1",)
+LUKS_TYPES = ("luks1", "luks2")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,18 @@ class KdfOptions:
     hash: str = "sha256"
     iter_time_ms: int = 2000
     force_iterations: int | None = None
+    pbkdf: str | None = None  # None: pbkdf2 for LUKS1, argon2id for LUKS2 (cryptsetup's defaults)
+    memory_kb: int | None = None  # Argon2 memory cost, KiB (default 1 GiB, at most half the RAM)
+    parallel: int | None = None  # Argon2 threads (default 4, at most the online CPUs)
+
+    def slot_kdf(self, luks_type: str, key_bytes: int, check_only: bool = False):
+        """The key slot KDF for these options (calibrated unless forced); check_only validates."""
+        pbkdf = self.pbkdf or ("argon2id" if luks_type == "luks2" else "pbkdf2")
+        if luks_type == "luks1" and pbkdf != "pbkdf2":
+            raise LukspackError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
+        return slot_kdf(pbkdf, self.hash, key_bytes, iter_time_ms=self.iter_time_ms,
+                        force_iterations=self.force_iterations, memory_kb=self.memory_kb,
+                        parallel=self.parallel, check_only=check_only)
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,10 @@ class HeaderPlan:
 
 def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
                 sector_size: int = 512) -> HeaderPlan:
+    if luks_type in LUKS_TYPES:
+        kdf.slot_kdf(luks_type, key_bytes, check_only=True)  # bad options fail before any I/O
+    if luks_type == "luks2":
+        return _plan_luks2(kdf, key_bytes, sector_size)
     if luks_type == "luks1":
         if sector_size != 512:
             raise LukspackError(f"LUKS1 has 512-byte sectors only, not {sector_size}")
@@ -53,3 +69,17 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
                           512, build)
     raise LukspackError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
+
+
+def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan:
+    if sector_size not in (512, 4096):
+        raise LukspackError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
+
+    def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
+        slot = kdf.slot_kdf("luks2", len(volume_key))
+        iterations = digest_iterations(slot.hash, len(volume_key), kdf.force_iterations is not None)
+        return luks2.format_luks2(volume_key, passphrase, slot, digest_iterations=iterations,
+                                  sector_size=sector_size)
+
+    return HeaderPlan("luks2", luks2.DEFAULT_DATA_OFFSET, "aes", "xts-plain64", key_bytes,
+                      sector_size, build)
