@@ -24,7 +24,7 @@ from lukspack.keys import wipe
 from lukspack.luks import luks1, luks2
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.format import KdfOptions
-from lukspack.luks.volume import LuksVolume, file_reader, open_luks
+from lukspack.luks.volume import LuksVolume, open_luks
 
 
 @contextmanager

@@ -249,7 +249,7 @@ def _segments(j: dict[str, Any]) -> None:
         if not size and i != regular - 1:
             raise InvalidMetadata(f"segment {i} has dynamic size but is not the last segment")
         spans.append((int(s["offset"]), size or None, i))
-    for a0, alen, i in spans:
+    for a0, _alen, i in spans:
         for b0, blen, k in spans:
             if i != k and a0 >= b0 and (blen is None or a0 < b0 + blen):
                 raise InvalidMetadata(f"segment {i} (offset {a0}) overlaps segment {k}")
