@@ -160,7 +160,7 @@ def argon2_calibrate(kind: str, key_length: int, target_ms: int, max_memory_kb: 
             start = time.perf_counter()
             argon2(kind, b"foobarfo", b"0123456789abcdef0123456789abcdef", t, m, parallel,
                    key_length)
-            ms = (time.perf_counter() - start) * 1000
+            ms = int((time.perf_counter() - start) * 1000)  # whole ms, as cryptsetup
             best = min(best, ms)
             if ms < atleast:
                 break
@@ -266,14 +266,12 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
     threads = DEFAULT_PARALLEL if parallel is None else parallel
     if not 1 <= threads <= ARGON2_MAX_PARALLEL:
         raise UnsupportedError(f"--pbkdf-parallel {threads} is outside 1..{ARGON2_MAX_PARALLEL}")
-    if forced:  # no benchmark: the values are used as given
-        if memory < threads * 8:
-            raise UnsupportedError(f"--pbkdf-memory {memory} is below 8 KiB per thread "
-                                   f"({threads} threads)")
-        return None if check_only else SlotKdf(pbkdf, force_iterations, hash_name, memory, threads)
     if check_only:
         return None
+    # cryptsetup 2.6 caps threads by the online CPUs and memory by the RAM even when forced
     threads = min(threads, os.cpu_count() or 1)
     memory = min(memory, adjusted_phys_memory_kb())
+    if forced:  # no benchmark: the values are used as given
+        return SlotKdf(pbkdf, force_iterations, hash_name, memory, threads)
     t, m = argon2_calibrate(pbkdf, key_length, iter_time_ms, memory, threads)
     return SlotKdf(pbkdf, t, hash_name, m, threads)
