@@ -21,7 +21,7 @@ from lukspack.crypto.xts import xts_reference
 from lukspack.luks import luks2
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import SlotKdf
-from tests.helpers import MiB, Cli, leftovers, pattern_disk
+from tests.helpers import Cli, MiB, leftovers, pattern_disk
 from tests.luks.luks_helpers import (
     CS_ARGON2ID,
     CS_PBKDF2,
