@@ -158,12 +158,15 @@ def read_header(read_at, size: int, name: str) -> Luks2Header:
     if b1 is not None:
         b2, j2, why2 = _read_copy(read_at, size, b1.hdr_size, True)
     else:
+        found = ""
         for off in lj.METADATA_SIZES:  # no usable primary size: try every known offset
             b2, j2, why2 = _read_copy(read_at, size, off, True)
             if b2 is not None:
                 break
+            if not found and "magic" not in why2 and "past the end" not in why2:
+                found = why2  # a secondary is there, but bad: say why
         else:
-            why2 = "no secondary header at any known offset"
+            why2 = found or "no secondary header at any known offset"
     if j1 is None and j2 is None:
         if b1 is None and b2 is None and "magic" in why1 and "known offset" in why2:
             raise FormatError(f"{name}: not a LUKS2 header ({why1})")
@@ -175,9 +178,6 @@ def read_header(read_at, size: int, name: str) -> Luks2Header:
                   f"{old.seqid} < {new.seqid})")  # type: ignore[union-attr]
         why1, why2 = ("", reason) if use_primary else (reason, "")
         j1, j2 = (j1, None) if use_primary else (None, j2)
-    if j1 is None or j2 is None:
-        warnings.warn(f"{name}: LUKS2 {why1 or why2}; using the "
-                      f"{'primary' if use_primary else 'secondary'} header", stacklevel=2)
     b = b1 if use_primary else b2
     j = j1 if use_primary else j2
     hdr = Luks2Header(b, j, salt1=b1.salt if j1 is not None else None,  # type: ignore[union-attr,arg-type]
@@ -186,6 +186,9 @@ def read_header(read_at, size: int, name: str) -> Luks2Header:
     if hdr.areas_end > size:
         raise FormatError(f"{name}: LUKS2 header and keyslots area ({hdr.areas_end} bytes) are "
                           f"larger than the file ({size} bytes)")
+    if j1 is None or j2 is None:
+        warnings.warn(f"{name}: LUKS2 {why1 or why2}; using the "
+                      f"{'primary' if use_primary else 'secondary'} header", stacklevel=2)
     return hdr
 
 
