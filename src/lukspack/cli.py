@@ -355,11 +355,11 @@ def add_key(image: str, key_file: str, new_key_file: str, key_slot: int | None,
     kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
                      pbkdf_parallel)
     with key_from(key_file, dek_rules=False) as key, key_from(new_key_file, dek_rules=False) as new:
-        rule = dek_rule_broken(new)
-        if rule is not None:
-            warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
-                          f"IBM Cloud data encryption key: {rule}", stacklevel=1)
         r = do_add(image, key, new, kdf, key_slot=key_slot)
+        rule = dek_rule_broken(new)
+    if rule is not None:
+        warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
+                      f"IBM Cloud data encryption key: {rule}", stacklevel=1)
     emit(r, as_json, [f"{image}: added key slot {r['added_slot']} ({r['pbkdf']}), opened with "
                       f"slot {r['opened_slot']}; active slots: "
                       f"{', '.join(map(str, r['active_slots']))}"])

@@ -134,10 +134,10 @@ def test_binary_headers(cli: Cli, keyfile: Path, source: Path, tmp_path: Path) -
 def test_calibrated_argon2id(cli: Cli, keyfile: Path, source: Path, tmp_path: Path) -> None:
     """No forced cost: cryptsetup's benchmark picks time and memory for --iter-time."""
     out = tmp_path / "out.img"
-    cli("encrypt", source, out, "--key-file", keyfile, "--type", "luks2", "--iter-time", "200",
-        "--pbkdf-memory", "65536")
+    cli("encrypt", source, out, "--key-file", keyfile, "--type", "luks2", "--iter-time", "100",
+        "--pbkdf-memory", "16384")
     kdf = _json(out)["keyslots"]["0"]["kdf"]
-    assert kdf["type"] == "argon2id" and kdf["time"] >= 4 and 32 <= kdf["memory"] <= 65536
+    assert kdf["type"] == "argon2id" and kdf["time"] >= 4 and 32 <= kdf["memory"] <= 16384
     assert cs_opens(out, keyfile)
 
 
@@ -172,7 +172,7 @@ def _image(metadata: int, sector: int, slots: list[tuple[str, int]]) -> tuple[by
     key = bytes(range(64))
     base = luks2.format_luks2(key, b"pw", SlotKdf("pbkdf2", 1000), digest_iterations=1000,
                               sector_size=sector, metadata_size=metadata,
-                              data_offset=max(16 * MiB, 4 * metadata))
+                              data_offset=2 * metadata + 2 * MiB)
     hdr = luks2.read_header(lambda o, n: base[o : o + n], len(base), "x")
     j = hdr.json
     offset = 2 * metadata + luks2.keyslot_area_size(64)
@@ -189,7 +189,7 @@ def _image(metadata: int, sector: int, slots: list[tuple[str, int]]) -> tuple[by
     return primary + secondary + base[2 * metadata :], j
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(metadata=st.sampled_from(lj.METADATA_SIZES[:4]), sector=st.sampled_from([512, 4096]),
        slots=st.lists(st.tuples(st.sampled_from(["pbkdf2", "argon2i", "argon2id"]),
                                 st.just(64)), max_size=5))

@@ -14,9 +14,10 @@ import dataclasses
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from lukspack.crypto.sector import check_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError, WrongKeyError
@@ -25,6 +26,8 @@ from lukspack.luks import luks1, luks2
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.format import KdfOptions
 from lukspack.luks.volume import LuksVolume, open_luks
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -41,6 +44,27 @@ def _open_rw(path: str) -> Iterator[tuple[int, LuksVolume]]:
         yield fd, open_luks(path, fd)
     finally:
         os.close(fd)
+
+
+def _slow(fn: Callable[[], T]) -> T:
+    """Run key derivation in a thread and wait in short steps: Argon2 with a large cost can take
+    minutes in one C call, which would hold off the CLI's SIGINT/SIGTERM handling. Writes stay in
+    the calling thread, so an interrupt never leaves half a header behind."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="lukspack-kdf", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _write(fd: int, path: str, offset: int, data: bytes) -> None:
@@ -97,10 +121,11 @@ def _add_luks1(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
     free = [i for i, s in enumerate(hdr.slots) if not s.enabled]
     index = _pick_slot(vol.path, key_slot, free, luks1.NUM_KEYS)
     kdf.slot_kdf("luks1", hdr.key_bytes, check_only=True)
-    key, opened = _unlock_luks1(hdr, vol.read_at, passphrase, vol.path)
+    key, opened = _slow(lambda: _unlock_luks1(hdr, vol.read_at, passphrase, vol.path))
     try:
-        cost = kdf.slot_kdf("luks1", hdr.key_bytes)
-        material = luks1.seal_slot(hdr, index, key, new_passphrase, cost.iterations)
+        cost = _slow(lambda: kdf.slot_kdf("luks1", hdr.key_bytes))
+        material = _slow(lambda: luks1.seal_slot(hdr, index, key, new_passphrase,
+                                                 cost.iterations))
     finally:
         wipe(key)
     _write(fd, vol.path, hdr.slots[index].key_material_offset * luks1.SECTOR, material)
@@ -112,7 +137,7 @@ def _add_luks1(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
 
 def _remove_luks1(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> dict[str, Any]:
     hdr: luks1.Luks1Header = vol.header
-    key, index = _unlock_luks1(hdr, vol.read_at, passphrase, vol.path)
+    key, index = _slow(lambda: _unlock_luks1(hdr, vol.read_at, passphrase, vol.path))
     wipe(key)
     active = [i for i, s in enumerate(hdr.slots) if s.enabled]
     if active == [index]:
@@ -192,11 +217,12 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
     kdf.slot_kdf("luks2", area_key, check_only=True)
     area_size = luks2.keyslot_area_size(key_size)
     offset = _find_area(hdr, area_size, vol.path)
-    key, opened = hdr.unlock_slot(vol.read_at, passphrase, vol.path)
+    key, opened = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
     try:
-        slot = kdf.slot_kdf("luks2", area_key)
+        slot = _slow(lambda: kdf.slot_kdf("luks2", area_key))
         salt = secrets.token_bytes(luks2.SALT_SIZE)
-        material = luks2.seal_keyslot(key, new_passphrase, slot, salt, encryption, area_key)
+        material = _slow(lambda: luks2.seal_keyslot(key, new_passphrase, slot, salt, encryption,
+                                                    area_key))
     finally:
         wipe(key)
     slots[str(index)] = luks2.keyslot_json(key_size, slot, salt, offset, area_size, encryption,
@@ -216,7 +242,7 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
 
 def _remove_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> dict[str, Any]:
     hdr: luks2.Luks2Header = vol.header
-    key, index = hdr.unlock_slot(vol.read_at, passphrase, vol.path)
+    key, index = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
     wipe(key)
     active = hdr.active_keyslots()
     if active == [str(index)]:
