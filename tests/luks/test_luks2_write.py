@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lukspack.crypto.xts import xts_reference
-from lukspack.luks import luks2
+from lukspack.luks import luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import SlotKdf
 from tests.helpers import Cli, MiB, leftovers, pattern_disk
@@ -170,17 +170,17 @@ def test_size_says_luks2_needs_16_mib(cli: Cli, source: Path) -> None:
 def _image(metadata: int, sector: int, slots: list[tuple[str, int]]) -> tuple[bytes, dict]:
     """A LUKS2 metadata area with keyslots of the given KDF types and key sizes, packed by us."""
     key = bytes(range(64))
-    base = luks2.format_luks2(key, b"pw", SlotKdf("pbkdf2", 1000), digest_iterations=1000,
-                              sector_size=sector, metadata_size=metadata,
-                              data_offset=2 * metadata + 2 * MiB)
+    base = luks2_format.format_luks2(key, b"pw", SlotKdf("pbkdf2", 1000),
+                                     digest_iterations=1000, sector_size=sector,
+                                     metadata_size=metadata, data_offset=2 * metadata + 2 * MiB)
     hdr = luks2.read_header(lambda o, n: base[o : o + n], len(base), "x")
     j = hdr.json
-    offset = 2 * metadata + luks2.keyslot_area_size(64)
+    offset = 2 * metadata + luks2_format.keyslot_area_size(64)
     for i, (kind, size) in enumerate(slots, start=1):
         kdf = SlotKdf(kind, 4 if kind != "pbkdf2" else 1000, "sha256",
                       32 if kind != "pbkdf2" else 0, 1 if kind != "pbkdf2" else 0)
-        area = luks2.keyslot_area_size(size)
-        j["keyslots"][str(i)] = luks2.keyslot_json(size, kdf, bytes(32), offset, area,
+        area = luks2_format.keyslot_area_size(size)
+        j["keyslots"][str(i)] = luks2_format.keyslot_json(size, kdf, bytes(32), offset, area,
                                                    "aes-xts-plain64", 64)
         j["digests"]["0"]["keyslots"].append(str(i))
         offset += area

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lukspack.errors import LukspackError
-from lukspack.luks import luks1, luks2
+from lukspack.luks import luks1, luks2, luks2_format
 from lukspack.luks.kdf import digest_iterations, pbkdf2_cost, slot_kdf
 
 LUKS_TYPES = ("luks1", "luks2")
@@ -78,8 +78,8 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
     def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
         slot = kdf.slot_kdf("luks2", len(volume_key))
         iterations = digest_iterations(slot.hash, len(volume_key), kdf.force_iterations is not None)
-        return luks2.format_luks2(volume_key, passphrase, slot, digest_iterations=iterations,
-                                  sector_size=sector_size)
+        return luks2_format.format_luks2(volume_key, passphrase, slot, digest_iterations=iterations,
+                                         sector_size=sector_size)
 
     return HeaderPlan("luks2", luks2.DEFAULT_DATA_OFFSET, "aes", "xts-plain64", key_bytes,
                       sector_size, build)

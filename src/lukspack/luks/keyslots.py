@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from lukspack.crypto.sector import check_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError, WrongKeyError
 from lukspack.keys import wipe
-from lukspack.luks import luks1, luks2
+from lukspack.luks import luks1, luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.format import KdfOptions
 from lukspack.luks.volume import LuksVolume, open_luks
@@ -215,17 +215,17 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
     except UnsupportedError:
         encryption, area_key = "aes-xts-plain64", 64
     kdf.slot_kdf("luks2", area_key, check_only=True)
-    area_size = luks2.keyslot_area_size(key_size)
+    area_size = luks2_format.keyslot_area_size(key_size)
     offset = _find_area(hdr, area_size, vol.path)
     key, opened = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
     try:
         slot = _slow(lambda: kdf.slot_kdf("luks2", area_key))
         salt = secrets.token_bytes(luks2.SALT_SIZE)
-        material = _slow(lambda: luks2.seal_keyslot(key, new_passphrase, slot, salt, encryption,
+        material = _slow(lambda: luks2_format.seal_keyslot(key, new_passphrase, slot, salt, encryption,
                                                     area_key))
     finally:
         wipe(key)
-    slots[str(index)] = luks2.keyslot_json(key_size, slot, salt, offset, area_size, encryption,
+    slots[str(index)] = luks2_format.keyslot_json(key_size, slot, salt, offset, area_size, encryption,
                                            area_key)
     _segment_digest(hdr)["keyslots"].append(str(index))
     try:
