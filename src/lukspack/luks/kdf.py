@@ -111,7 +111,7 @@ def argon2(kind: str, password: bytes | bytearray, salt: bytes, time_cost: int, 
     try:
         return bytearray(hash_secret_raw(bytes(password), salt, time_cost, memory_kb, parallel,
                                          length, kinds[kind]))
-    except HashingError as e:
+    except (HashingError, OverflowError) as e:
         raise FormatError(f"{kind} time {time_cost}, memory {memory_kb} KiB, {parallel} threads: "
                           f"{e}") from None
 

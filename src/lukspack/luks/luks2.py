@@ -290,15 +290,19 @@ class Luks2Header:
             slot_kdf = SlotKdf(kdf["type"], kdf["time"], memory=kdf["memory"], parallel=kdf["cpus"])
         else:
             raise UnsupportedError(f"{where} kdf type {kdf['type']!r} is not supported")
-        if slot_kdf.iterations < 1:
-            raise FormatError(f"{where} kdf iterations/time {slot_kdf.iterations} is below 1")
+        costs = [("iterations", slot_kdf.iterations)] if slot_kdf.type == "pbkdf2" else [
+            ("time", slot_kdf.iterations), ("memory", slot_kdf.memory),
+            ("cpus", slot_kdf.parallel)]
+        for what, v in costs:
+            if not 1 <= v <= lj.U32_MAX:
+                raise FormatError(f"{where} kdf {what} {v} is outside 1..{lj.U32_MAX}")
         if af_["stripes"] != STRIPES:
             raise UnsupportedError(f"{where} has {af_['stripes']} AF stripes, not {STRIPES}")
         cipher = area["encryption"]
         check_cipher(*split_cipher_spec(cipher), area["key_size"])
         slot = Keyslot(int(key), ks["key_size"], slot_kdf, _b64(kdf["salt"], f"{where} salt",
                        SALT_SIZE), _hash(af_["hash"], where), STRIPES, int(area["offset"]),
-                       int(area["size"]), cipher, area["key_size"], ks.get("priority", 1))
+                       int(area["size"]), cipher, area["key_size"], lj.priority(ks))
         if slot.material_size() > slot.area_size:
             raise FormatError(f"{where} area size {slot.area_size} is smaller than its key "
                               f"material ({slot.material_size()} bytes)")
@@ -309,12 +313,19 @@ class Luks2Header:
         where = f"{name}: LUKS2 digest {key}"
         if d["type"] != "pbkdf2":
             raise UnsupportedError(f"{where} type {d['type']!r} is not supported")
-        hash_name = _hash(lj.get(d, "hash", str, where), where)
-        raw = _b64(lj.get(d, "digest", str, where), f"{where} digest")
+        try:
+            hash_name = _hash(lj.get(d, "hash", str, "digest"), where)
+            raw = _b64(lj.get(d, "digest", str, "digest"), f"{where} digest")
+            iterations = lj.get(d, "iterations", int, "digest")
+            salt = _b64(lj.get(d, "salt", str, "digest"), f"{where} salt", SALT_SIZE)
+        except lj.InvalidMetadata as e:
+            raise FormatError(f"{name}: LUKS2 {e}".replace("digest ", f"digest {key} ", 1)) \
+                from None
         if len(raw) != 20 and len(raw) != hashlib.new(hash_name).digest_size:
             raise FormatError(f"{where} digest is {len(raw)} bytes (20 or the {hash_name} size)")
-        return Digest(int(key), hash_name, lj.get(d, "iterations", int, where),
-                      _b64(lj.get(d, "salt", str, where), f"{where} salt", SALT_SIZE), raw,
+        if not 1 <= iterations <= lj.U32_MAX:
+            raise FormatError(f"{where} iterations {iterations} is outside 1..{lj.U32_MAX}")
+        return Digest(int(key), hash_name, iterations, salt, raw,
                       [int(k) for k in d["keyslots"]], [int(s) for s in d["segments"]])
 
     def segment_digest(self, name: str = "image") -> Digest:
@@ -337,7 +348,7 @@ class Luks2Header:
         if digest is None:
             return []
         bound = [k for k in digest["keyslots"] if self.json["keyslots"][k]["type"] == "luks2"]
-        prio = {k: self.json["keyslots"][k].get("priority", 1) for k in bound}
+        prio = {k: lj.priority(self.json["keyslots"][k]) for k in bound}
         return [k for p in (2, 1) for k in sorted(bound, key=int) if prio[k] == p]
 
     # unlocking

@@ -64,7 +64,7 @@ def _keyslot(j: dict[str, Any], key: str, ks: dict[str, Any]) -> dict[str, Any]:
     bound = any(j["digests"][d]["segments"] for d in digests)
     out: dict[str, Any] = {"id": key, "type": ks["type"], "unbound": not bound,
                            "key_bits": ks.get("key_size", 0) * 8,
-                           "priority": _PRIORITY.get(ks.get("priority", 1), "invalid")}
+                           "priority": _PRIORITY.get(lj.priority(ks), "invalid")}
     if ks["type"] == "luks2":
         kdf, af, area = ks["kdf"], ks["af"], ks["area"]
         out.update({"cipher": area["encryption"], "cipher_key_bits": area["key_size"] * 8,

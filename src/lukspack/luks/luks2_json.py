@@ -13,6 +13,8 @@ import copy
 import json
 from typing import Any
 
+from lukspack.errors import FormatError
+
 BIN_LEN = 4096  # the binary header before each JSON area
 METADATA_SIZES = tuple(0x4000 << i for i in range(9))  # 16 KiB .. 4 MiB: binary header + JSON
 MAX_KEYSLOTS_SIZE = 128 << 20
@@ -24,8 +26,9 @@ _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", flo
                bool: "boolean", type(None): "null"}
 
 
-class InvalidMetadata(Exception):
-    """A LUKS2 header copy fails a check; the message is the reason, without the file name."""
+class InvalidMetadata(FormatError):
+    """A LUKS2 header copy fails a check; the message is the reason, without the file name
+    (luks2.py adds it; a FormatError so that a miss still reaches the user as one line)."""
 
 
 def dumps(obj: dict[str, Any]) -> str:
@@ -94,6 +97,21 @@ def u32(parent: dict[str, Any], key: str, where: str) -> int:
     if not 0 <= v <= U32_MAX:
         raise InvalidMetadata(f"{where} \"{key}\" is {v}, outside 0..{U32_MAX}")
     return v
+
+
+def priority(keyslot: dict[str, Any]) -> int:
+    """A keyslot's priority (0 ignore, 1 normal, 2 prefer) read as json-c's get_int reads it:
+    missing is normal; numbers and numeric strings convert; anything else is 0."""
+    v = keyslot.get("priority", 1)
+    if isinstance(v, (bool, int, float)):
+        return int(v) if abs(v) < 2**31 else 0
+    if isinstance(v, str):
+        digits = v.strip()
+        sign = -1 if digits.startswith("-") else 1
+        digits = digits.lstrip("+-")
+        n = len(digits) - len(digits.lstrip("0123456789"))
+        return sign * int(digits[:n]) if n and n < 10 else 0
+    return 0
 
 
 def _numbered(section: str, key: str) -> None:
