@@ -245,3 +245,21 @@ def test_sigterm_during_a_long_kdf_changes_nothing(made: dict[str, Path], tmp_pa
     _, err = p.communicate(timeout=10)
     assert p.returncode == 143 and time.monotonic() - start < 2, err
     assert image.read_bytes() == before
+
+
+def test_add_key_after_an_interrupted_write(cli: Cli, made: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    """An older primary (a write stopped between the copies): the secondary is used, and the
+    next write brings both copies to one seqid above it."""
+    image, key = _copy(made, "luks2", tmp_path), made["key"]
+    old_primary = image.read_bytes()[:HDR]
+    k1, k2 = write_key(tmp_path / "k1", b"one"), write_key(tmp_path / "k2", b"two")
+    cli("add-key", image, "--key-file", key, "--new-key-file", k1, *FAST)
+    with open(image, "r+b") as f:
+        f.write(old_primary)
+    seq = _seqids(image)
+    assert seq[0] + 1 == seq[1]
+    p = cli("add-key", image, "--key-file", k1, "--new-key-file", k2, *FAST)
+    assert "primary header is older" in p.stderr.decode()
+    assert _seqids(image) == (seq[1] + 1, seq[1] + 1)
+    assert cs_opens(image, k1) and cs_opens(image, k2) and cs_opens(image, key)

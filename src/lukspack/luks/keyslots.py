@@ -181,13 +181,17 @@ def _find_area(hdr: luks2.Luks2Header, length: int, name: str) -> int:
     return offset
 
 
-def _write_luks2(fd: int, vol: LuksVolume, hdr: luks2.Luks2Header) -> int:
-    """Write both copies with seqid + 1, after checking the one on disk is the one we read."""
-    on_disk = luks2.BinaryHeader.unpack(os.pread(fd, luks2.BIN_LEN, 0))
-    if on_disk.magic == luks2.MAGIC_1ST and on_disk.uuid == hdr.bin.uuid \
-            and on_disk.seqid != hdr.bin.seqid:
-        raise LukspackError(f"{vol.path}: the LUKS2 header changed while lukspack worked (seqid "
-                            f"{on_disk.seqid}, read {hdr.bin.seqid}); nothing was written")
+def _snapshot(fd: int, hdr: luks2.Luks2Header) -> bytes:
+    """Both header copies as they are on disk now."""
+    return os.pread(fd, 2 * hdr.hdr_size, 0)
+
+
+def _write_luks2(fd: int, vol: LuksVolume, hdr: luks2.Luks2Header, snapshot: bytes) -> int:
+    """Write both copies with seqid + 1, after checking that the headers on disk are still the
+    ones that were read (cryptsetup's concurrent-update check)."""
+    if _snapshot(fd, hdr) != snapshot:
+        raise LukspackError(f"{vol.path}: the LUKS2 header changed while lukspack worked; nothing "
+                            "was written")
     lj.validate(hdr.json, hdr.hdr_size - luks2.BIN_LEN)
     seqid = hdr.bin.seqid + 1
     primary, secondary = hdr.pack(seqid)
@@ -204,6 +208,7 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
                new_passphrase: bytes | bytearray, kdf: KdfOptions,
                key_slot: int | None) -> dict[str, Any]:
     hdr: luks2.Luks2Header = vol.header
+    snapshot = _snapshot(fd, hdr)
     kdf = dataclasses.replace(kdf, hash=kdf.hash or "sha256")
     slots = hdr.json["keyslots"]
     index = _pick_slot(vol.path, key_slot, [i for i in range(luks2.MAX_KEYSLOTS)
@@ -233,7 +238,7 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
     except lj.InvalidMetadata as e:
         raise FormatError(f"{vol.path}: cannot add key slot {index}: {e}") from None
     _write(fd, vol.path, offset, material)
-    seqid = _write_luks2(fd, vol, hdr)
+    seqid = _write_luks2(fd, vol, hdr, snapshot)
     return {"image": vol.path, "type": "luks2", "opened_slot": opened, "added_slot": index,
             "pbkdf": slot.type, "hash": slot.hash, "iterations": slot.iterations,
             "memory_kb": slot.memory, "parallel": slot.parallel, "area_offset": offset,
@@ -242,6 +247,7 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
 
 def _remove_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> dict[str, Any]:
     hdr: luks2.Luks2Header = vol.header
+    snapshot = _snapshot(fd, hdr)
     key, index = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
     wipe(key)
     active = hdr.active_keyslots()
@@ -255,6 +261,6 @@ def _remove_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> di
                 obj["keyslots"].remove(str(index))
     area = ks["area"]
     _write(fd, vol.path, int(area["offset"]), secrets.token_bytes(int(area["size"])))
-    seqid = _write_luks2(fd, vol, hdr)
+    seqid = _write_luks2(fd, vol, hdr, snapshot)
     return {"image": vol.path, "type": "luks2", "removed_slot": index, "seqid": seqid,
             "active_slots": [int(k) for k in active if k != str(index)]}
