@@ -136,6 +136,8 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
     with AtomicOutput(output, force=opts.force, sources=(image.path,)) as out:
         out.preallocate(total)
+        if plan.prepare is not None:
+            plan.prepare()  # KDF calibration, before the payload threads load the CPU
         # key derivation (seconds, by design) runs while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
         flusher = _Flusher(out)
