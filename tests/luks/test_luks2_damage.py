@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from lukspack.errors import FormatError
+from lukspack.luks.volume import open_luks_path
 from tests.helpers import Cli, MiB, cryptsetup, pattern_disk
 from tests.luks.luks_helpers import LP_FAST, cs_opens, write_key
 
@@ -197,16 +200,33 @@ REFUSED = {
 }
 
 
+def _refusal(image: Path) -> str:
+    """The error lukspack gives for an image (in-process: the CLI's one-line form of the same
+    message is checked once, in test_invalid_json_through_the_cli)."""
+    with pytest.raises(FormatError) as e:
+        fd, _vol = open_luks_path(str(image))
+        os.close(fd)
+    return str(e.value)
+
+
 @pytest.mark.parametrize(("change", "reason"), REFUSED.values(), ids=REFUSED.keys())
-def test_invalid_json_is_refused_with_its_reason(cli: Cli, image: Path, key: Path,
-                                                 change: Callable, reason: str) -> None:
+def test_invalid_json_is_refused_with_its_reason(image: Path, key: Path, change: Callable,
+                                                 reason: str) -> None:
     if reason == "not aligned to its sector_size":
         edit(image, _set("segments/0/size", str(3 * 512)))  # a fixed size of 1536 bytes ...
     edit(image, change)  # ... and then 4096-byte sectors
     assert not cs_accepts(image, key)
-    err = cli.fails("verify", image, "--key-file", key)
+    err = _refusal(image)
     assert "no valid LUKS2 header: primary header: " in err and reason in err, err
     assert err.count(reason) == 2  # both copies, each with its reason
+
+
+def test_invalid_json_through_the_cli(cli: Cli, image: Path, key: Path) -> None:
+    edit(image, _overlap)
+    for command in (["verify", image, "--key-file", key], ["info", image],
+                    ["decrypt", image, image.with_name("out"), "--key-file", key]):
+        err = cli.fails(*command)
+        assert "keyslot 1 area (offset 36864) overlaps keyslot 0" in err
 
 
 def test_json_not_nul_padded(cli: Cli, image: Path, key: Path) -> None:
