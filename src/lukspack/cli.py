@@ -106,18 +106,35 @@ input_format_option = click.option(
     help="Input container format (default: detected from the content).")
 
 
+def kdf_options(f: Any) -> Any:
+    """The key slot KDF options of `encrypt` and `add-key`, as cryptsetup spells them."""
+    for opt in reversed([
+        click.option("--pbkdf", type=click.Choice(["argon2id", "argon2i", "pbkdf2"]), default=None,
+                     help="Key slot KDF [default: argon2id for LUKS2, pbkdf2 for LUKS1]."),
+        click.option("--iter-time", type=click.IntRange(min=1), default=2000, show_default=True,
+                     help="Milliseconds of KDF to unlock, calibrated as cryptsetup does."),
+        click.option("--pbkdf-memory", type=click.IntRange(min=1), default=None,
+                     help="Argon2 memory cost in KiB [default: 1048576, at most half the RAM]."),
+        click.option("--pbkdf-parallel", type=click.IntRange(min=1), default=None,
+                     help="Argon2 threads [default: 4, at most the CPUs]."),
+        click.option("--pbkdf-force-iterations", type=click.IntRange(min=1), default=None,
+                     help="Use this iteration count (Argon2: time cost) instead of calibrating."),
+    ]):
+        f = opt(f)
+    return f
+
+
 @cli.command()
 @click.argument("source", type=click.Path())
 @click.argument("output", type=click.Path())
 @click.option("--key-file", required=True, help=KEY_FILE_HELP + " Must be a valid DEK.")
-@click.option("--type", "luks_type", type=click.Choice(["luks1"]), default="luks1",
+@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
               show_default=True, help="LUKS version.")
 @click.option("--hash", "hash_", default="sha256", show_default=True,
-              help="PBKDF2 and AF hash.")
-@click.option("--iter-time", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Milliseconds of PBKDF2 to unlock, calibrated as cryptsetup does.")
-@click.option("--pbkdf-force-iterations", type=click.IntRange(min=1000), default=None,
-              help="Use this PBKDF2 iteration count instead of calibrating.")
+              help="PBKDF2, AF and digest hash.")
+@kdf_options
+@click.option("--sector-size", type=click.Choice(["512", "4096"]), default="512",
+              show_default=True, help="LUKS2 encryption sector size (LUKS1: 512 only).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Reopen the output with the key file and compare it with the source.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
@@ -128,13 +145,16 @@ input_format_option = click.option(
               help="RAW LUKS, or qcow2 with LUKS inside (IBM Cloud VPC) [default: qcow2 when "
                    "OUTPUT ends in .qcow2, else raw].")
 def encrypt(source: str, output: str, key_file: str, luks_type: str, hash_: str,
-            iter_time: int, pbkdf_force_iterations: int | None, verify: bool, force: bool,
-            as_json: bool, progress: bool, input_format: str | None,
-            output_format: str | None) -> None:
-    """Encrypt SOURCE (raw, VHD, VHDX, qcow2 or VMDK) into a LUKS1 image OUTPUT, aes-xts-plain64:
-    RAW, or qcow2 with LUKS encryption inside."""
+            pbkdf: str | None, iter_time: int, pbkdf_memory: int | None,
+            pbkdf_parallel: int | None, pbkdf_force_iterations: int | None, sector_size: str,
+            verify: bool, force: bool, as_json: bool, progress: bool,
+            input_format: str | None, output_format: str | None) -> None:
+    """Encrypt SOURCE (raw, VHD, VHDX, qcow2 or VMDK) into a LUKS image OUTPUT, aes-xts-plain64:
+    LUKS1 or LUKS2 RAW, or qcow2 with LUKS1 encryption inside (IBM Cloud VPC)."""
     opts = ops.EncryptOptions(luks_type=luks_type, hash=hash_, iter_time_ms=iter_time,
-                              force_iterations=pbkdf_force_iterations, verify=verify, force=force,
+                              force_iterations=pbkdf_force_iterations, pbkdf=pbkdf,
+                              pbkdf_memory_kb=pbkdf_memory, pbkdf_parallel=pbkdf_parallel,
+                              sector_size=int(sector_size), verify=verify, force=force,
                               input_format=input_format, output_format=output_format,
                               output_digest=as_json)
     with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
@@ -199,6 +219,9 @@ def _info_lines(d: dict[str, Any], indent: str = "") -> Iterator[str]:
     if luks and luks.get("version") == 1:
         yield from _luks1_dump(luks)
         return
+    if luks and luks.get("version") == 2:
+        yield from _luks2_dump(luks)
+        return
     for k, v in d.items():
         if isinstance(v, dict):
             yield f"{indent}{k}:"
@@ -242,6 +265,127 @@ def _luks1_dump(h: dict[str, Any]) -> Iterator[str]:
         yield f"\tAF stripes:            \t{s['af_stripes']}"
 
 
+def _luks2_hex(h: str) -> str:
+    """cryptsetup's hexprint_base64: 16 bytes a line, each followed by a space."""
+    return _hexgroups(h, 16, "\t" + " " * 12)
+
+
+def _luks2_dump(h: dict[str, Any]) -> Iterator[str]:
+    """The text of `cryptsetup luksDump` for a LUKS2 header (lib/luks2/luks2_json_metadata.c)."""
+    yield "LUKS header information"
+    yield f"Version:       \t{h['version']}"
+    yield f"Epoch:         \t{h['epoch']}"
+    yield f"Metadata area: \t{h['metadata_area']} [bytes]"
+    yield f"Keyslots area: \t{h['keyslots_area']} [bytes]"
+    yield f"UUID:          \t{h['uuid'] or '(no UUID)'}"
+    yield f"Label:         \t{h['label'] or '(no label)'}"
+    yield f"Subsystem:     \t{h['subsystem'] or '(no subsystem)'}"
+    yield "Flags:       \t" + ("".join(f"{f} " for f in h["flags"]) or "(no flags)")
+    yield ""
+    if h["requirements"]:
+        yield "Requirements:\t" + "".join(f"{r} " for r in h["requirements"])
+        yield ""
+    yield "Data segments:"
+    for s in h["segments"]:
+        yield f"  {s['id']}: {s['type']}"
+        yield f"\toffset: {s['offset']} [bytes]"
+        yield "\tlength: " + ("(whole device)" if s["length"] == "dynamic"
+                             else f"{s['length']} [bytes]")
+        yield f"\tcipher: {s['cipher'] or '(no SW encryption)'}"
+        if s["sector"] is not None:
+            yield f"\tsector: {s['sector']} [bytes]"
+        if s.get("integrity"):
+            yield f"\tintegrity: {s['integrity']}"
+        if s.get("flags"):
+            yield "\tflags : " + ", ".join(s["flags"])
+        yield ""
+    yield "Keyslots:"
+    for k in h["keyslots"]:
+        yield f"  {k['id']}: {k['type']}{' (unbound)' if k['unbound'] else ''}"
+        yield f"\tKey:        {k['key_bits']} bits"
+        yield f"\tPriority:   {k['priority']}"
+        if k["type"] == "luks2":
+            yield f"\tCipher:     {k['cipher']}"
+            yield f"\tCipher key: {k['cipher_key_bits']} bits"
+            yield f"\tPBKDF:      {k['pbkdf']}"
+            if k["pbkdf"] == "pbkdf2":
+                yield f"\tHash:       {k['hash']}"
+                yield f"\tIterations: {k['iterations']}"
+            else:
+                yield f"\tTime cost:  {k['time_cost']}"
+                yield f"\tMemory:     {k['memory']}"
+                yield f"\tThreads:    {k['threads']}"
+            yield f"\tSalt:       {_luks2_hex(k['salt'])}"
+            yield f"\tAF stripes: {k['af_stripes']}"
+            yield f"\tAF hash:    {k['af_hash']}"
+            yield f"\tArea offset:{k['area_offset']} [bytes]"
+            yield f"\tArea length:{k['area_length']} [bytes]"
+        for d in k["digest_ids"]:
+            yield f"\tDigest ID:  {d}"
+    yield "Tokens:"
+    for t in h["tokens"]:
+        yield f"  {t['id']}: {t['type']}"
+        for ks in t["keyslots"]:
+            yield f"\tKeyslot:    {ks}"
+    yield "Digests:"
+    for d in h["digests"]:
+        yield f"  {d['id']}: {d['type']}"
+        if d["type"] == "pbkdf2":
+            yield f"\tHash:       {d['hash']}"
+            yield f"\tIterations: {d['iterations']}"
+            yield f"\tSalt:       {_luks2_hex(d['salt'])}"
+            yield f"\tDigest:     {_luks2_hex(d['digest'])}"
+
+
+@cli.command(name="add-key")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--key-file", required=True, help=KEY_FILE_HELP + " It must open a key slot.")
+@click.option("--new-key-file", required=True, help="File holding the new key; '-' reads stdin.")
+@click.option("--key-slot", type=click.IntRange(min=0), default=None,
+              help="Slot to fill [default: the first free one].")
+@click.option("--hash", "hash_", default=None,
+              help="PBKDF2 and AF hash [LUKS2 default: sha256; LUKS1: the header's].")
+@kdf_options
+@click.option("--json", "as_json", is_flag=True)
+def add_key(image: str, key_file: str, new_key_file: str, key_slot: int | None,
+            hash_: str | None, pbkdf: str | None, iter_time: int, pbkdf_memory: int | None,
+            pbkdf_parallel: int | None, pbkdf_force_iterations: int | None,
+            as_json: bool) -> None:
+    """Add a key slot to IMAGE (LUKS1 or LUKS2, in place), as `cryptsetup luksAddKey`."""
+    from lukspack.keys import dek_rule_broken
+    from lukspack.luks.format import KdfOptions
+    from lukspack.luks.keyslots import add_key as do_add
+
+    if key_file == "-" and new_key_file == "-":
+        raise click.UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
+    kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
+                     pbkdf_parallel)
+    with key_from(key_file, dek_rules=False) as key, key_from(new_key_file, dek_rules=False) as new:
+        r = do_add(image, key, new, kdf, key_slot=key_slot)
+        rule = dek_rule_broken(new)
+    if rule is not None:
+        warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
+                      f"IBM Cloud data encryption key: {rule}", stacklevel=1)
+    emit(r, as_json, [f"{image}: added key slot {r['added_slot']} ({r['pbkdf']}), opened with "
+                      f"slot {r['opened_slot']}; active slots: "
+                      f"{', '.join(map(str, r['active_slots']))}"])
+
+
+@cli.command(name="remove-key")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--key-file", required=True, help=KEY_FILE_HELP + " Its slot is removed.")
+@click.option("--json", "as_json", is_flag=True)
+def remove_key(image: str, key_file: str, as_json: bool) -> None:
+    """Remove the key slot that --key-file opens, as `cryptsetup luksRemoveKey`; the last
+    slot is never removed."""
+    from lukspack.luks.keyslots import remove_key as do_remove
+
+    with key_from(key_file, dek_rules=False) as key:
+        r = do_remove(image, key)
+    emit(r, as_json, [f"{image}: removed key slot {r['removed_slot']}; active slots: "
+                      f"{', '.join(map(str, r['active_slots']))}"])
+
+
 @cli.command()
 @click.argument("source", type=click.Path())
 @click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
@@ -259,6 +403,10 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -
         f"total bytes:   {r['total_bytes']}",
         f"total MiB:     {r['total_mib']}",
     ]
+    if luks_type == "luks2":
+        lines.append("LUKS2 (cryptsetup's default since 2.1) keeps 16 MiB before the data: two "
+                     "16 KiB headers and the keyslots area; size the image as RAW + 16 MiB, "
+                     "rounded up to a whole MiB")
     if not r["documented_fits"]:
         lines.append(f"note: the documented 'RAW + 4 MiB' ({r['documented_total_bytes']} bytes) is "
                      f"too small for a {luks_type} header of {r['header_bytes'] // ops.MiB} MiB: "

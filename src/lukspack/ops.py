@@ -43,6 +43,10 @@ class EncryptOptions:
     hash: str = "sha256"
     iter_time_ms: int = 2000
     force_iterations: int | None = None
+    pbkdf: str | None = None  # LUKS2: argon2id (default), argon2i or pbkdf2
+    pbkdf_memory_kb: int | None = None
+    pbkdf_parallel: int | None = None
+    sector_size: int = 512
     verify: bool = True
     force: bool = False
     input_format: str | None = None
@@ -117,7 +121,9 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
         return qcow2_ops.encrypt(source, output, passphrase, opts, progress)
     started = time.perf_counter()
     plan = plan_header(opts.luks_type, KdfOptions(opts.hash, opts.iter_time_ms,
-                                                  opts.force_iterations))
+                                                  opts.force_iterations, opts.pbkdf,
+                                                  opts.pbkdf_memory_kb, opts.pbkdf_parallel),
+                       sector_size=opts.sector_size)
     with open_image(source, opts.input_format) as image:
         volume_key = bytearray(secrets.token_bytes(plan.key_bytes))
         try:
@@ -137,6 +143,8 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         out.preallocate(total)
+        if plan.prepare is not None:
+            plan.prepare()  # KDF calibration, before the payload threads load the CPU
         # key derivation (seconds, by design) runs while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
         flusher = _Flusher(out)
@@ -482,7 +490,9 @@ def size_report(source: str, luks_type: str = "luks1", input_format: str | None 
     if luks_type == "luks1":
         header = luks1.header_bytes(64)
     elif luks_type == "luks2":
-        header = 16 * MiB
+        from lukspack.luks.luks2 import DEFAULT_DATA_OFFSET
+
+        header = DEFAULT_DATA_OFFSET  # 2 x 16 KiB headers + keyslots area up to 16 MiB
     else:
         raise LukspackError(f"--type {luks_type} is not supported (use luks1 or luks2)")
     payload = round_up(raw)
@@ -501,11 +511,19 @@ def size_report(source: str, luks_type: str = "luks1", input_format: str | None 
     }
 
 
+def _lost_luks2_primary(fd: int) -> bool:
+    from lukspack.luks.luks2 import find_secondary
+
+    return find_secondary(lambda o, n: os.pread(fd, n, o), os.fstat(fd).st_size) is not None
+
+
 def info(path: str, input_format: str | None = None) -> dict[str, Any]:
     """Describe any supported image: a LUKS header like luksDump, or a disk image's layout."""
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
+            if magic != luks1.MAGIC and _lost_luks2_primary(f.fileno()):
+                magic = luks1.MAGIC  # a LUKS2 image whose secondary header is still there
     except OSError as e:
         raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
     if magic == luks1.MAGIC and input_format is None:

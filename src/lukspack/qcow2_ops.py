@@ -27,8 +27,8 @@ from lukspack.images.qcow2 import Qcow2Image
 from lukspack.images.qcow2_header import MAGIC
 from lukspack.images.qcow2_write import Qcow2Writer
 from lukspack.keys import wipe
-from lukspack.luks import luks1
-from lukspack.luks.kdf import check_hash, pbkdf2_cost
+from lukspack.luks import kdf, luks1
+from lukspack.luks.kdf import Pbkdf2Cost, check_hash, pbkdf2_cost
 from lukspack.luks.volume import LuksVolume, dump_header, open_luks
 from lukspack.ops import (
     EncryptOptions,
@@ -84,28 +84,32 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
                                f"{opts.luks_type}: use --type luks1, or a RAW output")
     check_hash(opts.hash)
     with open_image(source, opts.input_format) as image:
+        # calibrate before the payload threads load the CPU (as cryptsetup, on an idle machine)
+        cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, opts.force_iterations)
         volume_key = bytearray(secrets.token_bytes(KEY_BYTES))
         try:
-            return _encrypt(image, output, passphrase, volume_key, opts, progress, started)
+            with kdf.remember():  # verification re-derives nothing it already derived
+                return _encrypt(image, output, passphrase, volume_key, opts, progress, started,
+                                cost)
         finally:
             wipe(volume_key)
 
 
 def build_luks_header(volume_key: bytes | bytearray, passphrase: bytes | bytearray,
-                      opts: EncryptOptions) -> bytes:
+                      opts: EncryptOptions, cost: Pbkdf2Cost) -> bytes:
     """The LUKS1 header area as qemu lays it out inside qcow2 (LUKS_HEADER_BYTES long)."""
-    cost = pbkdf2_cost(opts.hash, len(volume_key), opts.iter_time_ms, opts.force_iterations)
     return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                               digest_iterations=cost.digest_iterations, hash_spec=opts.hash,
                               payload_align=luks1.ALIGN_KEYSLOTS)
 
 
 def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volume_key: bytearray,
-             opts: EncryptOptions, progress: ProgressFn | None, started: float) -> dict[str, Any]:
+             opts: EncryptOptions, progress: ProgressFn | None, started: float,
+             cost: Pbkdf2Cost) -> dict[str, Any]:
     writer = Qcow2Writer(image.virtual_size, crypto_header_length=LUKS_HEADER_BYTES)
     assert writer.crypto_header is not None
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
-        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts))
+        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts, cost))
         flusher = _Flusher(out)
         plain_hash = hashlib.sha256()
         source_read = _Hashed(plain_hash, image.virtual_size).read(image.read_into)

@@ -36,19 +36,21 @@ def _shift_tables(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class XtsCipher:
-    """AES-XTS with a 256-bit (AES-128) or 512-bit (AES-256) key, in place on whole sectors.
+    """AES-XTS with a 256, 384 or 512-bit key (AES-128/192/256), in place on whole sectors.
 
     Not thread-safe: create one per worker thread (creation is cheap).
     """
 
-    def __init__(self, key: bytes | bytearray, sector_size: int = 512, iv_step: int | None = None):
-        if len(key) not in (32, 64):
-            raise ValueError(f"AES-XTS takes a 256 or 512-bit key, not {len(key) * 8} bits")
+    def __init__(self, key: bytes | bytearray, sector_size: int = 512, iv_step: int | None = None,
+                 iv_bits: int = 64):
+        if len(key) not in (32, 48, 64):
+            raise ValueError(f"AES-XTS takes a 256, 384 or 512-bit key, not {len(key) * 8} bits")
         if sector_size < 16 or sector_size & (sector_size - 1):
             raise ValueError(f"data unit size must be a power of two >= 16, not {sector_size}")
         half = len(key) // 2
         self.sector_size = sector_size
         self.iv_step = max(1, sector_size // 512) if iv_step is None else iv_step
+        self._iv_mask = np.uint64((1 << iv_bits) - 1)  # plain: the IV is the sector number mod 2^32
         self._blocks = sector_size // 16
         self._tweak_ecb = AesEcb(key[half:], encrypt=True)
         self._enc = AesEcb(key[:half], encrypt=True)
@@ -106,6 +108,7 @@ class XtsCipher:
         iv = self._iv[:units]
         iv[:, 1] = 0
         np.add(self._steps[:units], np.uint64(first_iv), out=iv[:, 0])
+        np.bitwise_and(iv[:, 0], self._iv_mask, out=iv[:, 0])
         self._tweak_ecb.run(memoryview(iv).cast("B"))
         base = self._base[:units]
         base[:, 0] = iv

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lukspack.errors import LukspackError
-from lukspack.luks import luks1
-from lukspack.luks.kdf import pbkdf2_cost
+from lukspack.luks import luks1, luks2, luks2_format
+from lukspack.luks.kdf import digest_iterations, pbkdf2_cost, slot_kdf
 
-LUKS_TYPES = ("luks1",)
+LUKS_TYPES = ("luks1", "luks2")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,18 @@ class KdfOptions:
     hash: str = "sha256"
     iter_time_ms: int = 2000
     force_iterations: int | None = None
+    pbkdf: str | None = None  # None: pbkdf2 for LUKS1, argon2id for LUKS2 (cryptsetup's defaults)
+    memory_kb: int | None = None  # Argon2 memory cost, KiB (default 1 GiB, at most half the RAM)
+    parallel: int | None = None  # Argon2 threads (default 4, at most the online CPUs)
+
+    def slot_kdf(self, luks_type: str, key_bytes: int, check_only: bool = False):
+        """The key slot KDF for these options (calibrated unless forced); check_only validates."""
+        pbkdf = self.pbkdf or ("argon2id" if luks_type == "luks2" else "pbkdf2")
+        if luks_type == "luks1" and pbkdf != "pbkdf2":
+            raise LukspackError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
+        return slot_kdf(pbkdf, self.hash, key_bytes, iter_time_ms=self.iter_time_ms,
+                        force_iterations=self.force_iterations, memory_kb=self.memory_kb,
+                        parallel=self.parallel, check_only=check_only)
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,8 @@ class HeaderPlan:
     key_bytes: int
     sector_size: int
     build: Callable[[bytes | bytearray, bytes | bytearray], bytes]  # (volume key, passphrase)
+    # called once before the payload streams (output open, CPU idle): KDF calibration
+    prepare: Callable[[], None] | None = None
 
     @property
     def cipher(self) -> str:
@@ -41,15 +56,47 @@ class HeaderPlan:
 
 def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
                 sector_size: int = 512) -> HeaderPlan:
+    if luks_type in LUKS_TYPES:
+        kdf.slot_kdf(luks_type, key_bytes, check_only=True)  # bad options fail before any I/O
+    if luks_type == "luks2":
+        return _plan_luks2(kdf, key_bytes, sector_size)
     if luks_type == "luks1":
         if sector_size != 512:
             raise LukspackError(f"LUKS1 has 512-byte sectors only, not {sector_size}")
 
+        costs: list[Any] = []
+
+        def prepare() -> None:  # calibrate before the payload threads load the CPU
+            costs.append(pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations))
+
         def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
-            cost = pbkdf2_cost(kdf.hash, len(volume_key), kdf.iter_time_ms, kdf.force_iterations)
+            if not costs:
+                prepare()
+            cost = costs[0]
             return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                       digest_iterations=cost.digest_iterations, hash_spec=kdf.hash)
 
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
-                          512, build)
+                          512, build, prepare)
     raise LukspackError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
+
+
+def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan:
+    """LUKS2 calibrates in prepare(), before the payload streams, on an idle CPU as cryptsetup
+    does (a benchmark run beside the encryption threads would pick a weaker cost)."""
+    if sector_size not in (512, 4096):
+        raise LukspackError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
+    cost: dict[str, Any] = {}
+
+    def prepare() -> None:
+        cost["slot"] = slot = kdf.slot_kdf("luks2", key_bytes)
+        cost["digest"] = digest_iterations(slot.hash, key_bytes, kdf.force_iterations is not None)
+
+    def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
+        if not cost:
+            prepare()
+        return luks2_format.format_luks2(volume_key, passphrase, cost["slot"],
+                                         digest_iterations=cost["digest"], sector_size=sector_size)
+
+    return HeaderPlan("luks2", luks2.DEFAULT_DATA_OFFSET, "aes", "xts-plain64", key_bytes,
+                      sector_size, build, prepare)

@@ -1,23 +1,26 @@
-"""Key derivation (PBKDF2 now; Argon2 arrives with LUKS2) and cryptsetup-style calibration.
+"""Key derivation (PBKDF2, Argon2i, Argon2id) and cryptsetup-style calibration.
 
 PBKDF2 is OpenSSL's PKCS5_PBKDF2_HMAC through hashlib, which releases the GIL, so a key slot can be
-derived or opened while other threads encrypt the payload.
+derived or opened while other threads encrypt the payload. Argon2 is libargon2 through argon2-cffi
+(CFFI releases the GIL too), version 0x13, no secret and no associated data, as cryptsetup calls it.
 
-Calibration follows cryptsetup's `crypt_pbkdf_check`: start at 2^15 iterations and grow the count
-(x16 below 62 ms, x8 below 125 ms, x4 below 250 ms, else x2) until one run takes over 500 ms; the
-rate of that run, in iterations per second, sets the counts for the requested time.
+PBKDF2 calibration follows cryptsetup's `crypt_pbkdf_check`: start at 2^15 iterations and grow the
+count (x16 below 62 ms, x8 below 125 ms, x4 below 250 ms, else x2) until one run takes over 500 ms;
+the rate of that run, in iterations per second, sets the counts for the requested time.
+Argon2 calibration (`crypt_argon2_check`) searches memory first, then time, for the target time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lukspack.errors import UnsupportedError
+from lukspack.errors import FormatError, UnsupportedError
 
 HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 LUKS_MKD_ITERATIONS_MS = 125  # cryptsetup: the volume-key digest costs 1/8 s
@@ -100,6 +103,14 @@ class Pbkdf2Cost:
     digest_iterations: int
 
 
+def digest_iterations(hash_name: str, key_length: int, forced: bool) -> int:
+    """Iterations of a LUKS2 volume-key digest: 1/8 s of PBKDF2, or the minimum when the key slot
+    cost is forced (cryptsetup's PBKDF2_digest_store)."""
+    if forced:
+        return MIN_ITERATIONS
+    return max(MIN_ITERATIONS, pbkdf2_rate(hash_name, key_length) * LUKS_MKD_ITERATIONS_MS // 1000)
+
+
 def pbkdf2_cost(hash_name: str, key_length: int, iter_time_ms: int = 2000,
                 force_iterations: int | None = None) -> Pbkdf2Cost:
     """Iteration counts for a LUKS1 key slot and volume-key digest, as `cryptsetup luksFormat`."""
@@ -115,3 +126,202 @@ def pbkdf2_cost(hash_name: str, key_length: int, iter_time_ms: int = 2000,
         slot_iterations=max(MIN_ITERATIONS, rate * iter_time_ms // 1000),
         digest_iterations=max(MIN_ITERATIONS, rate * LUKS_MKD_ITERATIONS_MS // 1000),
     )
+
+
+# -- Argon2 and the key slot KDF of LUKS2 --------------------------------------------------------
+
+PBKDFS = ("pbkdf2", "argon2i", "argon2id")
+ARGON2_MIN_TIME = 4  # cryptsetup's crypt_pbkdf_get_limits for argon2i/argon2id
+ARGON2_MIN_MEMORY = 32  # KiB, hard limit
+ARGON2_MIN_BENCH_MEMORY = 64 * 1024  # the benchmark starts at 64 MiB
+ARGON2_MAX_MEMORY = 4 * 1024 * 1024  # 4 GiB
+ARGON2_MAX_PARALLEL = 4
+DEFAULT_ITER_TIME_MS = 2000  # DEFAULT_LUKS1_ITER_TIME and DEFAULT_LUKS2_ITER_TIME
+DEFAULT_MEMORY_KB = 1024 * 1024  # DEFAULT_LUKS2_MEMORY_KB
+DEFAULT_PARALLEL = 4  # DEFAULT_LUKS2_PARALLEL_THREADS, reduced to the online CPUs
+_BENCH_MIN_MS, _BENCH_MIN_MS_FAST, _BENCH_SAMPLES_FAST = 250, 10, 3
+
+
+def argon2(kind: str, password: bytes | bytearray, salt: bytes, time_cost: int, memory_kb: int,
+           parallel: int, length: int, *, remember: bool = True) -> bytearray:
+    """Argon2i or Argon2id, version 0x13; the result is a bytearray the caller wipes.
+
+    remember=False for measurements: a calibration run must really compute."""
+    from argon2.exceptions import HashingError
+    from argon2.low_level import Type, hash_secret_raw
+
+    kinds = {"argon2i": Type.I, "argon2id": Type.ID}
+    if kind not in kinds:
+        raise UnsupportedError(f"unsupported PBKDF {kind!r} (supported: {', '.join(PBKDFS)})")
+    key = (kind, hashlib.sha256(password).digest(), bytes(salt), time_cost, memory_kb, parallel,
+           length)
+    try:
+        def compute() -> bytes:
+            return hash_secret_raw(bytes(password), salt, time_cost, memory_kb, parallel, length,
+                                   kinds[kind])
+
+        return memoized(key, compute) if remember else bytearray(compute())
+    except (HashingError, OverflowError) as e:
+        raise FormatError(f"{kind} time {time_cost}, memory {memory_kb} KiB, {parallel} threads: "
+                          f"{e}") from None
+
+
+def adjusted_phys_memory_kb() -> int:
+    """What cryptsetup lets Argon2 use: half the RAM; without swap on a machine with under 4 GiB,
+    half the free memory when that is smaller and over 64 MiB (pbkdf_adjusted_phys_memory_kb)."""
+    info = _meminfo()
+    total = info.get("MemTotal", 0)
+    if total < 128 * 1024 or total > 0xFFFFFFFF:
+        return DEFAULT_MEMORY_KB
+    memory = total // 2
+    if memory < 2 * 1024 * 1024 and not info.get("SwapTotal", 0):
+        free = info.get("MemAvailable", info.get("MemFree", 0)) // 2
+        if 64 * 1024 < free < memory:
+            return free
+    return memory
+
+
+def _meminfo() -> dict[str, int]:
+    try:
+        with open("/proc/meminfo") as f:
+            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
+    except (OSError, ValueError):
+        try:
+            return {"MemTotal": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024}
+        except (ValueError, OSError):
+            return {}
+
+
+def argon2_calibrate(kind: str, key_length: int, target_ms: int, max_memory_kb: int,
+                     parallel: int) -> tuple[int, int]:
+    """(time cost, memory KiB) that take about target_ms, as cryptsetup's crypt_argon2_check:
+    find costs that take at least 250 ms (memory first, from 64 MiB), then scale memory up to
+    max_memory_kb, then time, re-measuring until within -5 %..+10 % of the target."""
+    min_t = ARGON2_MIN_TIME
+    min_m = max(min(ARGON2_MIN_BENCH_MEMORY, max_memory_kb), parallel * 8)
+    max_m = max_memory_kb
+    if max_m < min_m:
+        raise UnsupportedError(f"--pbkdf-memory {max_memory_kb} is below the minimum {min_m} KiB")
+    t, m = min_t, min_m
+
+    def measure(samples: int, atleast: int) -> float:
+        best = float("inf")
+        for _ in range(samples):
+            start = time.perf_counter()
+            argon2(kind, b"foobarfo", b"0123456789abcdef0123456789abcdef", t, m, parallel,
+                   key_length, remember=False)
+            ms = int((time.perf_counter() - start) * 1000)  # whole ms, as cryptsetup
+            best = min(best, ms)
+            if ms < atleast:
+                break
+        return best
+
+    while True:  # 1. small costs that take at least 250 ms
+        ms = measure(_BENCH_SAMPLES_FAST, _BENCH_MIN_MS)
+        if ms >= _BENCH_MIN_MS:
+            break
+        if m == max_m:
+            new = t * 16 if ms < _BENCH_MIN_MS_FAST else int(t * _BENCH_MIN_MS / ms)
+            if new == t:
+                break
+            t = new
+        else:
+            new = m * 16 if ms < _BENCH_MIN_MS_FAST else int(m * _BENCH_MIN_MS / ms)
+            if new == m:
+                break
+            m = min(new, max_m)
+    lo, hi = target_ms * 95 / 100, target_ms * 110 / 100
+    while True:  # 2. and 3. estimate the target costs, measure, correct
+        final, t, m = _next_argon2(t, m, min_t, min_m, max_m, ms, target_ms)
+        if final:
+            return t, m
+        ms = measure(1, int(lo))
+        if lo <= ms <= hi:
+            return t, m
+
+
+def _next_argon2(t: int, m: int, min_t: int, min_m: int, max_m: int, ms: float,
+                 target: int) -> tuple[bool, int, int]:
+    """cryptsetup's next_argon2_params: (final, time, memory) for the next measurement."""
+    old = (t, m)
+    ms = max(int(ms), 1)
+    if ms > target:  # too slow: lower time first, then memory
+        new_t = t * target // ms
+        if new_t < min_t:
+            m, t = t * m * target // (min_t * ms), min_t
+            if m < min_m:
+                return True, t, min_m
+        else:
+            t = new_t
+    else:  # too fast: raise memory first, then time
+        new_m = m * target // ms
+        if new_m > max_m:
+            t, m = t * m * target // (max_m * ms), max_m
+            if t <= min_t:
+                return True, min_t, m
+        elif new_m < min_m:
+            return True, t, min_m
+        else:
+            m = new_m
+    return (t, m) == old, t, m
+
+
+@dataclass(frozen=True)
+class SlotKdf:
+    """The KDF of one key slot: pbkdf2 (hash, iterations) or argon2i/argon2id (time, memory, cpus)."""
+
+    type: str
+    iterations: int  # PBKDF2 iterations, or the Argon2 time cost
+    hash: str = "sha256"  # PBKDF2 only
+    memory: int = 0  # KiB, Argon2 only
+    parallel: int = 0  # Argon2 only
+
+    def derive(self, passphrase: bytes | bytearray, salt: bytes, length: int) -> bytearray:
+        if self.type == "pbkdf2":
+            return pbkdf2(self.hash, passphrase, salt, self.iterations, length)
+        return argon2(self.type, passphrase, salt, self.iterations, self.memory, self.parallel,
+                      length)
+
+
+def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
+             iter_time_ms: int = DEFAULT_ITER_TIME_MS, force_iterations: int | None = None,
+             memory_kb: int | None = None, parallel: int | None = None,
+             check_only: bool = False) -> SlotKdf | None:
+    """The key slot KDF `cryptsetup luksFormat`/`luksAddKey` would choose for these options
+    (verify_pbkdf_params, init_pbkdf_type and the benchmark), with the same limits.
+    check_only: validate the options now (fast), return None, calibrate later."""
+    hash_name = check_hash(hash_name)
+    if pbkdf not in PBKDFS:
+        raise UnsupportedError(f"unsupported PBKDF {pbkdf!r} (supported: {', '.join(PBKDFS)})")
+    if iter_time_ms < 1:
+        raise UnsupportedError(f"--iter-time must be at least 1 ms, not {iter_time_ms}")
+    if pbkdf == "pbkdf2":
+        if memory_kb is not None or parallel is not None:
+            raise UnsupportedError("--pbkdf-memory and --pbkdf-parallel do not apply to pbkdf2")
+        if force_iterations is not None and force_iterations < MIN_ITERATIONS:
+            raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the "
+                                   f"minimum {MIN_ITERATIONS} for pbkdf2")
+        if check_only:
+            return None
+        cost = pbkdf2_cost(hash_name, key_length, iter_time_ms, force_iterations)
+        return SlotKdf("pbkdf2", cost.slot_iterations, hash_name)
+    forced = force_iterations is not None
+    if forced and force_iterations < ARGON2_MIN_TIME:
+        raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the minimum "
+                               f"{ARGON2_MIN_TIME} for {pbkdf}")
+    memory = DEFAULT_MEMORY_KB if memory_kb is None else memory_kb
+    if not ARGON2_MIN_MEMORY <= memory <= ARGON2_MAX_MEMORY:
+        raise UnsupportedError(f"--pbkdf-memory {memory} is outside {ARGON2_MIN_MEMORY}.."
+                               f"{ARGON2_MAX_MEMORY} KiB")
+    threads = DEFAULT_PARALLEL if parallel is None else parallel
+    if not 1 <= threads <= ARGON2_MAX_PARALLEL:
+        raise UnsupportedError(f"--pbkdf-parallel {threads} is outside 1..{ARGON2_MAX_PARALLEL}")
+    if check_only:
+        return None
+    # cryptsetup 2.6 caps threads by the online CPUs and memory by the RAM even when forced
+    threads = min(threads, os.cpu_count() or 1)
+    memory = min(memory, adjusted_phys_memory_kb())
+    if forced:  # no benchmark: the values are used as given
+        return SlotKdf(pbkdf, force_iterations, hash_name, memory, threads)
+    t, m = argon2_calibrate(pbkdf, key_length, iter_time_ms, memory, threads)
+    return SlotKdf(pbkdf, t, hash_name, m, threads)

@@ -228,6 +228,17 @@ def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *
 def set_slot(hdr: Luks1Header, area: bytearray, index: int, volume_key: bytes | bytearray,
              passphrase: bytes | bytearray, iterations: int) -> None:
     """Fill key slot `index` of a header area in memory and repack the header into it."""
+    material = seal_slot(hdr, index, volume_key, passphrase, iterations)
+    start = hdr.slots[index].key_material_offset * SECTOR
+    area[start : start + len(material)] = material
+    packed = hdr.pack()
+    area[: len(packed)] = packed
+
+
+def seal_slot(hdr: Luks1Header, index: int, volume_key: bytes | bytearray,
+              passphrase: bytes | bytearray, iterations: int) -> bytes:
+    """Make key slot `index` active in hdr (new salt) and return its encrypted key material
+    (material_sectors() * 512 bytes, to be written at its keyMaterialOffset)."""
     slot = hdr.slots[index]
     slot.salt = secrets.token_bytes(SALT_SIZE)
     slot.iterations = iterations
@@ -241,7 +252,4 @@ def set_slot(hdr: Luks1Header, area: bytearray, index: int, volume_key: bytes | 
         c.close()
     finally:
         wipe(slot_key)
-    start = slot.key_material_offset * SECTOR
-    area[start : start + len(material)] = material
-    packed = hdr.pack()
-    area[: len(packed)] = packed
+    return bytes(material)

@@ -69,9 +69,13 @@ def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
     if size < 1024:
         raise FormatError(f"{path}: too small for a LUKS header ({size} bytes)")
     head = read_at(0, 8)
-    if head[:6] != luks1.MAGIC:
-        raise FormatError(f"{path}: not a LUKS container (magic {head[:6]!r})")
     version = int.from_bytes(head[6:8], "big")
+    if head[:6] != luks1.MAGIC:
+        from lukspack.luks import luks2  # noqa: PLC0415
+
+        if luks2.find_secondary(read_at, size) is None:  # a LUKS2 image with its primary lost?
+            raise FormatError(f"{path}: not a LUKS container (magic {head[:6]!r})")
+        version = 2
     if version == 1:
         hdr = luks1.Luks1Header.unpack(read_at(0, luks1.HEADER_SIZE), path)
         offset = hdr.payload_offset * luks1.SECTOR
@@ -81,7 +85,7 @@ def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
         return LuksVolume(path, 1, hdr, hdr.cipher_name, hdr.cipher_mode, hdr.key_bytes,
                           offset, size - offset, luks1.SECTOR, read_at)
     if version == 2:
-        from lukspack.luks import luks2  # noqa: PLC0415 - arrives with LUKS2 support
+        from lukspack.luks import luks2  # noqa: PLC0415
 
         return luks2.open_volume(path, read_at, size)
     raise FormatError(f"{path}: unknown LUKS version {version}")
