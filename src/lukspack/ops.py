@@ -324,28 +324,36 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
         try:
             result: dict[str, Any] = {"image": image_path, "type": f"luks{vol.version}",
                                       "cipher": vol.cipher}
-            if source is None:
-                d = decrypt_stream(vol, fd, key, vol.payload_size, opts, progress, "verify")
-                result.update(d)
-            else:
-                with open_image(source, opts.input_format) as src:
-                    if src.virtual_size > vol.payload_size:
-                        raise VerifyError(f"{image_path}: payload ({vol.payload_size} bytes) is "
-                                          f"smaller than the source ({src.virtual_size} bytes)")
-                    want = image_sha256(src, progress, opts)
-                    d = decrypt_stream(vol, fd, key, src.virtual_size, opts, progress, "verify")
-                result.update(d)
-                result["source_sha256"] = want
-                if d["plaintext_sha256"] != want:
-                    raise VerifyError(f"{image_path}: does not decrypt to {source} (sha256 "
-                                      f"{d['plaintext_sha256']} != {want})")
-            result["matches_source"] = source is not None
+            result.update(compare_with_source(
+                image_path, source, vol.payload_size, opts, progress,
+                lambda size: decrypt_stream(vol, fd, key, size, opts, progress, "verify")))
         finally:
             wipe(key)
     finally:
         os.close(fd)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def compare_with_source(image_path: str, source: str | None, disk_size: int, opts: EncryptOptions,
+                        progress: ProgressFn | None,
+                        decrypt_fn: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """Decrypt the whole disk, or with a source the source's length, and compare the digests.
+
+    decrypt_fn(plain_size) decrypts the image, hashing its first plain_size bytes and checking
+    that the rest decrypts to zeros."""
+    if source is None:
+        return {**decrypt_fn(disk_size), "matches_source": False}
+    with open_image(source, opts.input_format) as src:
+        if src.virtual_size > disk_size:
+            raise VerifyError(f"{image_path}: disk ({disk_size} bytes) is smaller than the source "
+                              f"({src.virtual_size} bytes)")
+        want = image_sha256(src, progress, opts)
+        got = decrypt_fn(src.virtual_size)
+    if got["plaintext_sha256"] != want:
+        raise VerifyError(f"{image_path}: does not decrypt to {source} (sha256 "
+                          f"{got['plaintext_sha256']} != {want})")
+    return {**got, "source_sha256": want, "matches_source": True}
 
 
 def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, force: bool = False,

@@ -39,7 +39,7 @@ from lukspack.ops import (
     _Hashed,
     _progress,
     _sparse_writer,
-    image_sha256,
+    compare_with_source,
 )
 from lukspack.output import AtomicOutput
 from lukspack.pipeline import run_stream
@@ -282,22 +282,9 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None,
         try:
             result: dict[str, Any] = {"image": image_path, "format": "qcow2",
                                       "type": f"luks{vol.version}", "cipher": vol.cipher}
-            if source is None:
-                result.update(decrypt_stream(image, vol, key, image.virtual_size, opts, progress,
-                                             "verify"))
-            else:
-                with open_image(source, opts.input_format) as src:
-                    if src.virtual_size > image.virtual_size:
-                        raise VerifyError(f"{image_path}: disk ({image.virtual_size} bytes) is "
-                                          f"smaller than the source ({src.virtual_size} bytes)")
-                    want = image_sha256(src, progress, opts)
-                    d = decrypt_stream(image, vol, key, src.virtual_size, opts, progress, "verify")
-                result.update(d)
-                result["source_sha256"] = want
-                if d["plaintext_sha256"] != want:
-                    raise VerifyError(f"{image_path}: does not decrypt to {source} (sha256 "
-                                      f"{d['plaintext_sha256']} != {want})")
-            result["matches_source"] = source is not None
+            result.update(compare_with_source(
+                image_path, source, image.virtual_size, opts, progress,
+                lambda size: decrypt_stream(image, vol, key, size, opts, progress, "verify")))
         finally:
             wipe(key)
     finally:
