@@ -79,9 +79,9 @@ def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
     if version == 1:
         hdr = luks1.Luks1Header.unpack(read_at(0, luks1.HEADER_SIZE), path)
         offset = hdr.payload_offset * luks1.SECTOR
-        if offset > size:
+        if offset >= size:  # cryptsetup: "Device ... is too small"
             raise FormatError(f"{path}: LUKS1 payloadOffset {hdr.payload_offset} is past the end "
-                              f"of the image (size {size})")
+                              f"of the image (size {size}): no payload")
         return LuksVolume(path, 1, hdr, hdr.cipher_name, hdr.cipher_mode, hdr.key_bytes,
                           offset, size - offset, luks1.SECTOR, read_at)
     if version == 2:
