@@ -404,8 +404,8 @@ def luks1_cases(c: Corpus) -> None:
     case("key-slot-past-end", lambda d: d.__delitem__(slice(64 * KiB, None)),
          "LUKS1 payloadOffset 4096 is past the end",
          material=True)
-    case("payload-empty", lambda d: d.__delitem__(slice(2 * MiB, None)), "no payload",
-         material=True)
+    case("payload-past-end", lambda d: d.__delitem__(slice(2 * MiB - 4096, None)),
+         "LUKS1 payloadOffset 4096 is past the end", material=True)
     case("header-truncated", lambda d: d.__delitem__(slice(300, None)), "truncated")
     c.add("luks1-zero-length.img", b"", "verify", "too small for a LUKS header (0 bytes)")
 

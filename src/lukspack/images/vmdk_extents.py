@@ -60,6 +60,9 @@ class File:
         self.image.bytes_read += got
 
     def pread(self, offset: int, size: int, what: str) -> bytes:
+        if offset + size > self.size:  # before allocating: size may come from a header
+            raise FormatError(f"{self.path}: {what} ({size} bytes at offset {offset}) is past the "
+                              f"end of the file (size {self.size})")
         buf = bytearray(size)
         self.pread_into(offset, memoryview(buf), what)
         return bytes(buf)

@@ -52,6 +52,10 @@ class LuksVolume:
 
 def file_reader(fd: int, name: str) -> ReadAt:
     def read_at(offset: int, size: int) -> bytes:
+        if offset + size > os.fstat(fd).st_size and \
+                offset + size > os.lseek(fd, 0, os.SEEK_END):  # check before allocating `size`
+            raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
+                              "file")
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
@@ -79,9 +83,9 @@ def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
     if version == 1:
         hdr = luks1.Luks1Header.unpack(read_at(0, luks1.HEADER_SIZE), path)
         offset = hdr.payload_offset * luks1.SECTOR
-        if offset >= size:  # cryptsetup: "Device ... is too small"
+        if offset > size:
             raise FormatError(f"{path}: LUKS1 payloadOffset {hdr.payload_offset} is past the end "
-                              f"of the image (size {size}): no payload")
+                              f"of the image (size {size})")
         return LuksVolume(path, 1, hdr, hdr.cipher_name, hdr.cipher_mode, hdr.key_bytes,
                           offset, size - offset, luks1.SECTOR, read_at)
     if version == 2:
