@@ -101,6 +101,9 @@ class DiskImage:
         self.bytes_read += got
 
     def pread(self, file_offset: int, size: int, what: str = "data") -> bytes:
+        if file_offset + size > self.file_size:  # before allocating: size may come from a header
+            raise FormatError(f"{self.path}: {what} ({size} bytes at offset {file_offset}) is past "
+                              f"the end of the file (size {self.file_size})")
         buf = bytearray(size)
         self.pread_exact(file_offset, memoryview(buf), what)
         return bytes(buf)

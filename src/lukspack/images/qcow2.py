@@ -120,7 +120,21 @@ class Qcow2Image(DiskImage):
             i = int(bad[0])
             raise FormatError(f"{self.path}: L2 table offset 0x{int(offs[i]):x} of L1 entry {i} "
                               "overlaps the header or the L1 table")
+        rt0, rt1 = self._refcount_table()
+        bad = used[(offs[used] + np.uint64(cs) > rt0) & (offs[used] < rt1)]
+        if bad.size:
+            i = int(bad[0])
+            raise FormatError(f"{self.path}: L2 table offset 0x{int(offs[i]):x} of L1 entry {i} "
+                              "overlaps the refcount table")
         return offs
+
+    def _refcount_table(self) -> tuple[np.uint64, np.uint64]:
+        """Start and end of the refcount table in the file (clipped to the file)."""
+        h = self.header
+        start = min(h.refcount_table_offset, self.file_size)
+        end = min(h.refcount_table_offset + h.refcount_table_clusters * self.cluster_size,
+                  self.file_size)
+        return np.uint64(start), np.uint64(end)
 
     def _l2(self, l1_index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(entries, kinds) of the L2 table of an L1 entry, validated; None when unallocated."""
@@ -169,6 +183,14 @@ class Qcow2Image(DiskImage):
         fail(normal & (offs >= np.uint64(self.file_size)), data,
              f"is past the end of the file (size {self.file_size})")
         fail(normal & (offs < np.uint64(cs)), data, "overlaps the header")
+        h = self.header
+        l1_0 = np.uint64(h.l1_table_offset)
+        l1_1 = np.uint64(min(h.l1_table_offset + h.l1_size * 8, self.file_size))
+        fail(normal & (offs + np.uint64(cs) > l1_0) & (offs < l1_1), data,
+             "overlaps the L1 table")
+        rt0, rt1 = self._refcount_table()
+        fail(normal & (offs + np.uint64(cs) > rt0) & (offs < rt1), data,
+             "overlaps the refcount table")
         if compressed.any():
             if self.crypto_header is not None:
                 fail(compressed, "compressed L2 entry 0x{e:016x}", "is in an encrypted image")

@@ -27,6 +27,7 @@ BAT_UNUSED = 0xFFFFFFFF
 DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING = 2, 3, 4
 MAX_BLOCK_SIZE = 256 << 20
 MAX_BAT_ENTRIES = 1 << 26  # 64 Mi entries: 128 TiB of 2 MiB blocks, 256 MiB of BAT
+MAX_VIRTUAL_SIZE = 64 << 40  # far above the 2040 GiB of the specification; VHDX's limit
 CREATOR = b"win "  # see make_footer
 DISK_TYPES = {0: "none", 2: "fixed", 3: "dynamic", 4: "differencing"}
 
@@ -134,6 +135,9 @@ class VhdImage(DiskImage):
         if self.virtual_size % SECTOR:
             raise FormatError(f"{path}: VHD current_size {self.virtual_size} is not a whole "
                               "number of 512-byte sectors")
+        if self.virtual_size > MAX_VIRTUAL_SIZE:
+            raise FormatError(f"{path}: VHD current_size {self.virtual_size} is absurd (more "
+                              f"than {MAX_VIRTUAL_SIZE} bytes)")
         self.bat: np.ndarray | None = None
         self.block_size = 0
         if self.disk_type == DISK_FIXED:

@@ -60,6 +60,9 @@ class File:
         self.image.bytes_read += got
 
     def pread(self, offset: int, size: int, what: str) -> bytes:
+        if offset + size > self.size:  # before allocating: size may come from a header
+            raise FormatError(f"{self.path}: {what} ({size} bytes at offset {offset}) is past the "
+                              f"end of the file (size {self.size})")
         buf = bytearray(size)
         self.pread_into(offset, memoryview(buf), what)
         return bytes(buf)
@@ -117,9 +120,10 @@ class SparseExtent:
         if self.compress not in (COMPRESS_NONE, COMPRESS_DEFLATE):
             raise UnsupportedError(f"{name}: VMDK compressAlgorithm {self.compress} is not "
                                    "supported (0 none, 1 deflate)")
-        if not 1 <= self.grain_sectors <= MAX_GRAIN_SECTORS:
-            raise FormatError(f"{name}: VMDK grainSize {self.grain_sectors} sectors is outside "
-                              f"1..{MAX_GRAIN_SECTORS}")
+        if not 1 <= self.grain_sectors <= MAX_GRAIN_SECTORS or \
+                self.grain_sectors & (self.grain_sectors - 1):
+            raise FormatError(f"{name}: VMDK grainSize {self.grain_sectors} sectors is not a power "
+                              f"of two in 1..{MAX_GRAIN_SECTORS}")
         if not 1 <= self.gtes <= MAX_GTES:
             raise FormatError(f"{name}: VMDK numGTEsPerGT {self.gtes} is outside 1..{MAX_GTES}")
         if self.capacity > MAX_CAPACITY:

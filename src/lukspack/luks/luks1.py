@@ -141,7 +141,10 @@ class Luks1Header:
 
     def unlock(self, read_at, passphrase: bytes | bytearray, name: str = "image") -> bytearray:
         """Return the volume key opened by passphrase; read_at(offset, size) reads the image."""
-        check_cipher(self.cipher_name, self.cipher_mode, self.key_bytes)
+        try:
+            check_cipher(self.cipher_name, self.cipher_mode, self.key_bytes)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{name}: LUKS1 cipher: {e}") from None
         for i, s in enumerate(self.slots):
             if not s.enabled:
                 continue

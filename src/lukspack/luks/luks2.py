@@ -299,7 +299,10 @@ class Luks2Header:
         if af_["stripes"] != STRIPES:
             raise UnsupportedError(f"{where} has {af_['stripes']} AF stripes, not {STRIPES}")
         cipher = area["encryption"]
-        check_cipher(*split_cipher_spec(cipher), area["key_size"])
+        try:
+            check_cipher(*split_cipher_spec(cipher), area["key_size"])
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{where} area encryption: {e}") from None
         slot = Keyslot(int(key), ks["key_size"], slot_kdf, _b64(kdf["salt"], f"{where} salt",
                        SALT_SIZE), _hash(af_["hash"], where), STRIPES, int(area["offset"]),
                        int(area["size"]), cipher, area["key_size"], lj.priority(ks))
@@ -424,6 +427,10 @@ def open_volume(path: str, read_at, size: int):
     seg = hdr.segment(path)
     name, mode = split_cipher_spec(seg["encryption"])
     key_size = hdr.volume_key_size(path)
+    try:
+        check_cipher(name, mode, key_size)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{path}: LUKS2 segment 0 encryption: {e}") from None
     offset = int(seg["offset"])
     sector = seg["sector_size"]
     if offset > size:

@@ -52,6 +52,10 @@ class LuksVolume:
 
 def file_reader(fd: int, name: str) -> ReadAt:
     def read_at(offset: int, size: int) -> bytes:
+        if offset + size > os.fstat(fd).st_size and \
+                offset + size > os.lseek(fd, 0, os.SEEK_END):  # check before allocating `size`
+            raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
+                              "file")
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
