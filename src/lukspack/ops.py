@@ -370,16 +370,25 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
     try:
         key = vol.unlock(passphrase)
         try:
-            with AtomicOutput(output, force=force, sources=(image_path,), mode=0o600) as out:
-                out.truncate(vol.payload_size)
-                d = decrypt_stream(vol, fd, key, vol.payload_size, opts, progress, "decrypt",
-                                   sink=_sparse_writer(out))
-                out.commit()
+            return write_plaintext(image_path, output, vol.payload_size, force, lambda sink:
+                                   decrypt_stream(vol, fd, key, vol.payload_size, opts, progress,
+                                                  "decrypt", sink=sink))
         finally:
             wipe(key)
     finally:
         os.close(fd)
-    return {"image": image_path, "output": output, "bytes": vol.payload_size, **d}
+
+
+def write_plaintext(image_path: str, output: str, size: int, force: bool,
+                    run: Callable[[Callable[[int, memoryview], None]], dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """Create output (mode 0600: it is plaintext) as a sparse file of size bytes, let run(sink)
+    stream the decrypted disk into it, and rename it into place."""
+    with AtomicOutput(output, force=force, sources=(image_path,), mode=0o600) as out:
+        out.truncate(size)
+        d = run(_sparse_writer(out))
+        out.commit()
+    return {"image": image_path, "output": output, "bytes": size, **d}
 
 
 def _sparse_writer(out: AtomicOutput, base: int = 0) -> Callable[[int, memoryview], None]:

@@ -38,8 +38,8 @@ from lukspack.ops import (
     _Flusher,
     _Hashed,
     _progress,
-    _sparse_writer,
     compare_with_source,
+    write_plaintext,
 )
 from lukspack.output import AtomicOutput
 from lukspack.pipeline import run_stream
@@ -300,16 +300,13 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
     try:
         key = vol.unlock(passphrase)
         try:
-            with AtomicOutput(output, force=force, sources=(image_path,), mode=0o600) as out:
-                out.truncate(image.virtual_size)
-                d = decrypt_stream(image, vol, key, image.virtual_size, opts, progress, "decrypt",
-                                   sink=_sparse_writer(out))
-                out.commit()
+            return write_plaintext(image_path, output, image.virtual_size, force, lambda sink:
+                                   decrypt_stream(image, vol, key, image.virtual_size, opts,
+                                                  progress, "decrypt", sink=sink))
         finally:
             wipe(key)
     finally:
         os.close(fd)
-    return {"image": image_path, "output": output, "bytes": image.virtual_size, **d}
 
 
 def info(path: str) -> dict[str, Any]:
