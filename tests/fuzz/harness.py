@@ -75,6 +75,12 @@ def make_seed(fmt: str, directory: Path) -> bytes:
             f.truncate(3 * MiB)
         _run(["cryptsetup", "luksFormat", "--type", "luks1", "--batch-mode", "--key-file",
               str(key), "--pbkdf-force-iterations", "1000", str(out)])
+    elif fmt == "luks2":
+        with open(out, "wb") as f:
+            f.truncate(18 * MiB)
+        _run(["cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode", "--key-file",
+              str(key), "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+              "--luks2-keyslots-size", "1M", str(out)])
     else:
         raise ValueError(f"no seed recipe for {fmt}")
     return out.read_bytes()
@@ -133,6 +139,15 @@ def _max_cost(vol) -> int:  # noqa: ANN001
     h = vol.header
     costs = [getattr(h, "mk_digest_iterations", 0)]
     costs += [getattr(s, "iterations", 0) for s in getattr(h, "slots", [])]
+    try:  # LUKS2: kdf objects in the JSON (argon2: time x memory/64 KiB as the cost)
+        j = getattr(h, "json", None) or {}
+        for ks in j.get("keyslots", {}).values():
+            kdf = ks.get("kdf", {})
+            costs.append(int(kdf.get("iterations", 0)))
+            costs.append(int(kdf.get("time", 0)) * int(kdf.get("memory", 0)) // 64)
+        costs += [int(d.get("iterations", 0)) for d in j.get("digests", {}).values()]
+    except (TypeError, ValueError, AttributeError):
+        return 1 << 62
     return max(costs)
 
 
@@ -140,6 +155,7 @@ EXERCISE: dict[str, Callable[[str], None]] = {
     "vhd": exercise_image,
     "vhd-fixed": exercise_image,
     "luks1": exercise_luks,
+    "luks2": exercise_luks,
     "qcow2-luks": exercise_qcow2_luks,
     **{name: exercise_image for name in QEMU_SEEDS},
 }
