@@ -104,14 +104,7 @@ def exercise_luks(path: str) -> None:
 
     fd, vol = open_luks_path(path)
     try:
-        vol.dump()
-        if _max_cost(vol) > 20000:
-            return  # a valid header may ask for hours of key derivation, as with cryptsetup
-        try:
-            key = vol.unlock(b"fuzzing-passphrase")
-            vol.sector_cipher(key)
-        except LukspackError:
-            pass
+        _dump_and_unlock(vol)
     finally:
         os.close(fd)
 
@@ -121,17 +114,22 @@ def exercise_qcow2_luks(path: str) -> None:
 
     fd, image, vol = open_qcow2_luks(path)
     try:
-        vol.dump()
         image.info()
-        if _max_cost(vol) > 20000:
-            return
-        try:
-            key = vol.unlock(b"fuzzing-passphrase")
-            vol.sector_cipher(key)
-        except LukspackError:
-            pass
+        _dump_and_unlock(vol)
     finally:
         os.close(fd)
+
+
+def _dump_and_unlock(vol) -> None:  # noqa: ANN001 - a LuksVolume
+    """Render the header, and try the seed's passphrase unless the header asks for a long KDF."""
+    vol.dump()
+    if _max_cost(vol) > 20000:
+        return  # a valid header may ask for hours of key derivation, as with cryptsetup
+    try:
+        key = vol.unlock(b"fuzzing-passphrase")
+        vol.sector_cipher(key)
+    except LukspackError:
+        pass
 
 
 def _max_cost(vol) -> int:  # noqa: ANN001

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import pattern_disk
+from tests.images.flavours import SOURCE_MIB
+
 
 @pytest.fixture(scope="session")
 def keyfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -18,3 +21,9 @@ def keyfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.write(fd, base64.b64encode(secrets.token_bytes(32)))
     os.close(fd)
     return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pattern disk every flavour of every format is made from."""
+    return pattern_disk(tmp_path_factory.mktemp("src") / "source.raw", SOURCE_MIB)

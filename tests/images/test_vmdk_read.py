@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, Cli, MiB, pattern_disk, qemu_img, qemu_luks_decrypt, same_prefix
+from tests.helpers import FAST, Cli, MiB, qemu_img, qemu_luks_decrypt, same_prefix
 from tests.images.flavours import (
     FLAVOURS,
     SOURCE_MIB,
@@ -20,11 +20,6 @@ from tests.images.flavours import (
 )
 
 NAMES = [n for n in FLAVOURS if n.startswith("vmdk")]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pattern_disk(tmp_path_factory.mktemp("src") / "source.raw", SOURCE_MIB)
 
 
 @pytest.mark.parametrize("name", NAMES)
