@@ -83,8 +83,20 @@ def pattern_disk(path: Path, mib: int, *, tail: int = 0, seed: int = 1) -> Path:
     return path
 
 
+# QEMU calibrates PBKDF2 on the thread's CPU clock and gives up with this message when a loaded
+# machine gives it too little CPU time (crypto/pbkdf.c); seen in CI with both cores busy. Creating a
+# LUKS image with qemu-img is then retried: the image, not QEMU's timing, is what tests look at.
+QEMU_PBKDF_FLAKE = "Unable to get accurate CPU usage"
+
+
 def qemu_img(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return run([tool("qemu-img"), *args])
+    for _ in range(4):
+        p = run([tool("qemu-img"), *args], check=False)
+        if p.returncode == 0 or QEMU_PBKDF_FLAKE not in p.stderr.decode():
+            break
+    if p.returncode != 0:
+        raise AssertionError(f"qemu-img {list(args)} exited {p.returncode}:\n{p.stderr.decode()}")
+    return p
 
 
 def cryptsetup(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
