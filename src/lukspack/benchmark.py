@@ -62,4 +62,6 @@ def run(threads: int | None = None, seconds: float = SECONDS) -> dict[str, Any]:
                 row[f"encrypt_mib_s_{n}t"] = round(_xts_rate(key_bytes, sector, False, n, seconds), 1)
                 row[f"decrypt_mib_s_{n}t"] = round(_xts_rate(key_bytes, sector, True, n, seconds), 1)
             ciphers.append(row)
-    return {"threads": threads, "aes_backend": backend_name(), "pbkdf2": kdf, "ciphers": ciphers}
+    engine = XtsCipher(secrets.token_bytes(64)).engine
+    return {"threads": threads, "aes_backend": backend_name(), "xts_engine": engine, "pbkdf2": kdf,
+            "ciphers": ciphers}

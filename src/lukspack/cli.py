@@ -158,15 +158,15 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, hash_: str,
                               pbkdf_memory_kb=pbkdf_memory, pbkdf_parallel=pbkdf_parallel,
                               sector_size=int(sector_size), verify=verify, force=force,
                               input_format=input_format, output_format=output_format,
-                              output_digest=as_json)
+                              output_digest=as_json, plaintext_digest=as_json)
     with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
         s = ops.encrypt(source, output, key, opts, bar)
     emit(s, as_json, [
         f"{output}: {'qcow2+' if s.get('output_format') == 'qcow2' else ''}"
         f"{s['type'].upper()} {s['cipher']} {s['key_bits']}-bit, "
         f"{human(s['total_bytes'])} ({s['header_bytes']} header + {s['payload_bytes']} payload)",
-        f"source {source} ({s['source_format']}, {human(s['virtual_size'])}), "
-        f"sha256 {s['plaintext_sha256']}",
+        f"source {source} ({s['source_format']}, {human(s['virtual_size'])})"
+        + (f", sha256 {s['plaintext_sha256']}" if s["plaintext_sha256"] else ""),
         ("verified: decrypts to the source" if s["verified"] else "not verified (--no-verify)")
         + f", {s['seconds']:.1f} s",
     ])
@@ -334,7 +334,8 @@ def benchmark(as_json: bool, threads: int | None) -> None:
     r = bench.run(threads)
     n = r["threads"]
     lines = ["# Tests are approximate using memory only (no storage IO).",
-             f"# AES from {r['aes_backend']}; {n} thread(s) in the last columns."]
+             f"# AES from {r['aes_backend']}, XTS engine {r['xts_engine']}; {n} thread(s) in "
+             "the last columns."]
     for k in r["pbkdf2"]:
         lines.append(f"PBKDF2-{k['hash']:<8} {k['iterations_per_second']:>9} iterations per second "
                      f"for {k['key_bits']}-bit key")

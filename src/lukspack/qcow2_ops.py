@@ -28,7 +28,7 @@ from lukspack.images.qcow2_header import MAGIC
 from lukspack.images.qcow2_write import Qcow2Writer
 from lukspack.keys import wipe
 from lukspack.luks import kdf, luks1
-from lukspack.luks.kdf import Pbkdf2Cost, check_hash, pbkdf2_cost
+from lukspack.luks.kdf import pbkdf2_cost, slot_kdf
 from lukspack.luks.volume import LuksVolume, dump_header, open_luks
 from lukspack.ops import (
     EncryptOptions,
@@ -82,37 +82,42 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     if opts.luks_type != "luks1":
         raise UnsupportedError(f"qcow2 output holds a LUKS1 header (as qemu writes it), not "
                                f"{opts.luks_type}: use --type luks1, or a RAW output")
-    check_hash(opts.hash)
+    # bad KDF options fail now, before any output exists; the costs are worked out beside the stream
+    slot_kdf("pbkdf2", opts.hash, KEY_BYTES, iter_time_ms=opts.iter_time_ms,
+             force_iterations=opts.force_iterations, check_only=True)
     with open_image(source, opts.input_format) as image:
-        # calibrate before the payload threads load the CPU (as cryptsetup, on an idle machine)
-        cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, opts.force_iterations)
         volume_key = bytearray(secrets.token_bytes(KEY_BYTES))
         try:
             with kdf.remember():  # verification re-derives nothing it already derived
-                return _encrypt(image, output, passphrase, volume_key, opts, progress, started,
-                                cost)
+                return _encrypt(image, output, passphrase, volume_key, opts, progress, started)
         finally:
             wipe(volume_key)
 
 
 def build_luks_header(volume_key: bytes | bytearray, passphrase: bytes | bytearray,
-                      opts: EncryptOptions, cost: Pbkdf2Cost) -> bytes:
-    """The LUKS1 header area as qemu lays it out inside qcow2 (LUKS_HEADER_BYTES long)."""
+                      opts: EncryptOptions) -> bytes:
+    """The LUKS1 header area as qemu lays it out inside qcow2 (LUKS_HEADER_BYTES long).
+
+    Calibrates PBKDF2 first, on this thread's CPU clock (kdf.pbkdf2_rate), so it can run beside
+    the payload stream."""
+    cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, opts.force_iterations)
     return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                               digest_iterations=cost.digest_iterations, hash_spec=opts.hash,
                               payload_align=luks1.ALIGN_KEYSLOTS)
 
 
 def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volume_key: bytearray,
-             opts: EncryptOptions, progress: ProgressFn | None, started: float,
-             cost: Pbkdf2Cost) -> dict[str, Any]:
+             opts: EncryptOptions, progress: ProgressFn | None, started: float) -> dict[str, Any]:
     writer = Qcow2Writer(image.virtual_size, crypto_header_length=LUKS_HEADER_BYTES)
     assert writer.crypto_header is not None
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
-        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts, cost))
+        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts))
         flusher = _Flusher(out)
+        digest = opts.verify or opts.plaintext_digest
         plain_hash = hashlib.sha256()
-        source_read = _Hashed(plain_hash, image.virtual_size).read(image.read_into)
+        source_read = image.read_into
+        if digest:
+            source_read = _Hashed(plain_hash, image.virtual_size).read(source_read)
         plans: dict[int, Any] = {}
 
         def read(offset: int, view: memoryview) -> None:  # reader thread, in guest order
@@ -137,6 +142,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volum
         run_stream(writer.stream_size, read, write, transform_factory=transform_factory,
                    chunk_size=_chunk(opts, writer.cluster_size), workers=opts.workers,
                    progress=_progress(progress, "encrypt", writer.stream_size))
+        flusher.kick()  # the disk drains while the key slot is derived
         header = header_join()
         out.pwrite(writer.crypto_header[0], header)
         total = writer.finish(out)
@@ -159,7 +165,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volum
             "header_bytes": writer.metadata_bytes,
             "payload_bytes": writer.data_clusters * writer.cluster_size,
             "total_bytes": total,
-            "plaintext_sha256": plain_hash.hexdigest(),
+            "plaintext_sha256": plain_hash.hexdigest() if digest else None,
         }
         fsync_join = _background(out.fsync)
         if opts.verify:

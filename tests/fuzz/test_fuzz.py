@@ -10,7 +10,7 @@ from tests.fuzz.harness import EXERCISE, REGRESSIONS, check_input, fuzz, make_se
 
 CI_EXAMPLES = 100
 # Damaged LUKS2 primaries fall back to the secondary header with a warning: expected, not news.
-pytestmark = pytest.mark.filterwarnings("ignore:.*using the secondary header:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*using the (primary|secondary) header:UserWarning")
 
 
 @pytest.mark.parametrize("fmt", sorted(EXERCISE))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from functools import cache
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -18,8 +19,19 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 
 
-@cache
+_load_lock = threading.Lock()
+
+
 def _libcrypto() -> ctypes.CDLL | None:
+    """The one libcrypto handle, with every signature declared. Locked: worker threads make their
+    first ciphers at the same moment, and a second CDLL handle whose restypes were not all set
+    would return pointers truncated to int (a crash)."""
+    with _load_lock:
+        return _load_libcrypto()
+
+
+@cache
+def _load_libcrypto() -> ctypes.CDLL | None:
     if os.environ.get("LUKSPACK_NO_CTYPES_OPENSSL"):
         return None
     name = ctypes.util.find_library("crypto")
@@ -29,8 +41,10 @@ def _libcrypto() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(name)
         lib.EVP_CIPHER_CTX_new.restype = ctypes.c_void_p
         lib.EVP_CIPHER_CTX_free.argtypes = [ctypes.c_void_p]
-        for fn in ("EVP_aes_128_ecb", "EVP_aes_192_ecb", "EVP_aes_256_ecb"):
+        for fn in ("EVP_aes_128_ecb", "EVP_aes_192_ecb", "EVP_aes_256_ecb", "EVP_aes_128_xts",
+                   "EVP_aes_256_xts"):
             getattr(lib, fn).restype = ctypes.c_void_p
+        lib.ERR_clear_error.restype = None
         lib.EVP_CipherInit_ex.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
             ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
@@ -46,6 +60,83 @@ def _libcrypto() -> ctypes.CDLL | None:
 
 def backend_name() -> str:
     return "libcrypto via ctypes (GIL released)" if _libcrypto() else "cryptography (GIL held)"
+
+
+def _xts_loop() -> tuple | None:
+    with _load_lock:
+        return _load_xts_loop()
+
+
+@cache
+def _load_xts_loop() -> tuple | None:
+    """(xts_sectors, address of EVP_CipherInit_ex, address of EVP_CipherUpdate), or None.
+
+    xts_sectors is the C loop in _xtsloop.c, built when lukspack is installed; without a compiler
+    it is absent and AES-XTS runs on the numpy engine (lukspack/crypto/xts.py).
+    """
+    lib = _load_libcrypto()
+    if lib is None or os.environ.get("LUKSPACK_NO_NATIVE_XTS"):
+        return None
+    try:
+        from lukspack.crypto._xtsloop import xts_sectors
+    except ImportError:
+        return None
+    init = ctypes.cast(lib.EVP_CipherInit_ex, ctypes.c_void_p).value
+    update = ctypes.cast(lib.EVP_CipherUpdate, ctypes.c_void_p).value
+    return xts_sectors, init, update
+
+
+def native_xts_available() -> bool:
+    return _xts_loop() is not None
+
+
+class AesXts:
+    """OpenSSL's own AES-XTS (256 or 512-bit key), one EVP call per data unit, looped in C with the
+    GIL released. One object per thread.
+
+    Raises ValueError when OpenSSL refuses the key: it rejects XTS keys whose halves are equal
+    (IEEE 1619 test vector 1 has such a key); callers then use the numpy engine.
+    """
+
+    def __init__(self, key: bytes | bytearray, sector_size: int, iv_step: int, iv_mask: int):
+        loop = _xts_loop()
+        if loop is None:
+            raise RuntimeError("the native AES-XTS loop is not available")
+        if len(key) not in (32, 64):
+            raise ValueError(f"OpenSSL AES-XTS takes a 256 or 512-bit key, not {len(key) * 8} bits")
+        self._lib = lib = _libcrypto()
+        self._loop, self._init, self._update = loop
+        self._sector, self._step, self._mask = sector_size, iv_step, iv_mask
+        cipher = getattr(lib, f"EVP_aes_{len(key) * 4}_xts")()
+        self._ctx: dict[int, int] = {}
+        try:
+            for enc in (1, 0):
+                ctx = lib.EVP_CIPHER_CTX_new()
+                if not ctx:
+                    raise MemoryError("EVP_CIPHER_CTX_new failed")
+                self._ctx[enc] = ctx
+                if lib.EVP_CipherInit_ex(ctx, cipher, None, bytes(key), None, enc) != 1:
+                    lib.ERR_clear_error()  # leave no error behind for `cryptography` to trip on
+                    raise ValueError("OpenSSL refused this AES-XTS key")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, buf: bytearray | memoryview, first_iv: int, encrypt: bool) -> None:
+        try:
+            self._loop(self._init, self._update, self._ctx[int(encrypt)], buf, self._sector,
+                       first_iv, self._step, self._mask)
+        except RuntimeError:
+            self._lib.ERR_clear_error()
+            raise
+
+    def close(self) -> None:
+        for ctx in self._ctx.values():
+            self._lib.EVP_CIPHER_CTX_free(ctx)  # cleanses the key schedule
+        self._ctx = {}
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class AesEcb:

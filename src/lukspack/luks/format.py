@@ -46,7 +46,9 @@ class HeaderPlan:
     key_bytes: int
     sector_size: int
     build: Callable[[bytes | bytearray, bytes | bytearray], bytes]  # (volume key, passphrase)
-    # called once before the payload streams (output open, CPU idle): KDF calibration
+    # called once before the payload streams (output open, CPU idle): Argon2 calibration, which
+    # times wall clock as cryptsetup does. PBKDF2 calibrates in build(), beside the stream: it is
+    # timed on the thread's CPU clock (kdf.pbkdf2_rate), which the other threads do not disturb.
     prepare: Callable[[], None] | None = None
 
     @property
@@ -64,26 +66,20 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
         if sector_size != 512:
             raise LukspackError(f"LUKS1 has 512-byte sectors only, not {sector_size}")
 
-        costs: list[Any] = []
-
-        def prepare() -> None:  # calibrate before the payload threads load the CPU
-            costs.append(pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations))
-
         def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
-            if not costs:
-                prepare()
-            cost = costs[0]
+            cost = pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations)
             return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                       digest_iterations=cost.digest_iterations, hash_spec=kdf.hash)
 
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
-                          512, build, prepare)
+                          512, build)
     raise LukspackError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
 
 
 def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan:
-    """LUKS2 calibrates in prepare(), before the payload streams, on an idle CPU as cryptsetup
-    does (a benchmark run beside the encryption threads would pick a weaker cost)."""
+    """Argon2 calibrates in prepare(), before the payload streams, on an idle CPU as cryptsetup
+    does (its wall-clock benchmark run beside the encryption threads would pick a weaker cost);
+    PBKDF2 and forced costs need no idle CPU and are worked out in build(), in the background."""
     if sector_size not in (512, 4096):
         raise LukspackError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
     cost: dict[str, Any] = {}
@@ -98,5 +94,6 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
         return luks2_format.format_luks2(volume_key, passphrase, cost["slot"],
                                          digest_iterations=cost["digest"], sector_size=sector_size)
 
+    argon2_benchmark = (kdf.pbkdf or "argon2id") != "pbkdf2" and kdf.force_iterations is None
     return HeaderPlan("luks2", luks2.DEFAULT_DATA_OFFSET, "aes", "xts-plain64", key_bytes,
-                      sector_size, build, prepare)
+                      sector_size, build, prepare if argon2_benchmark else None)
