@@ -56,3 +56,44 @@ def test_header_for_another_key_fails_verification(tmp_path: Path,
     with pytest.raises(VerifyError, match="different key"):
         ops.encrypt(str(src), str(tmp_path / "o.img"), generate_dek(), _opts())
     assert not (tmp_path / "o.img").exists() and leftovers(tmp_path) == []
+
+
+def test_a_write_that_lands_wrong_fails_verification(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier reads the output back: a byte corrupted on its way to the file is caught."""
+    from lukspack import output
+
+    src = pattern_disk(tmp_path / "s.raw", 6)
+    real = output.AtomicOutput.pwrite
+
+    def corrupting(self, offset, data):  # noqa: ANN001, ANN202
+        data = bytearray(data)
+        if offset == 2 * 1024 * 1024 + 4 * 1024 * 1024:  # the second payload chunk
+            data[12345] ^= 0x40
+        real(self, offset, data)
+
+    monkeypatch.setattr(output.AtomicOutput, "pwrite", corrupting)
+    with pytest.raises(VerifyError, match="payload decrypts to xxh3_128"):
+        ops.encrypt(str(src), str(tmp_path / "o.img"), generate_dek(), _opts())
+    assert not (tmp_path / "o.img").exists() and leftovers(tmp_path) == []
+
+
+def test_a_failing_source_stops_the_trailing_verifier(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source fails mid-stream: the error surfaces (no hang waiting on the verifier), and
+    nothing is left behind."""
+    from lukspack.errors import FormatError
+    from lukspack.images.raw import RawImage
+
+    src = pattern_disk(tmp_path / "s.raw", 12)
+    real = RawImage._read_allocated
+
+    def failing(self, offset, view):  # noqa: ANN001, ANN202
+        if offset >= 8 * 1024 * 1024:
+            raise FormatError("source went away")
+        real(self, offset, view)
+
+    monkeypatch.setattr(RawImage, "_read_allocated", failing)
+    with pytest.raises(FormatError, match="source went away"):
+        ops.encrypt(str(src), str(tmp_path / "o.img"), generate_dek(), _opts())
+    assert not (tmp_path / "o.img").exists() and leftovers(tmp_path) == []

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lukspack import digest
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, VerifyError
 from lukspack.images import DiskImage, open_image, source_files
@@ -27,7 +28,7 @@ from lukspack.luks import kdf, luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
 from lukspack.output import AtomicOutput
-from lukspack.pipeline import CHUNK_SIZE, WORKERS, run_stream
+from lukspack.pipeline import CHUNK_SIZE, WORKERS, lower_priority, run_stream
 
 MiB = 1 << 20
 ProgressFn = Callable[[str, int, int], None]
@@ -53,8 +54,8 @@ class EncryptOptions:
     input_format: str | None = None
     output_format: str | None = None  # raw | qcow2; None: qcow2 for a .qcow2 output name
     output_digest: bool = False  # SHA-256 of the whole output file, for --json
-    # SHA-256 of the source's bytes while they stream (0.7 s per GiB here). Verification needs
-    # it; without verification it is only for the summary, and the CLI asks for it with --json.
+    # SHA-256 of the source's bytes while they stream (0.7 s per GiB here), for the summary; the
+    # CLI asks for it with --json. Verification compares a faster digest of its own (digest.py).
     plaintext_digest: bool = True
     chunk_size: int = CHUNK_SIZE
     workers: int = WORKERS
@@ -186,8 +187,8 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
         # calibration and key derivation (seconds, by design) run while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
         flusher = _Flusher(out)
-        digest = opts.verify or opts.plaintext_digest
-        plain_hash = hashlib.sha256()
+        sha = digest.new(digest.SHA256) if opts.plaintext_digest else None
+        check = digest.new(digest.VERIFY) if opts.verify else None
 
         written = _Watermark()
 
@@ -203,12 +204,14 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
         # the verifier reads each chunk back from the output right after it is written, decrypts
         # and digests it: verification costs CPU beside the stream, not a second pass after it
-        verify_join = _background(lambda: verify_payload(
-            out.tmp, plan, payload_size, volume_key, image.virtual_size, opts,
-            wait=written.wait_for)) if opts.verify else None
-        read = image.read_into
-        if digest:
-            read = _Hashed(plain_hash, image.virtual_size).read(read)
+        def trailing_verify() -> str:
+            lower_priority()
+            return verify_payload(out.tmp, plan, payload_size, volume_key, image.virtual_size,
+                                  opts, progress, wait=written.wait_for)
+
+        verify_join = _background(trailing_verify) if opts.verify else None
+        read = digest.hashed_reader(image.read_into, image.virtual_size,
+                                    [d for d in (sha, check) if d is not None])
         try:
             run_stream(payload_size, read, write,
                        transform_factory=transform_factory, chunk_size=opts.chunk_size,
@@ -234,14 +237,14 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             "payload_offset": header_size,
             "payload_bytes": payload_size,
             "total_bytes": total,
-            "plaintext_sha256": plain_hash.hexdigest() if digest else None,
+            "plaintext_sha256": sha.hexdigest() if sha else None,
             "verified": False,
         }
         if verify_join is not None:
-            got = verify_join()
-            if got != summary["plaintext_sha256"]:
+            got, want = verify_join(), check.hexdigest()
+            if got != want:
                 raise VerifyError(f"{output}: verification failed: the payload decrypts to "
-                                  f"sha256 {got}, the source has {summary['plaintext_sha256']}")
+                                  f"{digest.VERIFY} {got}, the source has {want}")
         out.pwrite(0, header_join())
         flusher.join()
         fsync_join = _background(out.fsync)  # durable write-back overlaps the header check
@@ -256,23 +259,8 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
     return summary
 
 
-class _Hashed:
-    """Wraps a reader so the plaintext digest covers exactly the source's virtual bytes."""
-
-    def __init__(self, h: Any, limit: int) -> None:
-        self.h, self.limit = h, limit
-
-    def read(self, inner: Callable[[int, memoryview], None]) -> Callable[[int, memoryview], None]:
-        def read(offset: int, view: memoryview) -> None:
-            inner(offset, view)
-            if offset < self.limit:
-                self.h.update(view[: self.limit - offset])
-
-        return read
-
-
 def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: bytes | bytearray,
-                   virtual_size: int, opts: EncryptOptions,
+                   virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None,
                    wait: Callable[[int], None] | None = None) -> str:
     """Read the written payload back from the file, decrypt it, and return its plaintext digest.
 
@@ -281,8 +269,8 @@ def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: b
     try:
         vol = LuksVolume(path, 0, None, plan.cipher_name, plan.cipher_mode, plan.key_bytes,
                          plan.header_size, payload_size, plan.sector_size, file_reader(fd, path))
-        return decrypt_stream(vol, fd, volume_key, virtual_size, opts, None, "verify",
-                              wait=wait)["plaintext_sha256"]
+        return decrypt_stream(vol, fd, volume_key, virtual_size, opts, progress, "verify",
+                              wait=wait, algorithm=digest.VERIFY)[f"plaintext_{digest.VERIFY}"]
     finally:
         os.close(fd)
 
@@ -314,12 +302,12 @@ def decrypt_stream(vol: LuksVolume, fd: int, volume_key: bytes | bytearray, plai
                    opts: EncryptOptions, progress: ProgressFn | None, phase: str,
                    sink: Callable[[int, memoryview], None] | None = None,
                    in_hash: Any = None,
-                   wait: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Decrypt a payload; hash its first plain_size bytes, check the rest decrypts to zeros.
+                   wait: Callable[[int], None] | None = None,
+                   algorithm: str = digest.SHA256) -> dict[str, Any]:
+    """Decrypt a payload; digest its first plain_size bytes, check the rest decrypts to zeros.
 
     wait(end), when given, is called before reading payload bytes up to `end`."""
-    plain_hash = hashlib.sha256()
-    nonzero_padding = [0]
+    plain = digest.PlainCheck(algorithm, plain_size)
     base = vol.payload_offset
     size = vol.payload_size
 
@@ -331,11 +319,7 @@ def decrypt_stream(vol: LuksVolume, fd: int, volume_key: bytes | bytearray, plai
             raise FormatError(f"{vol.path}: payload truncated at offset {base + offset + n}")
 
     def write(offset: int, data: memoryview, _meta: Any) -> None:
-        keep = max(0, min(len(data), plain_size - offset))
-        if keep:
-            plain_hash.update(data[:keep])
-        if keep < len(data) and np.frombuffer(data[keep:], dtype=np.uint8).any():
-            nonzero_padding[0] += 1
+        plain.update(offset, data)
         if sink is not None:
             sink(offset, data)
 
@@ -346,10 +330,10 @@ def decrypt_stream(vol: LuksVolume, fd: int, volume_key: bytes | bytearray, plai
     run_stream(size, read, write, transform_factory=transform_factory, in_hash=in_hash,
                chunk_size=opts.chunk_size, workers=opts.workers,
                progress=_progress(progress, phase, size))
-    if nonzero_padding[0]:
+    if plain.nonzero_padding:
         raise VerifyError(f"{vol.path}: the padding after byte {plain_size} does not decrypt to "
                           "zeros")
-    return {"plaintext_sha256": plain_hash.hexdigest(), "payload_bytes": size}
+    return {**plain.result(), "payload_bytes": size}
 
 
 def _file_sha256(fd: int, size: int, progress: ProgressFn | None) -> str:

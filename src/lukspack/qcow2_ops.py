@@ -10,7 +10,6 @@ aes-xts-plain64 whose IV is its *host* offset / 512, as qemu does for LUKS in qc
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -18,8 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
+from lukspack import digest
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError, VerifyError
 from lukspack.images import DiskImage, open_image, source_files
@@ -36,7 +34,6 @@ from lukspack.ops import (
     _background,
     _file_sha256,
     _Flusher,
-    _Hashed,
     _progress,
     compare_with_source,
     write_plaintext,
@@ -113,11 +110,10 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volum
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts))
         flusher = _Flusher(out)
-        digest = opts.verify or opts.plaintext_digest
-        plain_hash = hashlib.sha256()
-        source_read = image.read_into
-        if digest:
-            source_read = _Hashed(plain_hash, image.virtual_size).read(source_read)
+        sha = digest.new(digest.SHA256) if opts.plaintext_digest else None
+        check = digest.new(digest.VERIFY) if opts.verify else None
+        source_read = digest.hashed_reader(image.read_into, image.virtual_size,
+                                           [d for d in (sha, check) if d is not None])
         plans: dict[int, Any] = {}
 
         def read(offset: int, view: memoryview) -> None:  # reader thread, in guest order
@@ -165,15 +161,15 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volum
             "header_bytes": writer.metadata_bytes,
             "payload_bytes": writer.data_clusters * writer.cluster_size,
             "total_bytes": total,
-            "plaintext_sha256": plain_hash.hexdigest() if digest else None,
+            "plaintext_sha256": sha.hexdigest() if sha else None,
         }
         fsync_join = _background(out.fsync)
-        if opts.verify:
-            got = verify_written(out.tmp, passphrase, volume_key, image.virtual_size, opts,
-                                 progress)
-            if got != summary["plaintext_sha256"]:
-                raise VerifyError(f"{output}: verification failed: the image decrypts to sha256 "
-                                  f"{got}, the source has {summary['plaintext_sha256']}")
+        if check is not None:
+            got, want = verify_written(out.tmp, passphrase, volume_key, image.virtual_size, opts,
+                                       progress), check.hexdigest()
+            if got != want:
+                raise VerifyError(f"{output}: verification failed: the image decrypts to "
+                                  f"{digest.VERIFY} {got}, the source has {want}")
         summary["verified"] = opts.verify
         if opts.output_digest:
             summary["output_sha256"] = _file_sha256(out.fd, total, progress)
@@ -197,10 +193,11 @@ def verify_written(path: str, passphrase: bytes | bytearray, volume_key: bytes |
                 wipe(key)
 
         unlock_join = _background(unlock_matches)
-        d = decrypt_stream(image, vol, volume_key, virtual_size, opts, progress, "verify")
+        d = decrypt_stream(image, vol, volume_key, virtual_size, opts, progress, "verify",
+                           algorithm=digest.VERIFY)
         if not unlock_join():
             raise VerifyError(f"{path}: verification failed: the key file opens a different key")
-        return d["plaintext_sha256"]
+        return d[f"plaintext_{digest.VERIFY}"]
     finally:
         os.close(fd)
 
@@ -241,12 +238,12 @@ def open_qcow2_luks(path: str) -> tuple[int, Qcow2Image, LuksVolume]:
 
 def decrypt_stream(image: Qcow2Image, vol: LuksVolume, volume_key: bytes | bytearray,
                    plain_size: int, opts: EncryptOptions, progress: ProgressFn | None, phase: str,
-                   sink: Callable[[int, memoryview], None] | None = None) -> dict[str, Any]:
-    """Decrypt the guest disk (stored clusters only; holes read as zeros); hash its first
+                   sink: Callable[[int, memoryview], None] | None = None,
+                   algorithm: str = digest.SHA256) -> dict[str, Any]:
+    """Decrypt the guest disk (stored clusters only; holes read as zeros); digest its first
     plain_size bytes and check the rest is zeros."""
     size = image.virtual_size
-    plain_hash = hashlib.sha256()
-    nonzero_padding = [0]
+    plain = digest.PlainCheck(algorithm, plain_size)
     stored: dict[int, list[tuple[int, int, int]]] = {}
 
     def read(offset: int, view: memoryview) -> None:
@@ -262,20 +259,16 @@ def decrypt_stream(image: Qcow2Image, vol: LuksVolume, volume_key: bytes | bytea
         return decrypt_chunk
 
     def write(offset: int, data: memoryview, _meta: Any) -> None:
-        keep = max(0, min(len(data), plain_size - offset))
-        if keep:
-            plain_hash.update(data[:keep])
-        if keep < len(data) and np.frombuffer(data[keep:], dtype=np.uint8).any():
-            nonzero_padding[0] += 1
+        plain.update(offset, data)
         if sink is not None:
             sink(offset, data)
 
     run_stream(size, read, write, transform_factory=transform_factory,
                chunk_size=_chunk(opts, image.cluster_size), workers=opts.workers,
                progress=_progress(progress, phase, size))
-    if nonzero_padding[0]:
+    if plain.nonzero_padding:
         raise VerifyError(f"{image.path}: the bytes after {plain_size} do not decrypt to zeros")
-    return {"plaintext_sha256": plain_hash.hexdigest(), "payload_bytes": size}
+    return {**plain.result(), "payload_bytes": size}
 
 
 def verify(image_path: str, passphrase: bytes | bytearray, source: str | None,
