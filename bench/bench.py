@@ -2,8 +2,9 @@
 """lukspack against its peers, side by side, in one run: prints a table of medians and ratios.
 
 Inputs (built once in the work directory): a 1 GiB dynamic VHD that is half random data and half
-unallocated (2 MiB blocks alternating), the same disk as RAW, and a 16 GiB sparse dynamic VHD.
-Runs alternate between tools, round after round; the table gives medians. Every tool reads its
+unallocated (2 MiB blocks alternating), the same disk as RAW and as VMDK, a 2 GiB VHD made the
+same way (the 2 GiB run minus the 1 GiB run is the CPU cost per GiB, with start-up, calibration and
+key derivation cancelled out), and a 16 GiB sparse dynamic VHD. Runs alternate between tools, round after round; the table gives medians. Every tool reads its
 input from the page cache (run once before timing); outputs are deleted and `sync`ed between runs.
 
     .venv/bin/python bench/bench.py [--rounds 3] [--work DIR] [--quick]
@@ -83,20 +84,23 @@ def build_inputs(work: Path, key: Path, quick: bool) -> dict[str, Path]:
         subprocess.run([*LUKSPACK, "keygen", str(key)], check=True, env=ENV)
     raw = work / "half.raw"
     if not raw.exists():
-        with open(raw, "wb") as f:
-            f.truncate(GiB)
-            for block in range(0, GiB, 4 * MiB):  # 2 MiB random, 2 MiB hole
-                f.seek(block)
-                f.write(os.urandom(2 * MiB))
+        _half_data_raw(raw, GiB)
     vhd = work / "half.vhd"
     if not vhd.exists():
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on",
                         str(raw), str(vhd)], check=True)
+    vhd2 = work / "half2g.vhd"  # twice the disk: the difference is the cost per GiB of data path
+    if not vhd2.exists():
+        raw2 = work / "half2g.raw"
+        _half_data_raw(raw2, 2 * GiB)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on",
+                        str(raw2), str(vhd2)], check=True)
+        raw2.unlink()
     vmdk = work / "half.vmdk"
     if not vmdk.exists():
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(raw), str(vmdk)],
                        check=True)
-    paths = {"raw": raw, "vhd": vhd, "vmdk": vmdk}
+    paths = {"raw": raw, "vhd": vhd, "vhd2": vhd2, "vmdk": vmdk}
     if not quick:
         big_raw = work / "sparse16g.raw"
         big = work / "sparse16g.vhd"
@@ -113,6 +117,14 @@ def build_inputs(work: Path, key: Path, quick: bool) -> dict[str, Path]:
     for p in paths.values():  # warm the page cache so every tool reads from memory
         subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)
     return paths
+
+
+def _half_data_raw(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for block in range(0, size, 4 * MiB):  # 2 MiB random, 2 MiB hole
+            f.seek(block)
+            f.write(os.urandom(2 * MiB))
 
 
 def main() -> None:
@@ -162,6 +174,10 @@ def main() -> None:
         "qemu-img convert -O luks, VMDK input": [
             "qemu-img", "convert", "-O", "luks", "--object", secret, "-o", "key-secret=s0",
             str(inputs["vmdk"]), str(out)],
+        "2 GiB: lukspack encrypt --no-verify": lk("--no-verify", src="vhd2"),
+        "2 GiB: qemu-img convert -O luks": ["qemu-img", "convert", "-f", "vpc", "-O", "luks",
+                                            "--object", secret, "-o", "key-secret=s0",
+                                            str(inputs["vhd2"]), str(out)],
         "dd bs=4M conv=fdatasync (durable copy)": ["dd", f"if={inputs['raw']}", f"of={out}",
                                                    "bs=4M", "conv=fdatasync", "status=none"],
         "dd bs=4M (page-cache copy)": ["dd", f"if={inputs['raw']}", f"of={out}", "bs=4M",
@@ -230,6 +246,11 @@ def report(results: dict[str, list[Sample]], big: Sample | None, kernel: dict,
     print(f"qcow2+LUKS output: qemu-img CPU / lukspack --no-verify CPU = "
           f"{med(qq, 'cpu') / med(lq, 'cpu'):.1f}x; VMDK input: "
           f"{med(qv, 'cpu') / med(lv, 'cpu'):.1f}x (defaults on both)")
+    lk_per_gib = med(results["2 GiB: lukspack encrypt --no-verify"], "cpu") - med(lk_nov, "cpu")
+    q_per_gib = med(results["2 GiB: qemu-img convert -O luks"], "cpu") - med(q, "cpu")
+    print(f"CPU per extra GiB of disk (2 GiB run minus 1 GiB run, fixed costs cancel): "
+          f"qemu-img {q_per_gib:.2f} s, lukspack --no-verify {lk_per_gib:.2f} s "
+          f"({q_per_gib / lk_per_gib:.1f}x)")
     print("\nAES-XTS kernel alone (lukspack benchmark), MiB/s:")
     for c in kernel["ciphers"]:
         n = kernel["threads"]
@@ -244,6 +265,8 @@ def report(results: dict[str, list[Sample]], big: Sample | None, kernel: dict,
          med(q, "cpu") / med(lk_nov, "cpu"), 8.0, True),
         ("qemu-img CPU >= 8x lukspack --no-verify CPU (iter-time 10 ms on both: data path)",
          med(q_fast, "cpu") / med(lk_fast, "cpu"), 8.0, True),
+        ("qemu-img CPU >= 8x lukspack --no-verify CPU per extra GiB (data path only)",
+         q_per_gib / lk_per_gib, 8.0, True),
         ("lukspack defaults wall <= 1.3x dd conv=fdatasync",
          med(lk_default, "wall") / med(ref, "wall"), 1.3, False),
         ("qemu-img -O luks + sync >= 1.5x lukspack defaults wall",
