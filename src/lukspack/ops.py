@@ -27,8 +27,8 @@ from lukspack.keys import wipe
 from lukspack.luks import kdf, luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
-from lukspack.output import AtomicOutput
-from lukspack.pipeline import CHUNK_SIZE, WORKERS, lower_priority, run_stream
+from lukspack.output import DIRECT_ALIGN, AtomicOutput
+from lukspack.pipeline import CHUNK_SIZE, WORKERS, aligned_buffer, lower_priority, run_stream
 
 MiB = 1 << 20
 ProgressFn = Callable[[str, int, int], None]
@@ -182,6 +182,11 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
         out.preallocate(total)
+        # Without verification the payload goes straight to the device (O_DIRECT: no page-cache
+        # copy, no write-back later; 1 CPU-s per GiB less here). With it, writes stay buffered so
+        # that the verifier reads them back from the page cache: direct writes would make it read
+        # the whole image from the device again (measured: 0.7 s per GiB slower wall).
+        direct = not opts.verify and out.open_direct()
         if plan.prepare is not None:
             plan.prepare()  # Argon2 calibration, before the payload threads load the CPU
         # calibration and key derivation (seconds, by design) run while the payload streams
@@ -193,7 +198,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
         written = _Watermark()
 
         def write(offset: int, data: memoryview, _meta: Any) -> None:
-            out.pwrite(header_size + offset, data)
+            out.pwrite_payload(header_size + offset, data)
             flusher.wrote(len(data))
             written.advance(offset + len(data))
 
@@ -207,7 +212,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
         def trailing_verify() -> str:
             lower_priority()
             return verify_payload(out.tmp, plan, payload_size, volume_key, image.virtual_size,
-                                  opts, progress, wait=written.wait_for)
+                                  opts, progress, wait=written.wait_for, direct=direct)
 
         verify_join = _background(trailing_verify) if opts.verify else None
         read = digest.hashed_reader(image.read_into, image.virtual_size,
@@ -238,6 +243,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             "payload_bytes": payload_size,
             "total_bytes": total,
             "plaintext_sha256": sha.hexdigest() if sha else None,
+            "direct_io": out.direct_fd >= 0,
             "verified": False,
         }
         if verify_join is not None:
@@ -261,11 +267,12 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
 def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: bytes | bytearray,
                    virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None,
-                   wait: Callable[[int], None] | None = None) -> str:
+                   wait: Callable[[int], None] | None = None, direct: bool = False) -> str:
     """Read the written payload back from the file, decrypt it, and return its plaintext digest.
 
-    wait(end) blocks until the writer has written the payload up to `end` (a trailing verifier)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    wait(end) blocks until the writer has written the payload up to `end` (a trailing verifier).
+    direct: the payload was written with O_DIRECT; read it back the same way, from the device."""
+    fd = _open_for_readback(path, plan.header_size, direct)
     try:
         vol = LuksVolume(path, 0, None, plan.cipher_name, plan.cipher_mode, plan.key_bytes,
                          plan.header_size, payload_size, plan.sector_size, file_reader(fd, path))
@@ -273,6 +280,22 @@ def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: b
                               wait=wait, algorithm=digest.VERIFY)[f"plaintext_{digest.VERIFY}"]
     finally:
         os.close(fd)
+
+
+def _open_for_readback(path: str, offset: int, direct: bool) -> int:
+    """A read descriptor, with O_DIRECT when asked and when an aligned read at offset works."""
+    if direct:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError:
+            pass
+        else:
+            try:
+                os.preadv(fd, [aligned_buffer(DIRECT_ALIGN)], offset)
+                return fd
+            except OSError:
+                os.close(fd)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def verify_header(path: str, plan: HeaderPlan, passphrase: bytes | bytearray,

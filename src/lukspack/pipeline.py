@@ -11,6 +11,7 @@ lands there; it stops the other stages within one chunk and re-raises.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import sys
@@ -31,6 +32,12 @@ Progress = Callable[[int], None]
 
 class _Stop(Exception):
     pass
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A zeroed, writable, page-aligned buffer (anonymous memory): O_DIRECT reads and writes need
+    the alignment, which a bytearray does not promise."""
+    return mmap.mmap(-1, max(size, 1))
 
 
 # The data threads yield to the key derivation thread: PBKDF2 for --iter-time (2 s) is the longest
@@ -62,12 +69,12 @@ def run_stream(total: int, read: Reader, write: Writer, *,
     hashlib objects fed the data before and after the transform, in order.
     """
     depth = workers * 2 + 2
-    free: queue.Queue[bytearray] = queue.Queue()
+    free: queue.Queue[mmap.mmap] = queue.Queue()
     for _ in range(min(depth, max(1, -(-total // chunk_size)))):
-        free.put(bytearray(chunk_size))
+        free.put(aligned_buffer(chunk_size))
     stop = threading.Event()
     errors: list[BaseException] = []
-    ready: queue.Queue[tuple[int, memoryview, bytearray, Future[Any] | None] | None] = \
+    ready: queue.Queue[tuple[int, memoryview, mmap.mmap, Future[Any] | None] | None] = \
         queue.Queue(maxsize=depth)
     local = threading.local()
 
@@ -80,7 +87,7 @@ def run_stream(total: int, read: Reader, write: Writer, *,
                 continue
         raise _Stop
 
-    def take_free() -> bytearray:
+    def take_free() -> mmap.mmap:
         while not stop.is_set():
             try:
                 return free.get(timeout=_POLL)

@@ -138,3 +138,36 @@ def test_sparse_source_reads_only_its_data(tmp_path: Path, cli: Cli, keyfile: Pa
     assert s["virtual_size"] == 256 * MiB
     assert s["source_bytes_read"] < 3 * MiB
     assert s["verified"]
+
+
+def _has_direct_io(directory: Path) -> bool:
+    probe = directory / "direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    os.close(fd)
+    return True
+
+
+def test_no_verify_writes_the_payload_with_direct_io(tmp_path: Path, cli: Cli,
+                                                     keyfile: Path) -> None:
+    """--no-verify sends the payload through O_DIRECT where the filesystem has it; cryptsetup's
+    volume key and QEMU's LUKS driver read back exactly the source."""
+    src = pattern_disk(tmp_path / "s.raw", 9, tail=777)
+    out = tmp_path / "e.img"
+    s = json.loads(cli("encrypt", src, out, "--key-file", keyfile, "--no-verify", "--json",
+                       *FAST).stdout)
+    assert s["direct_io"] is _has_direct_io(tmp_path)
+    assert s["plaintext_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    plain = qemu_luks_decrypt(out, keyfile, tmp_path / "qemu.raw")
+    assert same_prefix(plain, src)
+    with open(plain, "rb") as f:
+        f.seek(src.stat().st_size)
+        assert not any(f.read())
+    # with verification the writes stay buffered, so the read-back finds them in the page cache
+    s = json.loads(cli("encrypt", src, tmp_path / "v.img", "--key-file", keyfile, "--json",
+                       *FAST).stdout)
+    assert s["direct_io"] is False and s["verified"] is True
