@@ -379,6 +379,19 @@ def image_sha256(image: DiskImage, progress: ProgressFn | None = None,
     return h.hexdigest()
 
 
+def _open_with_payload(path: str) -> tuple[int, LuksVolume]:
+    """open_luks_path for the commands that read the payload: a header with no payload after it
+    (a detached header, or a truncated image) is refused, as `cryptsetup open` refuses it."""
+    fd, vol = open_luks_path(path)
+    if vol.payload_size <= 0:
+        os.close(fd)
+        raise FormatError(f"{path}: has a LUKS{vol.version} header but no payload after it "
+                          f"(payload offset {vol.payload_offset}, file size "
+                          f"{vol.payload_offset + vol.payload_size}): a detached header or a "
+                          "truncated image")
+    return fd, vol
+
+
 def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = None,
            opts: EncryptOptions | None = None, progress: ProgressFn | None = None
            ) -> dict[str, Any]:
@@ -389,7 +402,7 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     if qcow2_ops.is_qcow2(image_path):
         return qcow2_ops.verify(image_path, passphrase, source, opts, progress)
     started = time.perf_counter()
-    fd, vol = open_luks_path(image_path)
+    fd, vol = _open_with_payload(image_path)
     try:
         key = vol.unlock(passphrase)
         try:
@@ -437,7 +450,7 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
     if qcow2_ops.is_qcow2(image_path):
         return qcow2_ops.decrypt(image_path, output, passphrase, force=force, opts=opts,
                                  progress=progress)
-    fd, vol = open_luks_path(image_path)
+    fd, vol = _open_with_payload(image_path)
     try:
         key = vol.unlock(passphrase)
         try:

@@ -124,6 +124,19 @@ def test_not_luks_and_truncated_luks(tmp_path: Path, cli: Cli, keyfile: Path, sr
     assert "past the end" in err or "truncated" in err or "overlaps" in err
 
 
+def test_header_without_payload(tmp_path: Path, cli: Cli, keyfile: Path, src: Path) -> None:
+    """Cut right at the payload offset: `info` still dumps the header (as luksDump does), but
+    verify and decrypt refuse it instead of reporting an empty disk."""
+    out = tmp_path / "e.img"
+    cli("encrypt", src, out, "--key-file", keyfile, *FAST)
+    with open(out, "r+b") as f:
+        f.truncate(2 * 1024 * 1024)
+    assert b"Key Slot 0: ENABLED" in cli("info", out).stdout
+    for cmd in (["verify", out], ["decrypt", out, tmp_path / "d.raw"]):
+        assert "no payload" in cli.fails(*cmd, "--key-file", keyfile)
+    assert not (tmp_path / "d.raw").exists() and leftovers(tmp_path) == []
+
+
 def test_group_readable_key_warns(tmp_path: Path, cli: Cli, keyfile: Path, src: Path) -> None:
     keyfile.chmod(0o644)
     p = cli("encrypt", src, tmp_path / "e.img", "--key-file", keyfile, *FAST)
