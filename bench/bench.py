@@ -3,9 +3,10 @@
 
 Inputs (built once in the work directory): a 1 GiB dynamic VHD that is half random data and half
 unallocated (2 MiB blocks alternating), the same disk as RAW and as VMDK, a 2 GiB VHD made the
-same way (the 2 GiB run minus the 1 GiB run is the CPU cost per GiB, with start-up, calibration and
-key derivation cancelled out), and a 16 GiB sparse dynamic VHD. Runs alternate between tools, round after round; the table gives medians. Every tool reads its
-input from the page cache (run once before timing); outputs are deleted and `sync`ed between runs.
+same way (the 2 GiB run minus the 1 GiB run is the CPU cost per GiB, with start-up, calibration
+and key derivation cancelled out), and a 16 GiB sparse dynamic VHD. Runs alternate between tools,
+round after round; the table gives medians. Every tool reads its input from the page cache (run
+once before timing); outputs are deleted and `sync`ed between runs.
 
     .venv/bin/python bench/bench.py [--rounds 3] [--work DIR] [--quick]
 

@@ -2,19 +2,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-stamp=.venv/.lukspack-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ src/lukspack/crypto/_xtsloop.c -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-  .venv/bin/python -m pip install --quiet -e ".[test]"
-  touch "$stamp"
-fi
-export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"
-
 need_debs() {  # need_debs COMMAND PACKAGE ...: install the Debian packages of missing commands
   local missing=()
   while [ $# -gt 0 ]; do
@@ -28,3 +15,21 @@ need_debs() {  # need_debs COMMAND PACKAGE ...: install the Debian packages of m
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+PY="${PYTHON:-python3}"
+# The test suite holds the fast XTS loop to being built, so it brings a C compiler along.
+if [ "${LUKSPACK_NEED_CC:-0}" = 1 ]; then
+  need_debs gcc gcc
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.lukspack-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ src/lukspack/crypto/_xtsloop.c -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  touch "$stamp"
+fi
+export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"
+

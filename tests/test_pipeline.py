@@ -106,3 +106,28 @@ def test_atomic_output_direct_writes_and_their_fallback(tmp_path: Path) -> None:
     finally:
         out.abort()
     assert not list(tmp_path.iterdir())
+
+
+def test_data_threads_nice_is_absolute_not_stacked() -> None:
+    """A data thread started by another data thread ends at the same nice value, not at 19."""
+    import os
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lukspack import pipeline
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def outer() -> tuple[int, int]:
+        pipeline.lower_priority()
+        with ThreadPoolExecutor(1, initializer=pipeline.lower_priority) as pool:
+            return nice(), pool.submit(nice).result()
+
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(outer).result()
+    main = nice()
+    want = min(19, main + pipeline.DATA_THREAD_NICE) if sys.platform.startswith("linux") else main
+    assert got == (want, want)
+    assert nice() == main  # the calling thread is untouched

@@ -19,6 +19,7 @@ from tests.helpers import (
     Cli,
     MiB,
     cryptsetup,
+    leftovers,
     pattern_disk,
     qemu_img,
     qemu_luks_decrypt,
@@ -136,6 +137,17 @@ def test_output_format_option_overrides_the_suffix(tmp_path: Path, cli: Cli,
     assert as_raw.read_bytes()[:6] == b"LUKS\xba\xbe"
     cryptsetup("isLuks", str(as_raw))
     assert same_prefix(qemu_luks_decrypt(as_raw, keyfile, tmp_path / "plain.raw"), src)
+
+
+@pytest.mark.parametrize("option", [["--pbkdf", "argon2id"], ["--pbkdf-memory", "65536"]])
+def test_kdf_options_qemu_luks_cannot_hold_are_refused_first(tmp_path: Path, cli: Cli,
+                                                             keyfile: Path,
+                                                             option: list[str]) -> None:
+    src = pattern_disk(tmp_path / "source.raw", 2)
+    err = cli.fails("encrypt", str(src), str(tmp_path / "o.qcow2"), "--key-file", str(keyfile),
+                    *option)
+    assert "pbkdf" in err.lower() and not (tmp_path / "o.qcow2").exists()
+    assert leftovers(tmp_path) == []
 
 
 def test_size_that_is_not_whole_clusters(tmp_path: Path, cli: Cli, keyfile: Path) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import xxhash
 
 SHA256 = "sha256"
 VERIFY = "xxh3_128"
@@ -30,10 +31,17 @@ def new(name: str) -> Any:
     if name == SHA256:
         return hashlib.sha256()
     if name == VERIFY:
-        import xxhash
-
         return xxhash.xxh3_128()
     raise ValueError(f"unknown digest {name!r}")
+
+
+def source_digests(read: Reader, limit: int, *, sha256: bool, verify: bool
+                   ) -> tuple[Reader, Any, Any]:
+    """(reader, SHA-256 or None, verification digest or None) for an encryption's source: the
+    reader feeds the digests asked for with the source's first `limit` bytes as they stream."""
+    sha = new(SHA256) if sha256 else None
+    check = new(VERIFY) if verify else None
+    return hashed_reader(read, limit, [d for d in (sha, check) if d is not None]), sha, check
 
 
 def hashed_reader(read: Reader, limit: int, digests: list[Any]) -> Reader:

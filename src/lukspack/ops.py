@@ -27,8 +27,8 @@ from lukspack.keys import wipe
 from lukspack.luks import kdf, luks1
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.volume import LuksVolume, file_reader, open_luks, open_luks_path
-from lukspack.output import DIRECT_ALIGN, AtomicOutput
-from lukspack.pipeline import CHUNK_SIZE, WORKERS, aligned_buffer, lower_priority, run_stream
+from lukspack.output import AtomicOutput
+from lukspack.pipeline import CHUNK_SIZE, WORKERS, lower_priority, run_stream
 
 MiB = 1 << 20
 ProgressFn = Callable[[str, int, int], None]
@@ -125,6 +125,7 @@ class _Watermark:
         self._cond = threading.Condition()
         self._upto = 0
         self._abandoned = False
+        self.failed = False  # set by the verifier when it fails
 
     def advance(self, upto: int) -> None:
         with self._cond:
@@ -192,40 +193,53 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
         # calibration and key derivation (seconds, by design) run while the payload streams
         header_join = _background(lambda: plan.build(volume_key, passphrase))
         flusher = _Flusher(out)
-        sha = digest.new(digest.SHA256) if opts.plaintext_digest else None
-        check = digest.new(digest.VERIFY) if opts.verify else None
+        read, sha, check = digest.source_digests(image.read_into, image.virtual_size,
+                                                 sha256=opts.plaintext_digest, verify=opts.verify)
 
         written = _Watermark()
 
         def write(offset: int, data: memoryview, _meta: Any) -> None:
-            out.pwrite_payload(header_size + offset, data)
+            if written.failed and verify_join is not None:
+                verify_join()  # raises the verifier's error now, not after the whole image
+            if not direct:
+                out.pwrite_payload(header_size + offset, data)
             flusher.wrote(len(data))
             written.advance(offset + len(data))
 
         def transform_factory() -> Callable[[memoryview, int], None]:
             cipher = make_sector_cipher(plan.cipher_name, plan.cipher_mode, volume_key,
                                         plan.sector_size)
-            return lambda buf, off: cipher.encrypt(buf, off // 512)
+
+            def encrypt(buf: memoryview, off: int) -> None:
+                cipher.encrypt(buf, off // 512)
+                if direct:  # each worker writes its own chunk: several direct writes in flight
+                    out.pwrite_payload(header_size + off, buf)
+
+            return encrypt
 
         # the verifier reads each chunk back from the output right after it is written, decrypts
         # and digests it: verification costs CPU beside the stream, not a second pass after it
         def trailing_verify() -> str:
             lower_priority()
-            return verify_payload(out.tmp, plan, payload_size, volume_key, image.virtual_size,
-                                  opts, progress, wait=written.wait_for, direct=direct)
+            try:
+                return verify_payload(out.tmp, plan, payload_size, volume_key,
+                                      image.virtual_size, opts, progress, wait=written.wait_for)
+            except BaseException:
+                written.failed = True  # the writer stops at its next chunk
+                raise
 
         verify_join = _background(trailing_verify) if opts.verify else None
-        read = digest.hashed_reader(image.read_into, image.virtual_size,
-                                    [d for d in (sha, check) if d is not None])
         try:
             run_stream(payload_size, read, write,
                        transform_factory=transform_factory, chunk_size=opts.chunk_size,
                        workers=opts.workers, progress=_progress(progress, "encrypt", payload_size))
         except BaseException:
-            written.abandon()
-            if verify_join is not None:
-                with contextlib.suppress(BaseException):
-                    verify_join()
+            try:
+                written.abandon()
+            finally:
+                if verify_join is not None:
+                    with contextlib.suppress(Exception):  # interrupts still get through
+                        verify_join()
             raise
         flusher.kick()  # the disk drains while the payload is checked and the key slot derived
         summary: dict[str, Any] = {
@@ -267,12 +281,11 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
 
 def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: bytes | bytearray,
                    virtual_size: int, opts: EncryptOptions, progress: ProgressFn | None,
-                   wait: Callable[[int], None] | None = None, direct: bool = False) -> str:
+                   wait: Callable[[int], None] | None = None) -> str:
     """Read the written payload back from the file, decrypt it, and return its plaintext digest.
 
-    wait(end) blocks until the writer has written the payload up to `end` (a trailing verifier).
-    direct: the payload was written with O_DIRECT; read it back the same way, from the device."""
-    fd = _open_for_readback(path, plan.header_size, direct)
+    wait(end) blocks until the writer has written the payload up to `end` (a trailing verifier)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         vol = LuksVolume(path, 0, None, plan.cipher_name, plan.cipher_mode, plan.key_bytes,
                          plan.header_size, payload_size, plan.sector_size, file_reader(fd, path))
@@ -280,22 +293,6 @@ def verify_payload(path: str, plan: HeaderPlan, payload_size: int, volume_key: b
                               wait=wait, algorithm=digest.VERIFY)[f"plaintext_{digest.VERIFY}"]
     finally:
         os.close(fd)
-
-
-def _open_for_readback(path: str, offset: int, direct: bool) -> int:
-    """A read descriptor, with O_DIRECT when asked and when an aligned read at offset works."""
-    if direct:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-        except OSError:
-            pass
-        else:
-            try:
-                os.preadv(fd, [aligned_buffer(DIRECT_ALIGN)], offset)
-                return fd
-            except OSError:
-                os.close(fd)
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def verify_header(path: str, plan: HeaderPlan, passphrase: bytes | bytearray,

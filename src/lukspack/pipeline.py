@@ -46,14 +46,29 @@ def aligned_buffer(size: int) -> mmap.mmap:
 DATA_THREAD_NICE = int(os.environ.get("LUKSPACK_DATA_NICE", "10"))
 
 
+def _nice() -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (OSError, AttributeError):
+        return None
+
+
+_BASE_NICE = _nice()  # of the thread that imported lukspack (the main thread)
+
+
 def lower_priority() -> None:
-    """Make the calling (data) thread yield CPU to the key derivation thread."""
-    if DATA_THREAD_NICE <= 0 or not sys.platform.startswith("linux"):
+    """Set the calling (data) thread to the main thread's nice + DATA_THREAD_NICE, so that the key
+    derivation thread gets a core. Absolute, not relative: threads inherit the nice value of the
+    thread that starts them, and adding again would stack up to 19."""
+    if DATA_THREAD_NICE <= 0 or _BASE_NICE is None or not sys.platform.startswith("linux"):
+        return
+    target = min(19, _BASE_NICE + DATA_THREAD_NICE)
+    current = _nice()
+    if current is None or current >= target:
         return
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DATA_THREAD_NICE)
-    except (OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
+    except OSError:
         pass
 
 

@@ -26,7 +26,8 @@ from lukspack.images.qcow2_header import MAGIC
 from lukspack.images.qcow2_write import Qcow2Writer
 from lukspack.keys import wipe
 from lukspack.luks import kdf, luks1
-from lukspack.luks.kdf import pbkdf2_cost, slot_kdf
+from lukspack.luks.format import KdfOptions
+from lukspack.luks.kdf import Pbkdf2Cost, calibrate_before_stream, pbkdf2_cost
 from lukspack.luks.volume import LuksVolume, dump_header, open_luks
 from lukspack.ops import (
     EncryptOptions,
@@ -79,41 +80,47 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     if opts.luks_type != "luks1":
         raise UnsupportedError(f"qcow2 output holds a LUKS1 header (as qemu writes it), not "
                                f"{opts.luks_type}: use --type luks1, or a RAW output")
-    # bad KDF options fail now, before any output exists; the costs are worked out beside the stream
-    slot_kdf("pbkdf2", opts.hash, KEY_BYTES, iter_time_ms=opts.iter_time_ms,
-             force_iterations=opts.force_iterations, check_only=True)
+    # bad KDF options (an Argon2 --pbkdf too: qemu's LUKS1 has PBKDF2 slots) fail now, before any
+    # output exists
+    KdfOptions(opts.hash, opts.iter_time_ms, opts.force_iterations, opts.pbkdf,
+               opts.pbkdf_memory_kb, opts.pbkdf_parallel).slot_kdf("luks1", KEY_BYTES,
+                                                                   check_only=True)
     with open_image(source, opts.input_format) as image:
         volume_key = bytearray(secrets.token_bytes(KEY_BYTES))
         try:
             with kdf.remember():  # verification re-derives nothing it already derived
-                return _encrypt(image, output, passphrase, volume_key, opts, progress, started)
+                cost = None  # calibrated beside the stream unless cores are shared
+                if calibrate_before_stream(opts.force_iterations):
+                    cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, None)
+                return _encrypt(image, output, passphrase, volume_key, opts, progress, started,
+                                cost)
         finally:
             wipe(volume_key)
 
 
 def build_luks_header(volume_key: bytes | bytearray, passphrase: bytes | bytearray,
-                      opts: EncryptOptions) -> bytes:
+                      opts: EncryptOptions, cost: Pbkdf2Cost | None = None) -> bytes:
     """The LUKS1 header area as qemu lays it out inside qcow2 (LUKS_HEADER_BYTES long).
 
-    Calibrates PBKDF2 first, on this thread's CPU clock (kdf.pbkdf2_rate), so it can run beside
-    the payload stream."""
-    cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, opts.force_iterations)
+    Without a cost, calibrates PBKDF2 first, on this thread's CPU clock (kdf.pbkdf2_rate), so it
+    can run beside the payload stream."""
+    if cost is None:
+        cost = pbkdf2_cost(opts.hash, KEY_BYTES, opts.iter_time_ms, opts.force_iterations)
     return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                               digest_iterations=cost.digest_iterations, hash_spec=opts.hash,
                               payload_align=luks1.ALIGN_KEYSLOTS)
 
 
 def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray, volume_key: bytearray,
-             opts: EncryptOptions, progress: ProgressFn | None, started: float) -> dict[str, Any]:
+             opts: EncryptOptions, progress: ProgressFn | None, started: float,
+             cost: Pbkdf2Cost | None) -> dict[str, Any]:
     writer = Qcow2Writer(image.virtual_size, crypto_header_length=LUKS_HEADER_BYTES)
     assert writer.crypto_header is not None
     with AtomicOutput(output, force=opts.force, sources=source_files(image)) as out:
-        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts))
+        header_join = _background(lambda: build_luks_header(volume_key, passphrase, opts, cost))
         flusher = _Flusher(out)
-        sha = digest.new(digest.SHA256) if opts.plaintext_digest else None
-        check = digest.new(digest.VERIFY) if opts.verify else None
-        source_read = digest.hashed_reader(image.read_into, image.virtual_size,
-                                           [d for d in (sha, check) if d is not None])
+        source_read, sha, check = digest.source_digests(
+            image.read_into, image.virtual_size, sha256=opts.plaintext_digest, verify=opts.verify)
         plans: dict[int, Any] = {}
 
         def read(offset: int, view: memoryview) -> None:  # reader thread, in guest order

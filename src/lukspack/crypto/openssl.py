@@ -16,6 +16,8 @@ from functools import cache
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from lukspack.errors import LukspackError
+
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 
 
@@ -99,6 +101,7 @@ class AesXts:
     """
 
     def __init__(self, key: bytes | bytearray, sector_size: int, iv_step: int, iv_mask: int):
+        self._ctx: dict[int, int] = {}
         loop = _xts_loop()
         if loop is None:
             raise RuntimeError("the native AES-XTS loop is not available")
@@ -108,7 +111,6 @@ class AesXts:
         self._loop, self._init, self._update = loop
         self._sector, self._step, self._mask = sector_size, iv_step, iv_mask
         cipher = getattr(lib, f"EVP_aes_{len(key) * 4}_xts")()
-        self._ctx: dict[int, int] = {}
         try:
             for enc in (1, 0):
                 ctx = lib.EVP_CIPHER_CTX_new()
@@ -126,9 +128,9 @@ class AesXts:
         try:
             self._loop(self._init, self._update, self._ctx[int(encrypt)], buf, self._sector,
                        first_iv, self._step, self._mask)
-        except RuntimeError:
+        except RuntimeError as e:
             self._lib.ERR_clear_error()
-            raise
+            raise LukspackError(str(e)) from None
 
     def close(self) -> None:
         for ctx in self._ctx.values():

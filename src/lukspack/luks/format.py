@@ -13,7 +13,7 @@ from typing import Any
 
 from lukspack.errors import LukspackError
 from lukspack.luks import luks1, luks2, luks2_format
-from lukspack.luks.kdf import digest_iterations, pbkdf2_cost, slot_kdf
+from lukspack.luks.kdf import calibrate_before_stream, digest_iterations, pbkdf2_cost, slot_kdf
 
 LUKS_TYPES = ("luks1", "luks2")
 
@@ -47,8 +47,9 @@ class HeaderPlan:
     sector_size: int
     build: Callable[[bytes | bytearray, bytes | bytearray], bytes]  # (volume key, passphrase)
     # called once before the payload streams (output open, CPU idle): Argon2 calibration, which
-    # times wall clock as cryptsetup does. PBKDF2 calibrates in build(), beside the stream: it is
-    # timed on the thread's CPU clock (kdf.pbkdf2_rate), which the other threads do not disturb.
+    # times wall clock as cryptsetup does, and PBKDF2 calibration on CPUs whose cores are shared
+    # (SMT). Otherwise PBKDF2 calibrates in build(), beside the stream: it is timed on the thread's
+    # CPU clock (kdf.pbkdf2_rate), which the threads on other cores do not disturb.
     prepare: Callable[[], None] | None = None
 
     @property
@@ -66,13 +67,21 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
         if sector_size != 512:
             raise LukspackError(f"LUKS1 has 512-byte sectors only, not {sector_size}")
 
+        costs: list[Any] = []
+
+        def prepare() -> None:
+            costs.append(pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations))
+
         def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
-            cost = pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations)
+            if not costs:
+                prepare()  # calibrating beside the stream (kdf.calibrate_before_stream)
+            cost = costs[0]
             return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                       digest_iterations=cost.digest_iterations, hash_spec=kdf.hash)
 
+        first = calibrate_before_stream(kdf.force_iterations)
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
-                          512, build)
+                          512, build, prepare if first else None)
     raise LukspackError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
 
 
@@ -94,6 +103,8 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
         return luks2_format.format_luks2(volume_key, passphrase, cost["slot"],
                                          digest_iterations=cost["digest"], sector_size=sector_size)
 
-    argon2_benchmark = (kdf.pbkdf or "argon2id") != "pbkdf2" and kdf.force_iterations is None
+    argon2 = (kdf.pbkdf or "argon2id") != "pbkdf2"
+    first = (argon2 and kdf.force_iterations is None) or calibrate_before_stream(
+        kdf.force_iterations)
     return HeaderPlan("luks2", luks2.DEFAULT_DATA_OFFSET, "aes", "xts-plain64", key_bytes,
-                      sector_size, build, prepare if argon2_benchmark else None)
+                      sector_size, build, prepare if first else None)

@@ -103,6 +103,32 @@ def pbkdf2_rate(hash_name: str, key_length: int) -> int:
         iterations <<= 4 if ms <= 62 else 3 if ms <= 125 else 2 if ms <= 250 else 1
 
 
+def calibrate_before_stream(force_iterations: int | None) -> bool:
+    """Whether PBKDF2 must be calibrated before the payload threads start.
+
+    The thread CPU clock is immune to threads waiting for a core, not to a sibling hardware thread
+    sharing this core (SMT): there, encryption beside the benchmark would make each CPU-second do
+    less work and the count come out weaker than on an idle machine. So calibration runs first
+    unless the CPUs are known not to share cores. Forced costs need no calibration.
+    """
+    if force_iterations is not None:
+        return False
+    import glob
+
+    lists = glob.glob("/sys/devices/system/cpu/cpu[0-9]*/topology/thread_siblings_list")
+    if not lists:
+        return True  # unknown topology: the safe order
+    try:
+        for path in lists:
+            with open(path) as f:
+                text = f.read().strip()
+            if "," in text or "-" in text:
+                return True
+    except OSError:
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class Pbkdf2Cost:
     slot_iterations: int
