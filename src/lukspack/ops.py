@@ -257,7 +257,7 @@ def _encrypt(image: DiskImage, output: str, passphrase: bytes | bytearray,
             "payload_bytes": payload_size,
             "total_bytes": total,
             "plaintext_sha256": sha.hexdigest() if sha else None,
-            "direct_io": out.direct_fd >= 0,
+            "direct_io": out.direct,
             "verified": False,
         }
         if verify_join is not None:

@@ -58,6 +58,13 @@ class AtomicOutput:
             raise os_error(path, e, "creating the output") from None
         self.committed = False
         self.direct_fd = -1
+        self._direct_ok = False  # cleared, never closed early, when the kernel refuses a write:
+        # worker threads may be using the descriptor at that moment
+
+    @property
+    def direct(self) -> bool:
+        """Whether payload writes are going through O_DIRECT."""
+        return self.direct_fd >= 0 and self._direct_ok
 
     def open_direct(self) -> bool:
         """A second descriptor with O_DIRECT, for the payload: whole aligned chunks go straight to
@@ -70,13 +77,15 @@ class AtomicOutput:
             self.direct_fd = os.open(self.tmp, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
         except OSError:
             return False
+        self._direct_ok = True
         return True
 
     def pwrite_payload(self, offset: int, data: memoryview) -> None:
         """pwrite through the O_DIRECT descriptor when there is one and the write is aligned
         (offset, length and memory to 4096); anything the kernel refuses there (EINVAL) is
-        written buffered instead, and direct I/O is given up for the rest of the file."""
-        if self.direct_fd >= 0 and not (offset | len(data)) & (DIRECT_ALIGN - 1):
+        written buffered instead, and direct I/O is given up for the rest of the file.
+        Safe to call from several threads at once (positional writes to disjoint ranges)."""
+        if self._direct_ok and not (offset | len(data)) & (DIRECT_ALIGN - 1):
             view = memoryview(data).cast("B")
             try:
                 while view:
@@ -86,11 +95,12 @@ class AtomicOutput:
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise os_error(self.path, e, "writing") from None
-                self._close_direct()
+                self._direct_ok = False
                 data = view
         self.pwrite(offset, data)
 
     def _close_direct(self) -> None:
+        self._direct_ok = False
         if self.direct_fd >= 0:
             os.close(self.direct_fd)
             self.direct_fd = -1
