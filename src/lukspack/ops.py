@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import os
 import secrets
 import threading
@@ -307,13 +306,8 @@ def verify_header(path: str, plan: HeaderPlan, passphrase: bytes | bytearray,
         if found != want:
             raise VerifyError(f"{path}: verification failed: the header says {found}, "
                               f"expected {want}")
-        key = vol.unlock(passphrase)
-        try:
-            if not hmac.compare_digest(bytes(key), bytes(volume_key)):
-                raise VerifyError(f"{path}: verification failed: the key file opens a different "
-                                  "key")
-        finally:
-            wipe(key)
+        if not vol.opens_with(passphrase, volume_key):
+            raise VerifyError(f"{path}: verification failed: the key file opens a different key")
     finally:
         os.close(fd)
 
@@ -401,15 +395,12 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     started = time.perf_counter()
     fd, vol = _open_with_payload(image_path)
     try:
-        key = vol.unlock(passphrase)
-        try:
+        with vol.unlocked(passphrase) as key:
             result: dict[str, Any] = {"image": image_path, "type": f"luks{vol.version}",
                                       "cipher": vol.cipher}
             result.update(compare_with_source(
                 image_path, source, vol.payload_size, opts, progress,
                 lambda size: decrypt_stream(vol, fd, key, size, opts, progress, "verify")))
-        finally:
-            wipe(key)
     finally:
         os.close(fd)
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -449,13 +440,10 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
                                  progress=progress)
     fd, vol = _open_with_payload(image_path)
     try:
-        key = vol.unlock(passphrase)
-        try:
+        with vol.unlocked(passphrase) as key:
             return write_plaintext(image_path, output, vol.payload_size, force, lambda sink:
                                    decrypt_stream(vol, fd, key, vol.payload_size, opts, progress,
                                                   "decrypt", sink=sink))
-        finally:
-            wipe(key)
     finally:
         os.close(fd)
 

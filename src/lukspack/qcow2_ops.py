@@ -10,7 +10,6 @@ aes-xts-plain64 whose IV is its *host* offset / 512, as qemu does for LUKS in qc
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 import time
@@ -192,14 +191,7 @@ def verify_written(path: str, passphrase: bytes | bytearray, volume_key: bytes |
     its clusters are decrypted; return the plaintext digest."""
     fd, image, vol = open_qcow2_luks(path)
     try:
-        def unlock_matches() -> bool:
-            key = vol.unlock(passphrase)
-            try:
-                return hmac.compare_digest(bytes(key), bytes(volume_key))
-            finally:
-                wipe(key)
-
-        unlock_join = _background(unlock_matches)
+        unlock_join = _background(lambda: vol.opens_with(passphrase, volume_key))
         d = decrypt_stream(image, vol, volume_key, virtual_size, opts, progress, "verify",
                            algorithm=digest.VERIFY)
         if not unlock_join():
@@ -284,15 +276,12 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None,
     started = time.perf_counter()
     fd, image, vol = open_qcow2_luks(image_path)
     try:
-        key = vol.unlock(passphrase)
-        try:
+        with vol.unlocked(passphrase) as key:
             result: dict[str, Any] = {"image": image_path, "format": "qcow2",
                                       "type": f"luks{vol.version}", "cipher": vol.cipher}
             result.update(compare_with_source(
                 image_path, source, image.virtual_size, opts, progress,
                 lambda size: decrypt_stream(image, vol, key, size, opts, progress, "verify")))
-        finally:
-            wipe(key)
     finally:
         os.close(fd)
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -304,13 +293,10 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
     """Write the decrypted disk of a qcow2+LUKS image as a sparse RAW file (mode 0600)."""
     fd, image, vol = open_qcow2_luks(image_path)
     try:
-        key = vol.unlock(passphrase)
-        try:
+        with vol.unlocked(passphrase) as key:
             return write_plaintext(image_path, output, image.virtual_size, force, lambda sink:
                                    decrypt_stream(image, vol, key, image.virtual_size, opts,
                                                   progress, "decrypt", sink=sink))
-        finally:
-            wipe(key)
     finally:
         os.close(fd)
 

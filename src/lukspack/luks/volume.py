@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lukspack.crypto.sector import SectorCipher, make_sector_cipher
 from lukspack.errors import FormatError, LukspackError
+from lukspack.keys import wipe
 from lukspack.luks import luks1
 
 ReadAt = Callable[[int, int], bytes]
@@ -38,6 +41,20 @@ class LuksVolume:
     def unlock(self, passphrase: bytes | bytearray) -> bytearray:
         """The volume key that passphrase opens; WrongKeyError when none does."""
         return self.header.unlock(self.read_at, passphrase, self.path)
+
+    @contextlib.contextmanager
+    def unlocked(self, passphrase: bytes | bytearray) -> Iterator[bytearray]:
+        """The volume key for the length of a with-block, wiped after it."""
+        key = self.unlock(passphrase)
+        try:
+            yield key
+        finally:
+            wipe(key)
+
+    def opens_with(self, passphrase: bytes | bytearray, volume_key: bytes | bytearray) -> bool:
+        """Whether passphrase opens exactly this volume key (constant-time comparison)."""
+        with self.unlocked(passphrase) as key:
+            return hmac.compare_digest(bytes(key), bytes(volume_key))
 
     def check_key(self, key: bytes | bytearray) -> bool:
         return self.header.digest_matches(key)
