@@ -6,44 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import FAST, Cli, MiB, qemu_img, qemu_luks_decrypt, same_prefix
+from tests.helpers import FAST, Cli, MiB, qemu_img
 from tests.images.flavours import (
-    FLAVOURS,
     SOURCE_MIB,
-    check_reader,
-    copy,
-    encrypt_and_compare,
     make,
 )
-
-NAMES = [n for n in FLAVOURS if n.startswith("qcow2")]
-
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_flavour_reads_and_encrypts_like_qemu(name: str, source: Path, tmp_path: Path, cli: Cli,
-                                               keyfile: Path) -> None:
-    image, ref = make(name, source, tmp_path)
-    check_reader(name, image, ref, "qcow2")
-    encrypt_and_compare(cli, image, ref, keyfile, tmp_path)
-
-
-def test_compressed_qcow2_to_raw_luks(source: Path, tmp_path: Path, cli: Cli,
-                                      keyfile: Path) -> None:
-    image, ref = make("qcow2-compressed", source, tmp_path)
-    out = tmp_path / "out.img"
-    cli("encrypt", str(image), str(out), "--key-file", str(keyfile), *FAST)
-    plain = qemu_luks_decrypt(out, keyfile, tmp_path / "plain.raw")
-    assert same_prefix(plain, ref)
-
-
-def test_detected_by_content_not_name(source: Path, tmp_path: Path, cli: Cli,
-                                      keyfile: Path) -> None:
-    image, ref = make("qcow2-v3", source, tmp_path)
-    disguised = copy(image, tmp_path / "disk.img")
-    encrypt_and_compare(cli, disguised, ref, keyfile, tmp_path)
 
 
 def test_info_counts_clusters(source: Path, tmp_path: Path, cli: Cli) -> None:

@@ -13,41 +13,14 @@ from pathlib import Path
 import pytest
 
 from lukspack.images.crc32c import crc32c_zeroed
-from tests.helpers import FAST, Cli, MiB, qemu_img, qemu_luks_decrypt, same_prefix, tool
+from tests.helpers import FAST, Cli, MiB, qemu_img, tool
 from tests.images.flavours import (
-    FLAVOURS,
     SOURCE_MIB,
-    check_reader,
     copy,
     encrypt_and_compare,
     make,
     read_all,
 )
-
-NAMES = [n for n in FLAVOURS if n.startswith("vhdx")]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_flavour_reads_and_encrypts_like_qemu(name: str, source: Path, tmp_path: Path, cli: Cli,
-                                               keyfile: Path) -> None:
-    image, ref = make(name, source, tmp_path)
-    check_reader(name, image, ref, "vhdx")
-    encrypt_and_compare(cli, image, ref, keyfile, tmp_path)
-
-
-def test_fixed_vhdx_to_raw_luks(source: Path, tmp_path: Path, cli: Cli, keyfile: Path) -> None:
-    image, ref = make("vhdx-fixed", source, tmp_path)
-    out = tmp_path / "out.img"
-    cli("encrypt", str(image), str(out), "--key-file", str(keyfile), *FAST)
-    plain = qemu_luks_decrypt(out, keyfile, tmp_path / "plain.raw")
-    assert same_prefix(plain, ref)
-
-
-def test_detected_by_content_not_name(source: Path, tmp_path: Path, cli: Cli,
-                                      keyfile: Path) -> None:
-    image, ref = make("vhdx-dynamic", source, tmp_path)
-    disguised = copy(image, tmp_path / "disk.vhd")
-    encrypt_and_compare(cli, disguised, ref, keyfile, tmp_path)
 
 
 def test_info(source: Path, tmp_path: Path, cli: Cli) -> None:

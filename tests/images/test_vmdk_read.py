@@ -7,43 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import FAST, Cli, MiB, qemu_img, qemu_luks_decrypt, same_prefix
+from tests.helpers import FAST, Cli, MiB, qemu_img
 from tests.images.flavours import (
-    FLAVOURS,
     SOURCE_MIB,
-    check_reader,
-    copy,
-    encrypt_and_compare,
     make,
 )
-
-NAMES = [n for n in FLAVOURS if n.startswith("vmdk")]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_flavour_reads_and_encrypts_like_qemu(name: str, source: Path, tmp_path: Path, cli: Cli,
-                                               keyfile: Path) -> None:
-    image, ref = make(name, source, tmp_path)
-    check_reader(name, image, ref, "vmdk")
-    encrypt_and_compare(cli, image, ref, keyfile, tmp_path)
-
-
-def test_stream_optimized_to_raw_luks(source: Path, tmp_path: Path, cli: Cli,
-                                      keyfile: Path) -> None:
-    image, ref = make("vmdk-streamOptimized-vmware-footer", source, tmp_path)
-    out = tmp_path / "out.img"
-    cli("encrypt", str(image), str(out), "--key-file", str(keyfile), *FAST)
-    plain = qemu_luks_decrypt(out, keyfile, tmp_path / "plain.raw")
-    assert same_prefix(plain, ref)
-
-
-def test_detected_by_content_not_name(source: Path, tmp_path: Path, cli: Cli,
-                                      keyfile: Path) -> None:
-    image, ref = make("vmdk-streamOptimized", source, tmp_path)
-    disguised = copy(image, tmp_path / "disk.raw")
-    encrypt_and_compare(cli, disguised, ref, keyfile, tmp_path)
 
 
 def test_info_names_the_subformat(source: Path, tmp_path: Path, cli: Cli) -> None:
