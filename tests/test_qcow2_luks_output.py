@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -33,12 +32,8 @@ QEMU_LUKS_HEADER = 2068480  # qemu's LUKS1 header area in qcow2: payload offset 
 
 
 @pytest.fixture(scope="module")
-def keyfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "dek.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, base64.b64encode(secrets.token_bytes(32)))
-    os.close(fd)
-    return path
+def keyfile(session_keyfile: Path) -> Path:
+    return session_keyfile
 
 
 @pytest.fixture(scope="module")

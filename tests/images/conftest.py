@@ -3,9 +3,6 @@ test: these tests run lukspack and qemu-img many times)."""
 
 from __future__ import annotations
 
-import base64
-import os
-import secrets
 from pathlib import Path
 
 import pytest
@@ -15,12 +12,8 @@ from tests.images.flavours import SOURCE_MIB
 
 
 @pytest.fixture(scope="session")
-def keyfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("key") / "dek.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, base64.b64encode(secrets.token_bytes(32)))
-    os.close(fd)
-    return path
+def keyfile(session_keyfile: Path) -> Path:
+    return session_keyfile
 
 
 @pytest.fixture(scope="module")
