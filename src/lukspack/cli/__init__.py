@@ -349,6 +349,23 @@ def benchmark(as_json: bool, threads: int | None) -> None:
     emit(r, as_json, lines)
 
 
+# -- command modules ---------------------------------------------------------------------------
+
+# Each module in lukspack.cli named here defines register(cli) and adds its commands; they are
+# imported when the group is built, and keep their heavy imports inside the commands.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_all() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"lukspack.cli.{name}").register(cli)
+
+
+_register_all()
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 _interrupted = False

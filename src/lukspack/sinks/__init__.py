@@ -1,0 +1,1 @@
+"""Destinations of an output image: where the bytes are stored."""

@@ -1,0 +1,45 @@
+"""The sink interface: where the engine stores an output image's bytes.
+
+The engine calls, from one thread unless `concurrent_writes`:
+
+    begin(prefix_size, size_hint)   once; size_hint is the final size when known (RAW LUKS), else
+                                    an upper bound; a sink that needs room checks it here
+    write(offset, data)             payload and trailer bytes, offsets ascending, all >= prefix_size
+    write_prefix(offset, data)      bytes inside [0, prefix_size), once they are known (late)
+    read_back() -> ReadAt | None    a reader of what was written, for verification right behind
+                                    the writer; None when the sink cannot read back cheaply (the
+                                    engine then decrypts each chunk again before it leaves: "tee")
+    finish(total_size)              all bytes are written; make them durable (fsync, complete the
+                                    upload's last parts) but do not publish yet
+    commit() -> str                 publish (rename into place, complete the multipart upload);
+                                    returns the location
+    abort()                         on any failure or signal: leave nothing behind
+
+Every method raises a LukspackError subclass with one line on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+ReadAt = Callable[[int, int], bytes]  # (offset, size) -> exactly size bytes
+
+
+class Sink(Protocol):
+    location: str  # what the user named: a path, a device, cos://REGION/BUCKET/OBJECT
+    concurrent_writes: bool  # write() may be called from several threads (disjoint ranges)
+
+    def begin(self, prefix_size: int, size_hint: int) -> None: ...
+
+    def write(self, offset: int, data: memoryview | bytes) -> None: ...
+
+    def write_prefix(self, offset: int, data: bytes) -> None: ...
+
+    def read_back(self) -> ReadAt | None: ...
+
+    def finish(self, total_size: int) -> None: ...
+
+    def commit(self) -> str: ...
+
+    def abort(self) -> None: ...
