@@ -66,6 +66,15 @@ class Container(Protocol):
     cipher_mode: str
     sector_size: int  # encryption data unit in bytes (LUKS2 may use 4096)
 
+    def new_volume_key(self, passphrase: bytes | bytearray) -> bytearray:
+        """The key the payload is encrypted with: random for LUKS; for an encrypted VHD the key
+        file's decoded bytes (vhd-util has no key slots)."""
+
+    def recover_volume_key(self, key_material: bytes, passphrase: bytes | bytearray,
+                           cache: Any) -> bytearray:
+        """The volume key from saved key material (a resumed upload): unlock it with the key
+        file. WrongKeyError when the key file does not open it."""
+
     def prepare(self) -> None:
         """Work that must run before the stream loads the CPU (Argon2 calibration)."""
 

@@ -9,6 +9,9 @@ The engine calls, from one thread unless `concurrent_writes`:
     read_back() -> ReadAt | None    a reader of what was written, for verification right behind
                                     the writer; None when the sink cannot read back cheaply (the
                                     engine then decrypts each chunk again before it leaves: "tee")
+    keep_key_material(data)        the container's key material (LUKS header area) as soon as the
+                                    key derivation has built it, before the prefix is placed: a
+                                    resumable sink saves it (it is public in the image anyway)
     finish(total_size)              all bytes are written; make them durable (fsync, complete the
                                     upload's last parts) but do not publish yet
     commit() -> str                 publish (rename into place, complete the multipart upload);
@@ -37,6 +40,8 @@ class Sink(Protocol):
     def write_prefix(self, offset: int, data: bytes) -> None: ...
 
     def read_back(self) -> ReadAt | None: ...
+
+    def keep_key_material(self, data: bytes) -> None: ...
 
     def finish(self, total_size: int) -> None: ...
 
