@@ -68,11 +68,13 @@ class KdfCache:
     def __init__(self) -> None:
         self._memo: dict[tuple[object, ...], bytearray] = {}
         self._lock = threading.Lock()
+        self.hits = 0  # derivations answered from the cache
 
     def derive(self, key: tuple[object, ...], compute: Callable[[], bytes]) -> bytearray:
         """compute(), or a copy of what the same call returned before."""
         with self._lock:
             if key in self._memo:
+                self.hits += 1
                 return bytearray(self._memo[key])
         result = bytearray(compute())
         with self._lock:

@@ -112,6 +112,7 @@ class CopyFault(enum.Enum):
     """Why a header copy is not used: decisions are made on these values, never on message text."""
 
     PAST_END = "past the end of the file"
+    TRUNCATED = "the JSON area is past the end of the file"
     MAGIC = "wrong magic"
     VERSION = "wrong version"
     OFFSET = "hdr_offset differs from where the copy is"
@@ -160,8 +161,8 @@ def _read_copy(read_at: ReadAt, size: int, offset: int, secondary: bool
     if secondary and b.hdr_size != offset:
         return bad(CopyFault.OFFSET, f"hdr_size {b.hdr_size} differs from its offset {offset}")
     if offset + b.hdr_size > size:
-        return bad(CopyFault.PAST_END, f"JSON area (offset {offset + BIN_LEN}) is past the end "
-                   "of the file")
+        return bad(CopyFault.TRUNCATED, f"JSON area (offset {offset + BIN_LEN}, {b.hdr_size} "
+                   "bytes with the binary header) is past the end of the file")
     area = read_at(offset + BIN_LEN, b.hdr_size - BIN_LEN)
     try:
         digest = checksum(b.checksum_alg, raw, area)
