@@ -158,7 +158,7 @@ _moved: dict[str, Callable[..., Any]] = {}
 
 def _forward(name: str) -> Callable[..., Any]:
     if name not in _moved:
-        raise LukspackError(f"lukspack.luks.volume.{name} moved to lukspack.luks.{name}")
+        raise RuntimeError(f"lukspack.luks.volume.{name} moved to lukspack.luks.{name}")
     return _moved[name]
 
 
