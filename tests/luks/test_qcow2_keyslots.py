@@ -197,3 +197,55 @@ def test_a_luks_area_too_short_is_refused_unchanged(made: dict[str, Path],
                                                                       force_iterations=1000))
     assert "payloadOffset 4040 is past the end of the image (size 65536)" in str(e.value)
     assert image.read_bytes() == data
+
+
+def _qemu_holds(image: Path) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        probe = struct.pack("hhxxxxqqi4x", fcntl.F_WRLCK, 0, 100, 200, 0)
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+        return struct.unpack("hhxxxxqqi4x", got)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("driver", ["qcow2", "luks"])
+def test_an_image_qemu_has_open_is_left_alone(capsys: pytest.CaptureFixture[str],
+                                              made: dict[str, Path], tmp_path: Path,
+                                              driver: str) -> None:
+    """qemu-io holds the image open (as a running VM would): add-key refuses and changes
+    nothing; once qemu is gone it works. Also for a RAW LUKS image opened by qemu's luks driver."""
+    import subprocess
+    import time
+
+    if driver == "qcow2":
+        image = Path(shutil.copy(made["qemu"], tmp_path / "vpc.qcow2"))
+    else:
+        image = tmp_path / "raw.img"
+        qemu_img("create", "-f", "luks", "--object", f"secret,id=s0,file={made['k0']}", "-o",
+                 "key-secret=s0,iter-time=10", str(image), "4M")
+    new = write_key(tmp_path / "new", b"new")
+    spec = f"driver={driver},file.filename={image},key-secret=s0" if driver == "luks" \
+        else opts(image)
+    holder = subprocess.Popen([tool("qemu-io"), "--object", f"secret,id=s0,file={made['k0']}",
+                               "--image-opts", spec, "-c", "sleep 20000"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not _qemu_holds(image):
+            assert holder.poll() is None, holder.stderr.read().decode() if holder.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = image.read_bytes()
+        code, _, err = run_cli(capsys, "add-key", image, "--key-file", made["k0"],
+                               "--new-key-file", new, *FAST)
+        assert code == 1 and "in use by QEMU" in err and err.count("\n") == 1
+        assert image.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ok(capsys, "add-key", image, "--key-file", made["k0"], "--new-key-file", new,
+              *FAST)["added_slot"] == 1

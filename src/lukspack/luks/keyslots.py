@@ -17,9 +17,11 @@ the qcow2 file changes (qemu-img amend changes the same bytes).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -94,6 +96,28 @@ def _locate(fd: int, path: str) -> _Target:
     return t
 
 
+# QEMU (a VM, qemu-img, qemu-io, qemu-nbd) takes open file description locks on bytes 100.. for
+# the permissions it holds and 200.. for those it does not share (block/file-posix.c,
+# raw_apply_lock_bytes). A write lock over both ranges fails while any QEMU has the image open,
+# and keeps QEMU from opening it while the key slots change.
+_QEMU_LOCK_BYTES = (100, 200)  # start, length
+_FLOCK = struct.Struct("hhxxxxqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+
+def _lock_out_qemu(fd: int, path: str) -> None:
+    setlk = getattr(fcntl, "F_OFD_SETLK", None)
+    if setlk is None:  # not Linux: flock() above is the only lock
+        return
+    start, length = _QEMU_LOCK_BYTES
+    try:
+        fcntl.fcntl(fd, setlk, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise LukspackError(f"{path}: in use by QEMU (it holds the image's locks); stop the "
+                                "VM or qemu process first") from None
+        raise LukspackError(f"{path}: cannot lock: {e.strerror}") from None
+
+
 @contextmanager
 def _open_rw(path: str) -> Iterator[_Target]:
     try:
@@ -105,6 +129,7 @@ def _open_rw(path: str) -> Iterator[_Target]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LukspackError(f"{path}: in use by another process (locked)") from None
+        _lock_out_qemu(fd, path)
         yield _locate(fd, path)
     finally:
         os.close(fd)
