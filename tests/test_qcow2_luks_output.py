@@ -140,7 +140,8 @@ def test_kdf_options_qemu_luks_cannot_hold_are_refused_first(tmp_path: Path, cli
                                                              option: list[str]) -> None:
     src = pattern_disk(tmp_path / "source.raw", 2)
     err = cli.fails("encrypt", str(src), str(tmp_path / "o.qcow2"), "--key-file", str(keyfile),
-                    *option)
+                    *option, code=2)  # options that cannot work together: usage error (issue 10)
+    assert err.startswith("lukspack: error: ") and "\n" not in err
     assert "pbkdf" in err.lower() and not (tmp_path / "o.qcow2").exists()
     assert leftovers(tmp_path) == []
 
