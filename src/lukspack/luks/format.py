@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lukspack.errors import LukspackError, UsageError, VerifyError, WrongKeyError
+from lukspack.errors import (
+    LukspackError,
+    UnsupportedError,
+    UsageError,
+    VerifyError,
+    WrongKeyError,
+)
 from lukspack.luks import luks1, luks2, luks2_format
 from lukspack.luks.kdf import (
     KdfCache,
@@ -124,7 +130,8 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
         return _plan_luks2(kdf, key_bytes, sector_size)
     if luks_type == "luks1":
         if sector_size != 512:
-            raise UsageError(f"LUKS1 has 512-byte sectors only, not --sector-size {sector_size}")
+            raise UnsupportedError(f"LUKS1 has 512-byte sectors only, not --sector-size "
+                                   f"{sector_size}")
 
         costs: list[Any] = []
 
@@ -151,7 +158,7 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
     does (its wall-clock benchmark run beside the encryption threads would pick a weaker cost);
     PBKDF2 and forced costs need no idle CPU and are worked out in build(), in the background."""
     if sector_size not in (512, 4096):
-        raise UsageError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
+        raise UnsupportedError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
     cost: dict[str, Any] = {}
 
     def prepare() -> None:

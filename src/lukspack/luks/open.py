@@ -7,7 +7,7 @@ import os
 
 from lukspack.crypto.sector import check_cipher
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
-from lukspack.luks import luks1, luks2, volume
+from lukspack.luks import luks1, luks2
 from lukspack.luks.volume import LuksVolume, ReadAt, bytes_reader, file_reader
 
 MIN_SIZE = 1024
@@ -85,6 +85,3 @@ def _luks2(path: str, read_at: ReadAt, size: int) -> LuksVolume:
         p, problem = hdr.payload_guess(size), e
     return LuksVolume(path, 2, hdr, p.cipher_name, p.cipher_mode, p.key_bytes, p.offset, p.size,
                       p.sector_size, read_at, problem)
-
-
-volume._moved.update(open_luks=open_luks, open_luks_path=open_luks_path)  # transitional aliases

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,28 +146,3 @@ def bytes_reader(data: bytes | bytearray | memoryview, name: str) -> ReadAt:
 
     return read_at
 
-
-# -- transitional: the opener's old home ---------------------------------------------------------
-# open_luks and open_luks_path now live in lukspack.luks (open.py), which reads the version and
-# parses with luks1 or luks2: a leaf cannot import those. ops.py and qcow2_ops.py still import the
-# two names from here until the engine replaces them, so open.py hands its functions over when it
-# is imported (lukspack.luks.format imports it, and both callers import format first). Delete
-# these shims with ops.py and qcow2_ops.py; new code calls lukspack.luks.open_luks.
-_moved: dict[str, Callable[..., Any]] = {}
-
-
-def _forward(name: str) -> Callable[..., Any]:
-    if name not in _moved:
-        raise RuntimeError(f"lukspack.luks.volume.{name} moved to lukspack.luks.{name}")
-    return _moved[name]
-
-
-def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
-              size: int | None = None) -> LuksVolume:
-    """Transitional alias of lukspack.luks.open_luks."""
-    return _forward("open_luks")(path, fd, read_at, size)  # type: ignore[no-any-return]
-
-
-def open_luks_path(path: str) -> tuple[int, LuksVolume]:
-    """Transitional alias of lukspack.luks.open_luks_path."""
-    return _forward("open_luks_path")(path)  # type: ignore[no-any-return]
