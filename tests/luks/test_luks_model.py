@@ -253,9 +253,9 @@ def test_two_encryptions_keep_their_own_cache() -> None:
 
 
 def test_no_cache_means_no_memory() -> None:
-    """Without a cache nothing is remembered, and the deprecated remember() changes nothing
-    outside the calls given its cache."""
-    with kdf.remember() as cache:
+    """Without a cache nothing is remembered; with one, only the calls given it use it."""
+    assert not hasattr(kdf, "remember") and not hasattr(kdf, "memoized")  # no module state
+    with KdfCache() as cache:
         kdf.pbkdf2("sha256", b"pw", bytes(32), 1000, 32)
         assert len(cache) == 0
         kdf.pbkdf2("sha256", b"pw", bytes(32), 1000, 32, cache)

@@ -16,8 +16,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lukspack.errors import FormatError, UnsupportedError, UsageError
@@ -95,14 +94,6 @@ class KdfCache:
 
     def __exit__(self, *exc: object) -> None:
         self.wipe()
-
-
-@contextmanager
-def remember() -> Iterator[KdfCache]:
-    """Deprecated: yields a new KdfCache that only calls given it use (it no longer changes
-    module state). Kept so that callers written before KdfCache still run; pass a KdfCache."""
-    with KdfCache() as cache:
-        yield cache
 
 
 def _derive(cache: KdfCache | None, key: tuple[object, ...],
