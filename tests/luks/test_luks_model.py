@@ -263,3 +263,36 @@ def test_no_cache_means_no_memory() -> None:
         assert kdf.pbkdf2("sha256", b"pw", bytes(32), 1000, 32, cache) == \
             kdf.pbkdf2("sha256", b"pw", bytes(32), 1000, 32)
         assert cache.hits == 1
+
+
+@pytest.mark.parametrize("kind", ["luks1", "luks2", "qcow2"])
+def test_the_engine_checks_the_header_with_its_encryptions_cache(tmp_path: Path,
+                                                                 kind: str) -> None:
+    """encrypt_image passes its KdfCache to the container: the header check before the prefix
+    is placed answers the slot key and digest from the build's derivations; cryptsetup or qemu
+    then open the image with the key."""
+    from lukspack.containers.qcow2_luks import Qcow2Luks
+    from lukspack.containers.raw_luks import RawLuks
+    from lukspack.engine import encrypt_image
+    from lukspack.images import open_image
+    from lukspack.options import StreamOptions
+    from lukspack.sinks.file import FileSink
+    from tests.helpers import pattern_disk, qemu_img
+
+    src = pattern_disk(tmp_path / "s.raw", 3)
+    out = tmp_path / f"o.{kind}"
+    key = b"Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWo="
+    with open_image(str(src)) as image, KdfCache() as cache:
+        size = image.virtual_size
+        c = Qcow2Luks(size, FAST, name=str(out)) if kind == "qcow2" else \
+            RawLuks(size, kind, PBKDF2_FAST, name=str(out))
+        encrypt_image(image, c, FileSink(str(out), direct=False), key,
+                      StreamOptions(verify=True), cache=cache)
+        assert cache.hits >= 2, cache.hits  # slot key and volume-key digest not derived twice
+    k = write_key(tmp_path / "k", key)
+    if kind == "qcow2":
+        qemu_img("compare", "--object", f"secret,id=s0,file={k}", "--image-opts",
+                 f"driver=qcow2,file.filename={out},encrypt.key-secret=s0",
+                 f"driver=raw,file.filename={src}")
+    else:
+        assert cs_opens(out, k)
