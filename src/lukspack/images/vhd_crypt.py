@@ -170,8 +170,9 @@ class EncryptedVhdImage(VhdImage):
         if self.disk_type != DISK_DYNAMIC:
             raise FormatError(f"{path}: disk_type {self.disk_type} is not 3 (dynamic): only "
                               "dynamic VHDs carry a batmap and a key hash")
-        if f["creator_application"][:3] != b"tap":
-            raise FormatError(f"{path}: creator_application {f['creator_application']!r} is not "
+        creator = f["creator_application"]
+        if creator[:3] != b"tap":
+            raise FormatError(f"{path}: creator_application {creator.decode('latin-1')!r} is not "
                               "'tap': tapdisk ignores the batmap and key hash of other creators")
         if f["creator_version"] < TAP_VERSION_WITH_BATMAP:
             raise FormatError(f"{path}: creator_version 0x{f['creator_version']:08x} is older "
@@ -317,7 +318,8 @@ def encrypted_vhd_fields(image: EncryptedVhdImage) -> dict[str, Any]:
     return out
 
 
-def _open(path: str, key: bytes | bytearray | None) -> EncryptedVhdImage:
+def open_encrypted_vhd_with_key(path: str, key: bytes | bytearray | None) -> EncryptedVhdImage:
+    """Open path with the decoded key (None: parse and validate only, for info)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -336,14 +338,14 @@ def open_encrypted_vhd(path: str, passphrase: bytes | bytearray) -> EncryptedVhd
 
     key = decode_vhd_key(passphrase)
     try:
-        return _open(path, key)
+        return open_encrypted_vhd_with_key(path, key)
     finally:
         wipe(key)
 
 
 def encrypted_vhd_info(path: str) -> dict[str, Any]:
     """What `lukspack info` shows of an encrypted VHD: its VHD fields, nonce, key hash, batmap."""
-    with _open(path, None) as image:
+    with open_encrypted_vhd_with_key(path, None) as image:
         return image.info()
 
 
