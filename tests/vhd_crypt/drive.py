@@ -111,4 +111,5 @@ def drive(source: Path, out: Path, passphrase: bytes, *, chunk_blocks: int = 1,
             f.write(fin.prefix)
         c.check_prefix(fin.prefix, passphrase, key, None)
         cipher.close()
+        c.source_bytes_read = image.bytes_read  # type: ignore[attr-defined]
     return c
