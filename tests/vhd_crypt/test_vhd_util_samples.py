@@ -131,3 +131,23 @@ def test_encrypting_vs_vhd_writes_what_vhd_util_wrote(name: str, samples: Path,
     assert ours["footer"] == ours["footer_copy"]
     assert ours["size"] == theirs["size"]
     assert check(out) is None
+
+
+def test_reads_from_several_threads(samples: Path) -> None:
+    """An engine verifier may read from worker threads: each gets its own cipher."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (VECTORS / "aes128.key").read_bytes()
+    whole = bytearray(8 << 20)
+    with open_encrypted_vhd(str(samples / "vs-aes128.vhd"), key) as img:
+        img.read_into(0, whole)
+
+        def part(i: int) -> bytes:
+            buf = bytearray(1 << 20)
+            img.read_into(i << 20, buf)
+            return bytes(buf)
+
+        with ThreadPoolExecutor(4) as pool:
+            parts = list(pool.map(part, range(8)))
+    assert b"".join(parts) == whole
+    assert hashlib.sha256(whole).hexdigest() == PLAINTEXT_SHA256

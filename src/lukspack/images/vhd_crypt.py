@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import os
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -203,27 +204,46 @@ class EncryptedVhdImage(VhdImage):
         self.quirk_sectors = 0
         self.quirk_blocks: set[int] = set()
         self._bitmaps: dict[int, np.ndarray] = {}
-        self._cipher = None
+        self._lock = threading.Lock()  # read_into may run in several threads (one cipher each)
+        self._local = threading.local()
+        self._ciphers: list[Any] = []
+        self._key: bytearray | None = None
         self.key_bits = 0
         if key is not None:
             self._open_cipher(key)
 
     def _open_cipher(self, key: bytes | bytearray) -> None:
-        from lukspack.crypto.sector import make_sector_cipher
-
         if len(key) not in (32, 64):
             raise WrongKeyError(f"{self.path}: a {len(key)}-byte key cannot open an encrypted VHD "
                                 "(vhd-util keys are 32 or 64 bytes)")
         if not hmac.compare_digest(key_hash(key, self.nonce), self.key_hash):
             raise WrongKeyError(f"{self.path}: the key does not match the image's key hash "
                                 f"{self.key_hash.hex()}")
-        self._cipher = make_sector_cipher(CIPHER_NAME, CIPHER_MODE, key)
+        self._key = bytearray(key)
+        self._cipher()  # this thread's, and OpenSSL takes the key now or says why not
         self.key_bits = len(key) * 8
 
+    def _cipher(self) -> Any:
+        from lukspack.crypto.sector import make_sector_cipher
+
+        cipher = getattr(self._local, "cipher", None)
+        if cipher is None:
+            if self._key is None:
+                raise WrongKeyError(f"{self.path}: reading an encrypted VHD needs its key")
+            cipher = self._local.cipher = make_sector_cipher(CIPHER_NAME, CIPHER_MODE, self._key)
+            with self._lock:
+                self._ciphers.append(cipher)
+        return cipher
+
     def close(self) -> None:
-        if self._cipher is not None:
-            self._cipher.close()
-            self._cipher = None
+        with self._lock:
+            for cipher in self._ciphers:
+                cipher.close()
+            self._ciphers.clear()
+        if self._key is not None:
+            self._key[:] = bytes(len(self._key))
+            self._key = None
+        self._local = threading.local()
         super().close()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -239,24 +259,24 @@ class EncryptedVhdImage(VhdImage):
             raw = self.pread(int(self.bat[block]) * SECTOR, self.bitmap_bytes,
                              f"sector bitmap of block {block}")
             present = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: self.spb].astype(bool)
-        if len(self._bitmaps) > 256:
-            self._bitmaps.clear()
-        self._bitmaps[block] = present
+        with self._lock:
+            if len(self._bitmaps) > 256:
+                self._bitmaps.clear()
+            self._bitmaps[block] = present
         return present
 
     def _read_allocated(self, offset: int, view: memoryview) -> None:
-        if self._cipher is None:
-            raise WrongKeyError(f"{self.path}: reading an encrypted VHD needs its key")
+        cipher = self._cipher()
         bs, pos, done = self.block_size, offset, 0
         while done < len(view):
             block = pos // bs
             inside = pos - block * bs
             n = min(bs - inside, len(view) - done)
-            self._read_block_part(block, inside, view[done : done + n])
+            self._read_block_part(block, inside, view[done : done + n], cipher)
             pos += n
             done += n
 
-    def _read_block_part(self, block: int, inside: int, view: memoryview) -> None:
+    def _read_block_part(self, block: int, inside: int, view: memoryview, cipher: Any) -> None:
         """Fill view with the plaintext of block bytes [inside, inside + len(view))."""
         lo = inside // SECTOR * SECTOR
         hi = -(-(inside + len(view)) // SECTOR) * SECTOR
@@ -270,8 +290,9 @@ class EncryptedVhdImage(VhdImage):
         zero_ct = ~sectors.any(axis=1)
         quirks = int((present & zero_ct).sum())
         if quirks:
-            self.quirk_sectors += quirks
-            self.quirk_blocks.add(block)
+            with self._lock:
+                self.quirk_sectors += quirks
+                self.quirk_blocks.add(block)
         base_iv = block * self.spb + first
         # decrypt each run of present sectors at its virtual sector number; absent ones are zeros
         edges = np.flatnonzero(np.diff(np.concatenate(([0], present.view(np.int8), [0]))))
@@ -279,7 +300,7 @@ class EncryptedVhdImage(VhdImage):
         for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
             if s > prev:
                 buf[prev * SECTOR : s * SECTOR] = bytes((s - prev) * SECTOR)
-            self._cipher.decrypt(buf[s * SECTOR : e * SECTOR], base_iv + s)
+            cipher.decrypt(buf[s * SECTOR : e * SECTOR], base_iv + s)
             prev = e
         if prev < len(present):
             buf[prev * SECTOR :] = bytes((len(present) - prev) * SECTOR)
