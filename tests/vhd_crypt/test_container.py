@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from lukspack.containers.encrypted_vhd import BLOCK, EncryptedVhd, encrypted_vhd_size
 from lukspack.errors import KeyFileError, UnsupportedError, VerifyError
-from lukspack.images.vhd_crypt import key_hash, open_encrypted_vhd, scan_quirk_sectors
+from lukspack.images.vhd_crypt import (
+    encrypted_vhd_info,
+    key_hash,
+    open_encrypted_vhd,
+    scan_quirk_sectors,
+)
 from tests.helpers import MiB, qemu_img
 from tests.vhd_crypt.drive import VECTORS, drive, independent_decrypt
 from tests.vhd_crypt.vhdutil_check import check
@@ -236,6 +241,9 @@ def test_quirk_sectors_are_detected_and_read_as_tapdisk_does(samples: Path,
         assert img.quirk_sectors == 3 and img.quirk_blocks == {2}
         assert img.info()["encrypted_vhd"]["quirk_blocks"] == [2]
         assert scan_quirk_sectors(img) == (3, [2])
+    e = encrypted_vhd_info(str(path), scan_quirks=True)["encrypted_vhd"]
+    assert (e["quirk_sectors"], e["quirk_blocks"]) == (3, [2])
+    assert "quirk_sectors" not in encrypted_vhd_info(str(samples / "vs-aes256.vhd"))
     sector = 2 * 4096 + 3
     assert buf[sector * 512 : (sector + 1) * 512] == xts(key, sector, bytes(512), encrypt=False)
     assert bytes(buf) == independent_decrypt(path, key)

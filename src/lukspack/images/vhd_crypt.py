@@ -364,10 +364,16 @@ def open_encrypted_vhd(path: str, passphrase: bytes | bytearray) -> EncryptedVhd
         wipe(key)
 
 
-def encrypted_vhd_info(path: str) -> dict[str, Any]:
-    """What `lukspack info` shows of an encrypted VHD: its VHD fields, nonce, key hash, batmap."""
+def encrypted_vhd_info(path: str, scan_quirks: bool = False) -> dict[str, Any]:
+    """What `lukspack info` shows of an encrypted VHD: its VHD fields, nonce, key hash, batmap;
+    with scan_quirks, also vhd-util's quirk sectors (reads every allocated block, no key)."""
     with open_encrypted_vhd_with_key(path, None) as image:
-        return image.info()
+        out = image.info()
+        if scan_quirks:
+            count, blocks = scan_quirk_sectors(image)
+            out["encrypted_vhd"]["quirk_sectors"] = count
+            out["encrypted_vhd"]["quirk_blocks"] = blocks
+        return out
 
 
 def scan_quirk_sectors(image: EncryptedVhdImage) -> tuple[int, list[int]]:
