@@ -270,3 +270,17 @@ def test_absent_sectors_read_as_zeros(samples: Path, tmp_path: Path) -> None:
     assert bytes(buf) == independent_decrypt(path, key)
     assert key_hash(key).hex() == bytes(data[2048 + 62 : 2048 + 94]).hex()
     os.unlink(path)
+
+
+def test_an_all_zero_disk_is_headers_and_footer(tmp_path: Path) -> None:
+    src = tmp_path / "zeros.raw"
+    src.write_bytes(bytes(3 * MiB))  # written zeros, not holes: every block is read and skipped
+    out = tmp_path / "out.vhd"
+    c = drive(src, out, KEY32)
+    assert c.summary()["allocated_blocks"] == 0
+    assert out.stat().st_size == encrypted_vhd_size(3 * MiB)["min_total_bytes"] == 3584
+    assert check(out) is None
+    with open_encrypted_vhd(str(out), KEY32) as img:
+        buf = bytearray(b"x" * img.virtual_size)
+        img.read_into(0, buf)
+        assert img.virtual_size == 4 * MiB and not any(buf) and img.bytes_read < 4096
