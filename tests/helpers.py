@@ -60,6 +60,8 @@ class Cli:
         assert "Traceback" not in err, err
         if code == 1:
             assert err.count("\n") == 1 and err.startswith("lukspack: error: "), repr(err)
+        if code == 2:
+            assert err.count("\n") == 1 and err.startswith("lukspack: usage error: "), repr(err)
         return err.strip()
 
 
