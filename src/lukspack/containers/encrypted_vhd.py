@@ -133,18 +133,21 @@ class EncryptedVhd:
     cipher_name = CIPHER_NAME
     cipher_mode = CIPHER_MODE
 
-    def __init__(self, virtual_size: int, *, timestamp: int | None = None,
+    def __init__(self, virtual_size: int, *, name: str = "output", timestamp: int | None = None,
                  unique_id: bytes | None = None, skip_zero_blocks: bool = True) -> None:
+        self.label = name  # the output, for messages (`name` is the format, as every container)
         if virtual_size <= 0:
-            raise FormatError(f"encrypted VHD: virtual size {virtual_size} is not positive")
+            raise FormatError(f"{name}: virtual size {virtual_size} is not positive")
         blocks = -(-virtual_size // BLOCK)
         if blocks * BLOCK > MAX_PLAIN_IV_SIZE:
-            raise UnsupportedError(f"encrypted VHD: virtual size {virtual_size} is over 2 TiB: "
-                                   "aes-xts-plain's 32-bit sector tweak would repeat")
+            raise UnsupportedError(f"{name}: virtual size {virtual_size} is over 2 TiB: an "
+                                   "encrypted VHD's 32-bit sector tweak (aes-xts-plain) would "
+                                   "repeat")
         self.source_size = virtual_size
-        self.stream_size = blocks * BLOCK
+        self.disk_size = self.stream_size = blocks * BLOCK  # the tail of the last block: zeros
         self.layout = _Layout(blocks)
         self.prefix_size = self.layout.headers_end
+        self.size_hint = self.layout.end_if_all_allocated() + SECTOR  # every block allocated
         self.key_bytes = 64
         self.timestamp = (int(time.time()) - VHD_EPOCH) & 0xFFFFFFFF if timestamp is None \
             else timestamp
@@ -168,7 +171,8 @@ class EncryptedVhd:
         key = decode_vhd_key(passphrase)
         digest = key_hash(key, self.nonce)
         if self._key_hash is not None and not hmac.compare_digest(digest, self._key_hash):
-            raise WrongKeyError("key file does not match the encrypted VHD's key hash")
+            raise WrongKeyError(f"{self.label}: the key file does not match the encrypted VHD's "
+                                "key hash")
         self.key_bytes = len(key)
         self._key_hash = digest
         return key
@@ -185,14 +189,14 @@ class EncryptedVhd:
     # -- the stream ------------------------------------------------------------------------------
     def plan(self, offset: int, view: memoryview | None, allocated: bool) -> ChunkPlan:
         if offset % BLOCK or offset < self._next_offset:
-            raise ValueError(f"encrypted VHD: chunk at {offset} is not block-aligned or not in "
+            raise ValueError(f"{self.label}: chunk at {offset} is not block-aligned or not in "
                              "order")
         if not allocated or view is None:
             self._next_offset = offset
             return ChunkPlan()
         mv = memoryview(view).cast("B")
         if len(mv) % BLOCK or offset + len(mv) > self.stream_size:
-            raise ValueError(f"encrypted VHD: chunk of {len(mv)} bytes at {offset} is not whole "
+            raise ValueError(f"{self.label}: chunk of {len(mv)} bytes at {offset} is not whole "
                              "blocks inside the disk")
         self._next_offset = offset + len(mv)
         plan = ChunkPlan()
@@ -204,7 +208,7 @@ class EncryptedVhd:
             slot = _slot_at_or_after(self._next_sector)
             end = slot + BITMAP_SECTORS + SPB
             if end > MAX_SECTOR:
-                raise OutputError(f"encrypted VHD: block {block} would start past sector "
+                raise OutputError(f"{self.label}: block {block} would start past sector "
                                   f"{MAX_SECTOR}, the limit of the 32-bit BAT")
             gap = bytes((slot - self._next_sector) * SECTOR)
             plan.metadata.append((self._next_sector * SECTOR, gap + FULL_BITMAP))
@@ -215,7 +219,7 @@ class EncryptedVhd:
 
     def finish(self, key_material: bytes) -> Finished:
         if self._key_hash is None:
-            raise ValueError("encrypted VHD: finish() before the key was given")
+            raise ValueError(f"{self.label}: finish() before the key was given")
         prefix = self.build_prefix()
         end = self._next_sector * SECTOR
         footer = make_tap_footer(self.stream_size, self.timestamp, self.unique_id)
@@ -249,7 +253,7 @@ class EncryptedVhd:
     def check_prefix(self, prefix: bytes, passphrase: bytes | bytearray,
                      volume_key: bytes | bytearray, cache: Any) -> None:
         """Parse the prefix from memory as a reader would and compare it with what was written."""
-        where = "encrypted VHD prefix"
+        where = f"{self.label}: verification failed: the encrypted VHD's prefix"
         if len(prefix) != self.prefix_size:
             raise VerifyError(f"{where}: {len(prefix)} bytes, not {self.prefix_size}")
         footer = parse_footer(prefix[:SECTOR])
@@ -291,11 +295,13 @@ class EncryptedVhd:
             raise VerifyError(f"{where}: the key file does not match the stored key hash")
 
     def summary(self) -> dict[str, Any]:
+        allocated = int((self.bat != BAT_UNUSED).sum())
         return {
             "header_bytes": self.prefix_size,
+            "payload_bytes": allocated * BLOCK,  # ciphertext stored (bitmaps and gaps aside)
             "block_size": BLOCK,
             "blocks": self.layout.blocks,
-            "allocated_blocks": int((self.bat != BAT_UNUSED).sum()),
+            "allocated_blocks": allocated,
             "virtual_size_rounded": self.stream_size,
             "key_bits": self.key_bytes * 8,
             "nonce": self.nonce.hex(),

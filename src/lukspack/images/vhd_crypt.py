@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError, WrongKeyError
+from lukspack.images.encrypted import CipherRuns, EncryptedImage
 from lukspack.images.vhd import (
     BAT_UNUSED,
     DISK_DYNAMIC,
@@ -159,14 +160,17 @@ def is_encrypted_vhd(path_or_fd: str | int) -> bool:
             os.close(fd)
 
 
-class EncryptedVhdImage(VhdImage):
+class EncryptedVhdImage(EncryptedImage, VhdImage):
     """A vhd-util encrypted VHD read as the plaintext disk tapdisk presents (with a key), or
-    parsed and validated only (key None: info)."""
+    parsed and validated only (key None: info). The EncryptedImage interface (read_ciphertext,
+    new_cipher, decrypt_runs) serves the streaming decrypt path; read_into decrypts."""
 
     format_name = "vhd"
+    unit = SECTOR
+    cipher = f"{CIPHER_NAME}-{CIPHER_MODE}"
 
     def __init__(self, path: str, fd: int, key: bytes | bytearray | None = None) -> None:
-        super().__init__(path, fd)
+        super().__init__(path, fd)  # EncryptedImage -> VhdImage: footer, header, BAT
         f = self.footer
         if self.disk_type != DISK_DYNAMIC:
             raise FormatError(f"{path}: disk_type {self.disk_type} is not 3 (dynamic): only "
@@ -204,45 +208,34 @@ class EncryptedVhdImage(VhdImage):
         self.quirk_sectors = 0
         self.quirk_blocks: set[int] = set()
         self._bitmaps: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()  # read_into may run in several threads (one cipher each)
-        self._local = threading.local()
-        self._ciphers: list[Any] = []
-        self._key: bytearray | None = None
+        self._lock = threading.Lock()  # reads may run in several threads (one cipher each)
+        self.key: bytearray | None = None
         self.key_bits = 0
         if key is not None:
-            self._open_cipher(key)
+            self._check_key(key)
 
-    def _open_cipher(self, key: bytes | bytearray) -> None:
+    def _check_key(self, key: bytes | bytearray) -> None:
         if len(key) not in (32, 64):
             raise WrongKeyError(f"{self.path}: a {len(key)}-byte key cannot open an encrypted VHD "
                                 "(vhd-util keys are 32 or 64 bytes)")
         if not hmac.compare_digest(key_hash(key, self.nonce), self.key_hash):
             raise WrongKeyError(f"{self.path}: the key does not match the image's key hash "
                                 f"{self.key_hash.hex()}")
-        self._key = bytearray(key)
-        self._cipher()  # this thread's, and OpenSSL takes the key now or says why not
+        self.key = bytearray(key)
         self.key_bits = len(key) * 8
+        self._cipher()  # this thread's: OpenSSL takes the key now or says why not
 
-    def _cipher(self) -> Any:
+    def new_cipher(self) -> Any:
         from lukspack.crypto.sector import make_sector_cipher
 
-        cipher = getattr(self._local, "cipher", None)
-        if cipher is None:
-            if self._key is None:
-                raise WrongKeyError(f"{self.path}: reading an encrypted VHD needs its key")
-            cipher = self._local.cipher = make_sector_cipher(CIPHER_NAME, CIPHER_MODE, self._key)
-            with self._lock:
-                self._ciphers.append(cipher)
-        return cipher
+        if self.key is None:
+            raise WrongKeyError(f"{self.path}: reading an encrypted VHD needs its key")
+        return make_sector_cipher(CIPHER_NAME, CIPHER_MODE, self.key)
 
     def close(self) -> None:
-        with self._lock:
-            for cipher in self._ciphers:
-                cipher.close()
-            self._ciphers.clear()
-        if self._key is not None:
-            self._key[:] = bytes(len(self._key))
-            self._key = None
+        if self.key is not None:
+            self.key[:] = bytes(len(self.key))
+            self.key = None
         self._local = threading.local()
         super().close()
 
@@ -265,47 +258,51 @@ class EncryptedVhdImage(VhdImage):
             self._bitmaps[block] = present
         return present
 
-    def _read_allocated(self, offset: int, view: memoryview) -> None:
-        cipher = self._cipher()
-        bs, pos, done = self.block_size, offset, 0
-        while done < len(view):
-            block = pos // bs
-            inside = pos - block * bs
-            n = min(bs - inside, len(view) - done)
-            self._read_block_part(block, inside, view[done : done + n], cipher)
+    def read_ciphertext(self, offset: int, view: memoryview) -> CipherRuns:
+        """Fill view (whole sectors at a sector offset) with the stored ciphertext of present
+        sectors and zeros elsewhere; return the runs of present sectors (start, length, IV)."""
+        if offset % SECTOR or len(view) % SECTOR:
+            raise ValueError("encrypted VHD reads are whole 512-byte sectors")
+        runs: CipherRuns = []
+        end = min(offset + len(view), self.virtual_size)
+        pos = offset
+        while pos < end:
+            block = pos // self.block_size
+            inside = pos - block * self.block_size
+            n = min(self.block_size - inside, end - pos)
+            part = view[pos - offset : pos - offset + n]
+            if self.bat[block] == BAT_UNUSED:
+                part[:] = bytes(n)
+            else:
+                for s, length in self._read_present(block, inside, part):
+                    runs.append((pos - offset + s, length, (pos + s) // SECTOR))
             pos += n
-            done += n
+        if end - offset < len(view):
+            view[max(0, end - offset) :] = bytes(len(view) - max(0, end - offset))
+        return runs
 
-    def _read_block_part(self, block: int, inside: int, view: memoryview, cipher: Any) -> None:
-        """Fill view with the plaintext of block bytes [inside, inside + len(view))."""
-        lo = inside // SECTOR * SECTOR
-        hi = -(-(inside + len(view)) // SECTOR) * SECTOR
-        aligned = lo == inside and hi == inside + len(view)
-        buf = view if aligned else memoryview(bytearray(hi - lo))
+    def _read_present(self, block: int, inside: int, part: memoryview) -> list[tuple[int, int]]:
+        """Read a block's bytes [inside, inside + len(part)) as stored, zero its absent sectors;
+        the runs (start in part, length) of present ones."""
         data_at = int(self.bat[block]) * SECTOR + self.bitmap_bytes
-        self.pread_exact(data_at + lo, buf, f"VHD block {block}")
-        first = lo // SECTOR
-        present = self._present(block)[first : hi // SECTOR]
-        sectors = np.frombuffer(buf, dtype=np.uint64).reshape(-1, SECTOR // 8)
-        zero_ct = ~sectors.any(axis=1)
-        quirks = int((present & zero_ct).sum())
-        if quirks:
+        self.pread_exact(data_at + inside, part, f"VHD block {block}")
+        present = self._present(block)[inside // SECTOR : (inside + len(part)) // SECTOR]
+        sectors = np.frombuffer(part, dtype=np.uint64).reshape(-1, SECTOR // 8)
+        quirks = int((present & ~sectors.any(axis=1)).sum())
+        if quirks:  # present, yet all-zero ciphertext: what vhd-util's copy leaves
             with self._lock:
                 self.quirk_sectors += quirks
                 self.quirk_blocks.add(block)
-        base_iv = block * self.spb + first
-        # decrypt each run of present sectors at its virtual sector number; absent ones are zeros
         edges = np.flatnonzero(np.diff(np.concatenate(([0], present.view(np.int8), [0]))))
-        prev = 0
+        runs, prev = [], 0
         for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
             if s > prev:
-                buf[prev * SECTOR : s * SECTOR] = bytes((s - prev) * SECTOR)
-            cipher.decrypt(buf[s * SECTOR : e * SECTOR], base_iv + s)
+                part[prev * SECTOR : s * SECTOR] = bytes((s - prev) * SECTOR)
+            runs.append((s * SECTOR, (e - s) * SECTOR))
             prev = e
         if prev < len(present):
-            buf[prev * SECTOR :] = bytes((len(present) - prev) * SECTOR)
-        if not aligned:
-            view[:] = buf[inside - lo : inside - lo + len(view)]
+            part[prev * SECTOR :] = bytes((len(present) - prev) * SECTOR)
+        return runs
 
     # -- description -----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
