@@ -169,22 +169,25 @@ def vhd_crypt_cases(c: Corpus) -> None:
     orig = bytearray(fin.prefix + b"".join(data for _, data in fin.trailer))
     hdr = v.layout.batmap_header_offset
 
-    def case(what: str, mutate: Callable[[bytearray], None], expect: str) -> None:
+    def case(what: str, mutate: Callable[[bytearray], None], expect: str,
+             command: str = "keyhash") -> None:
         d = bytearray(orig)
         mutate(d)
         vhd_fix(d)
-        c.add(f"vhdcrypt-{what}.vhd", d, "keyhash", expect)
+        c.add(f"vhdcrypt-{what}.vhd", d, command, expect)
 
     def creator(d: bytearray) -> None:
         for at in (0, len(d) - 512):
             d[at + 28 : at + 32] = b"qemu"
 
     case("batmap-checksum", lambda d: be("I", d, hdr + 24, 0x12345678),
-         "batmap checksum 0x12345678 is wrong")
+         "batmap checksum 0x12345678 is wrong", "info")
     case("keyhash-zero-hash", lambda d: d.__setitem__(slice(hdr + 62, hdr + 94), bytes(32)),
-         "keyhash flag is 1 but the key hash is all zeros")
-    case("batmap-past-end", lambda d: be("Q", d, hdr + 8, 1 << 40), "is past the end of the file")
-    case("creator-not-tap", creator, "creator_application 'qemu' is not 'tap'")
+         "keyhash flag is 1 but the key hash is all zeros", "verify")
+    case("batmap-past-end", lambda d: be("Q", d, hdr + 8, 1 << 40), "is past the end of the file",
+         "info")
+    case("creator-not-tap", creator, "creator_application 'qemu' is not 'tap'", "verify")
+    case("as-encrypt-source", lambda d: None, "is already an encrypted VHD", "encrypt")
     case("batmap-cookie", lambda d: d.__setitem__(slice(hdr, hdr + 8), b"tdbatmaq"),
          "not 'tdbatmap'")
     case("keyhash-flag-bad", lambda d: d.__setitem__(hdr + 29, 7), "keyhash flag is 7")
