@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import (
     FAST,
     Cli,
+    InProcessCli,
     MiB,
     cryptsetup,
     leftovers,
@@ -42,7 +43,7 @@ def written(tmp_path_factory: pytest.TempPathFactory, keyfile: Path) -> tuple[Pa
     d = tmp_path_factory.mktemp("qcow2out")
     src = pattern_disk(d / "source.raw", 16)
     out = d / "disk.qcow2"
-    p = Cli(d)("encrypt", str(src), str(out), "--key-file", str(keyfile), "--json", *FAST)
+    p = InProcessCli(d)("encrypt", str(src), str(out), "--key-file", str(keyfile), "--json", *FAST)
     return src, out, json.loads(p.stdout)
 
 
