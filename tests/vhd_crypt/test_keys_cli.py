@@ -105,7 +105,7 @@ def test_keygen_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("name", sorted(KEY_HASHES))
 @pytest.mark.parametrize("form", ["key", "dek"])
 def test_keyhash_prints_what_vhd_util_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              name: str, form: str) -> None:
+                                              name: str, form: str, samples: Path) -> None:
     key = write(tmp_path / f"{name}.{form}", (VECTORS / f"{name}.{form}").read_bytes())
     code, out, err = lk(capsys, "keyhash", "--key-file", str(key))
     assert (code, out, err) == (0, KEY_HASHES[name] + "\n", "")
