@@ -58,8 +58,10 @@ MAX_BATMAP_SECTORS = 1 << 16
 
 
 def key_hash(key: bytes | bytearray, nonce: bytes = bytes(NONCE_BYTES)) -> bytes:
-    """SHA-256(nonce || key): block-crypto.c vhd_calculate_keyhash()."""
-    return hashlib.sha256(bytes(nonce) + bytes(key)).digest()
+    """SHA-256(nonce || key): block-crypto.c vhd_calculate_keyhash(). (No copy of the key.)"""
+    h = hashlib.sha256(nonce)
+    h.update(key)
+    return h.digest()
 
 
 def batmap_map_bytes(current_size: int) -> int:
