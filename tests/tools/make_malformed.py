@@ -106,7 +106,7 @@ def vhd_cases(c: Corpus) -> None:
         for at in (0, len(d) - 512):
             d[at + 64] ^= 0x55
 
-    case("footer-checksum", both_footers, "VHD footer checksum", fix=False)
+    case("footer-checksum", both_footers, "is a damaged VHD: its footer checksum", fix=False)
     case("dyn-header-checksum", lambda d: d.__setitem__(512 + 36, d[512 + 36] ^ 1),
          "VHD dynamic header checksum", fix=False)
     case("dyn-header-cookie", lambda d: d.__setitem__(slice(512, 520), b"cxspars!"),

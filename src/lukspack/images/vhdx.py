@@ -76,8 +76,8 @@ def _name(guid: bytes) -> str:
 class VhdxImage(DiskImage):
     format_name = "vhdx"
 
-    def __init__(self, path: str, fd: int) -> None:
-        super().__init__(path, fd)
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+        super().__init__(path, fd, window)
         self._real_size = self.file_size
         self.replay: Replay | None = None
         if self.file_size < 1 * MiB:
