@@ -509,7 +509,10 @@ def main() -> None:
     OUT.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as work:
         c = Corpus(Path(work))
-        for make in (vhd_cases, qcow2_cases, vmdk_cases, vhdx_cases, luks1_cases, luks2_cases):
+        from tests.tools.make_malformed_inputs import input_cases
+
+        for make in (vhd_cases, qcow2_cases, vmdk_cases, vhdx_cases, luks1_cases, luks2_cases,
+                     input_cases):
             make(c)
     for command in ("info", "encrypt", "verify"):
         c.add(f"raw-zero-length-{command}.img", b"", command,
