@@ -13,10 +13,13 @@ table); the CLI prints them.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from lukspack.errors import FormatError
 
@@ -26,6 +29,28 @@ class Extent:
     offset: int
     length: int
     allocated: bool  # False: reads as zeros and costs no I/O
+
+
+class BlockRuns:
+    """Runs of equally allocated fixed-size blocks (a VHD or VHDX BAT), found once with numpy;
+    extents(start, end) then costs a bisect and one step per run it crosses."""
+
+    def __init__(self, allocated: np.ndarray, block_size: int) -> None:
+        self.block_size = block_size
+        cuts = np.flatnonzero(allocated[1:] != allocated[:-1]) + 1
+        self.starts: list[int] = [0, *cuts.tolist()]  # first block of each run
+        self.first_allocated = bool(allocated[0]) if len(allocated) else False
+        self.blocks = len(allocated)
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        bs, starts = self.block_size, self.starts
+        i = bisect.bisect_right(starts, start // bs) - 1
+        pos = start
+        while pos < end and i < len(starts):
+            nxt = starts[i + 1] * bs if i + 1 < len(starts) else max(end, self.blocks * bs)
+            stop = min(end, nxt)
+            yield Extent(pos, stop - pos, self.first_allocated ^ bool(i & 1))
+            pos, i = stop, i + 1
 
 
 class DiskImage:

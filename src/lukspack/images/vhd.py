@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
-from lukspack.images.base import DiskImage, Extent
+from lukspack.images.base import BlockRuns, DiskImage, Extent
 
 FOOTER_COOKIE = b"conectix"
 DYNAMIC_COOKIE = b"cxsparse"
@@ -142,6 +142,7 @@ class VhdImage(DiskImage):
             raise FormatError(f"{path}: VHD current_size {self.virtual_size} is absurd (more "
                               f"than {MAX_VIRTUAL_SIZE} bytes)")
         self.bat: np.ndarray | None = None
+        self._runs: BlockRuns | None = None
         self.block_size = 0
         if self.disk_type == DISK_FIXED:
             if self.file_size < self.virtual_size + FOOTER_SIZE:
@@ -211,13 +212,9 @@ class VhdImage(DiskImage):
             return
         if start >= end:
             return
-        bs = self.block_size
-        a, b = start // bs, -(-end // bs)
-        alloc = self.bat[a:b] != BAT_UNUSED
-        cuts = [0, *(np.flatnonzero(alloc[1:] != alloc[:-1]) + 1).tolist(), b - a]
-        for lo, hi in zip(cuts, cuts[1:], strict=False):
-            s, e = max(start, (a + lo) * bs), min(end, (a + hi) * bs)
-            yield Extent(s, e - s, bool(alloc[lo]))
+        if self._runs is None:
+            self._runs = BlockRuns(self.bat != BAT_UNUSED, self.block_size)
+        yield from self._runs.extents(start, end)
 
     def _read_allocated(self, offset: int, view: memoryview) -> None:
         if self.bat is None:
