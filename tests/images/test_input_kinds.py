@@ -171,11 +171,12 @@ def test_special_files_are_refused_without_blocking(tmp_path: Path, kind: str, w
     with pytest.raises(LukspackError, match=re.escape(f"is {what}")):
         open_image(str(link))
     # the CLI: one line, exit 1, within seconds (today's open() of a FIFO blocks forever)
-    cmd = [sys.executable, "-m", "lukspack", "encrypt", str(p), str(tmp_path / "out.img"),
-           "--key-file", str(keyfile), *FAST]
-    done = subprocess.run(cmd, capture_output=True, env=cli_env(), timeout=60)
-    err = done.stderr.decode()
-    assert done.returncode == 1 and err.count("\n") == 1 and f"is {what}" in err, err
+    for args in (["encrypt", str(p), str(tmp_path / "out.img"), "--key-file", str(keyfile),
+                  *FAST], ["info", str(p)], ["verify", str(p), "--key-file", str(keyfile)]):
+        done = subprocess.run([sys.executable, "-m", "lukspack", *args], capture_output=True,
+                              env=cli_env(), timeout=60)
+        err = done.stderr.decode()
+        assert done.returncode == 1 and err.count("\n") == 1 and f"is {what}" in err, (args, err)
     assert not (tmp_path / "out.img").exists()
 
 

@@ -62,7 +62,7 @@ def test_the_disk_is_read_in_place(disks: list[tuple[Path, Path]], tmp_path: Pat
         assert img.bytes_read < vmdk.stat().st_size + 4096  # read inside the member only
     assert info["format"] == "vmdk" and info["vmdk"]["create_type"] == "streamOptimized"
     assert info["ova"]["disk"] == vmdk.name and info["ova"]["disks"] == [vmdk.name]
-    with open_image(str(ova), fmt="ova", disk=1) as img:
+    with open_image(str(ova), fmt="ova", disk=0) as img:
         assert img.virtual_size == size
 
 
@@ -83,22 +83,32 @@ def test_several_disks_are_listed_unless_one_is_picked(disks: list[tuple[Path, P
     with pytest.raises(UnsupportedError) as e:
         open_image(str(ova))
     msg = str(e.value)
-    assert "holds 2 disks" in msg and f"1 {vmdk1.name}" in msg and f"2 {vmdk2.name}" in msg
+    assert "holds 2 disks" in msg and f"0 {vmdk1.name}" in msg and f"1 {vmdk2.name}" in msg
     assert "--disk N" in msg and "\n" not in msg
-    assert read_all(ova, disk=1)[0] == sha(raw1)
-    assert read_all(ova, disk=2)[0] == sha(raw2)
-    with pytest.raises(UnsupportedError, match="has no disk 3"):
-        open_image(str(ova), disk=3)
-    # the OVF's DiskSection order, not the tar's, numbers the disks
+    assert read_all(ova, disk=0)[0] == sha(raw1)
+    assert read_all(ova, disk=1)[0] == sha(raw2)
+    with pytest.raises(UnsupportedError, match="has no disk 2"):
+        open_image(str(ova), disk=2)
+    # the OVF's DiskSection order, not the tar's, indexes the disks
+    # the CLI's --disk (0 is the first) reaches the reader
+    key = tmp_path / "k"
+    key.write_bytes(b"bWFsZm9ybWVkLWNvcnB1cy1rZXktMzItYnl0ZXMhISE=")
+    key.chmod(0o600)
+    cli = Cli(tmp_path)
+    err = cli.fails("encrypt", str(ova), "none.img", "--key-file", str(key), *FAST)
+    assert "holds 2 disks" in err and not (tmp_path / "none.img").exists()
+    cli("encrypt", str(ova), "two.img", "--disk", "1", "--key-file", str(key), *FAST)
+    plain = qemu_luks_decrypt(tmp_path / "two.img", key, tmp_path / "two.raw")
+    assert sha(plain, raw2.stat().st_size) == sha(raw2)
     swapped = make_ova(tmp_path / "swapped.ova", ovf([(vmdk1.name, 0), (vmdk2.name, 0)],
                                                      order=[1, 0]), [vmdk1, vmdk2])
-    assert read_all(swapped, disk=1)[0] == sha(raw2)
+    assert read_all(swapped, disk=0)[0] == sha(raw2)
 
 
 def test_a_disk_number_is_only_for_an_ova(disks: list[tuple[Path, Path]]) -> None:
     raw, _ = disks[0]
     with pytest.raises(UnsupportedError, match="applies only to OVA archives"):
-        open_image(str(raw), disk=1)
+        open_image(str(raw), disk=0)
 
 
 def test_a_tar_that_is_not_an_ova_is_refused(disks: list[tuple[Path, Path]], tmp_path: Path,

@@ -45,7 +45,7 @@ def input_cases(c: Corpus) -> None:
 
     one = ova("one.ova", ovf([("disk1.vmdk", MiB)]), [vmdk])
     c.add("ova-two-disks.ova", ova("two.ova", ovf([("disk1.vmdk", MiB), ("disk2.vmdk", MiB)]),
-                                   [vmdk, vmdk2]), "encrypt", "OVA holds 2 disks: 1 disk1.vmdk")
+                                   [vmdk, vmdk2]), "encrypt", "OVA holds 2 disks: 0 disk1.vmdk")
     c.add("ova-disk-missing.ova", ova("missing.ova", ovf([("gone.vmdk", MiB)]), [vmdk]), "info",
           "names disk file 'gone.vmdk', which is not in the archive")
     with tarfile.open(w / "one.ova") as t:  # cut in the middle of the disk member

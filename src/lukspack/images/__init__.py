@@ -11,7 +11,7 @@ from lukspack.images.base import DiskImage, Extent
 from lukspack.images.sniff import FORMATS, ReadAt, Sniffed, sniff
 
 __all__ = ["DiskImage", "Extent", "open_image", "detect_format", "sniff_file", "source_files",
-           "check_source_type", "FORMATS", "Sniffed"]
+           "check_source_type", "open_source", "FORMATS", "Sniffed"]
 
 Window = tuple[int, int] | None
 
@@ -42,6 +42,23 @@ def check_source_type(path: str, st: os.stat_result) -> None:
                                 "files and block devices)")
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
         raise LukspackError(f"{path}: is not a regular file or block device")
+
+
+def open_source(path: str) -> int:
+    """A read-only descriptor of a regular file or block device; anything else is refused
+    before it is opened (opening a FIFO for reading blocks until a writer comes)."""
+    try:
+        check_source_type(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        check_source_type(path, os.fstat(fd))  # replaced between stat and open?
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _reader(found: str, path: str, fd: int, window: Window) -> DiskImage:
@@ -86,7 +103,7 @@ def _open_ova(path: str, fd: int, disk: int | None) -> DiskImage:
     if not member.size:
         raise FormatError(f"{path}: disk {member.name} is empty (0 bytes)")
     image = _reader(found.format, path, fd, (member.offset, member.size))
-    image.archive = {"format": "ova", "disk": member.name, "number": index + 1,
+    image.archive = {"format": "ova", "disk": member.name, "index": index,
                      "disks": [m.name for m in disks], "offset": member.offset,
                      "size": member.size}
     return image
@@ -99,22 +116,16 @@ def source_files(image: DiskImage) -> tuple[str, ...]:
 
 def open_image(path: str, fmt: str | None = None, disk: int | None = None) -> DiskImage:
     """Open a disk image read-only, detecting its format unless fmt names it; `disk` picks a
-    disk of an OVA by number (from 1)."""
-    try:
-        check_source_type(path, os.stat(path))  # a FIFO's open would block: look first
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+    disk of an OVA by its index (0 is the first, as --disk counts)."""
+    fd = open_source(path)
     try:
         st = os.fstat(fd)
-        check_source_type(path, st)  # replaced between stat and open?
-        os.set_blocking(fd, True)
         if st.st_size == 0 and stat.S_ISREG(st.st_mode):
             raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
         found = fmt or detect_format(path, fd)
         if disk is not None and found != "ova":
-            raise UnsupportedError(f"{path}: is a {found} image, not an OVA; a disk number "
-                                   f"({disk}) applies only to OVA archives")
+            raise UnsupportedError(f"{path}: is a {found} image, not an OVA; a disk index "
+                                   f"(--disk {disk}) applies only to OVA archives")
         if found == "ova":
             return _open_ova(path, fd, disk)
         return _reader(found, path, fd, None)

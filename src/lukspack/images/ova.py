@@ -4,8 +4,8 @@ VMware and VirtualBox export a tar whose first member is the .ovf, then a .mf ma
 streamOptimized VMDKs. The disk is read in place: the image reader gets the member's byte range
 of the tar (a `window`), nothing is extracted. The disks are the files the OVF's DiskSection
 names (`Disk/@fileRef` -> `References/File/@href`), in DiskSection order; an OVF that names none
-falls back to the members whose names end in .vmdk. A disk is picked by number, from 1, when the
-OVA holds more than one.
+falls back to the members whose names end in .vmdk. A disk is picked by its index (0 is the
+first, as `--disk` counts) when the OVA holds more than one.
 
 The tar reader here knows POSIX ustar, pax (`path` and `size` records) and GNU long names; it
 checks every header checksum and every bound, and reads at most MAX_MEMBERS headers. Refused:
@@ -192,13 +192,14 @@ def ova_disks(path: str, read_at: ReadAt, size: int) -> list[Member]:
 
 
 def pick_disk(path: str, disks: list[Member], disk: int | None) -> int:
-    """The index in disks of disk number `disk` (from 1); None picks the only disk."""
-    listing = ", ".join(f"{i} {m.name} ({m.size} bytes)" for i, m in enumerate(disks, 1))
+    """The index in disks of disk `disk` (0 is the first, as --disk counts); None picks the
+    only disk."""
+    listing = ", ".join(f"{i} {m.name} ({m.size} bytes)" for i, m in enumerate(disks))
     if disk is None:
         if len(disks) > 1:
             raise UnsupportedError(f"{path}: OVA holds {len(disks)} disks: {listing}; pick one "
                                    "with --disk N")
         return 0
-    if not 1 <= disk <= len(disks):
+    if not 0 <= disk < len(disks):
         raise UnsupportedError(f"{path}: has no disk {disk}; its disks are {listing}")
-    return disk - 1
+    return disk
