@@ -141,3 +141,36 @@ def test_a_fully_written_file_is_one_allocated_extent(tmp_path: Path) -> None:
     with open_image(str(p)) as img:
         assert [(e.offset, e.length, e.allocated) for e in img.extents()] == \
             [(0, 3 * MiB + 512, True)]
+
+
+def test_a_block_device_is_one_allocated_extent(tmp_path: Path) -> None:
+    """A block device has no holes to report (SEEK_DATA is the generic one, or EINVAL): the
+    whole device is data, as before. Uses a read-only loop device where the machine allows."""
+    import shutil
+    import subprocess
+
+    backing = tmp_path / "backing.raw"
+    data = os.urandom(1 * MiB)
+    with open(backing, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(4 * MiB)
+        f.write(data)
+    losetup = shutil.which("losetup") or shutil.which("losetup", path="/usr/sbin:/sbin")
+    if losetup is None:
+        pytest.skip("losetup is not installed")
+    made = subprocess.run([losetup, "--find", "--show", "--read-only", str(backing)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device on this machine: {made.stderr.strip()}")
+    dev = made.stdout.strip()
+    try:
+        with open_image(dev) as img:
+            assert img.format_name == "raw" and img.virtual_size == 8 * MiB
+            assert [(e.offset, e.length, e.allocated) for e in img.extents()] == \
+                [(0, 8 * MiB, True)]
+            buf = bytearray(1 * MiB)
+            img.read_into(4 * MiB, buf)
+            assert bytes(buf) == data
+            assert img.warnings  # zeros at the start: no partition table
+    finally:
+        subprocess.run([losetup, "-d", dev], check=True)

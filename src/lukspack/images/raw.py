@@ -30,9 +30,9 @@ class HoleMap:
     def __init__(self, fd: int, base: int, size: int, name: str) -> None:
         self.fd, self.base, self.size, self.name = fd, base, size, name
         self.supported = True
-        self.lo = self.hi = 0  # the mapped window [lo, hi): its data runs are starts/ends
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        # the mapped window (lo, hi, starts, ends): the data runs inside [lo, hi), swapped as
+        # one tuple so that a reader on another thread never sees half a window
+        self.window: tuple[int, int, list[int], list[int]] = (0, 0, [], [])
         self.lseeks = 0  # for tests: the map is cheap
 
     def _seek(self, pos: int, whence: int) -> int | None:
@@ -48,7 +48,7 @@ class HoleMap:
                 return None
             raise LukspackError(f"{self.name}: cannot map its holes: {e.strerror}") from None
 
-    def _fill(self, start: int) -> None:
+    def _fill(self, start: int) -> tuple[int, int, list[int], list[int]]:
         starts: list[int] = []
         ends: list[int] = []
         pos = start
@@ -56,34 +56,40 @@ class HoleMap:
             data = self._seek(pos, os.SEEK_DATA)
             if data is None or data >= self.size:
                 if not self.supported:
-                    return
+                    return self.window
                 pos = self.size
                 break
             hole = self._seek(data, os.SEEK_HOLE)
             if not self.supported:
-                return
+                return self.window
             hole = self.size if hole is None else min(max(hole, data + 1), self.size)
             starts.append(max(data, pos))
             ends.append(hole)
             pos = hole
-        self.lo, self.hi, self.starts, self.ends = start, pos, starts, ends
+        self.window = (start, pos, starts, ends)
+        return self.window
+
+    @property
+    def starts(self) -> list[int]:
+        return self.window[2]
 
     def data_runs(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """(start, end) of each data run inside [start, end), in order."""
         pos = start
         while pos < end:
-            if self.supported and not self.lo <= pos < self.hi:
-                self._fill(pos)
+            lo, hi, starts, ends = self.window
+            if self.supported and not lo <= pos < hi:
+                lo, hi, starts, ends = self._fill(pos)
             if not self.supported:
                 yield pos, end
                 return
-            stop = min(end, self.hi)
-            i = bisect.bisect_right(self.ends, pos)
-            while i < len(self.starts) and self.starts[i] < stop:
-                yield max(self.starts[i], pos), min(self.ends[i], stop)
+            stop = min(end, hi)
+            i = bisect.bisect_right(ends, pos)
+            while i < len(starts) and starts[i] < stop:
+                yield max(starts[i], pos), min(ends[i], stop)
                 i += 1
-            pos = self.hi
-            if self.hi >= self.size:
+            pos = hi
+            if hi >= self.size:
                 return
 
 
