@@ -30,25 +30,34 @@ def _open_fd(path: str) -> int:
 
 
 def encryption_of(path: str, fmt: str | None = None) -> str | None:
-    """'luks', 'qcow2-luks' (or 'vhd-crypt') when the image is encrypted, else None."""
-    if fmt not in (None, "qcow2"):
+    """'luks', 'qcow2-luks' or 'vhd-crypt' when the image is encrypted, else None."""
+    if fmt not in (None, "qcow2", "vhd"):
         return None
     fd = _open_fd(path)
     try:
-        found = sniff_file(path, fd)
+        found = sniff_file(path, fd) if fmt in (None, "qcow2") else None
+        kind = fmt or (found.format if found else None)
+        if kind == "luks":  # a LUKS2 image with only its secondary header included
+            return "luks"
+        if kind == "vhd":
+            from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+            return "vhd-crypt" if is_encrypted_vhd(fd) else None
+        if kind == "qcow2" and found is not None and found.qcow2_crypt_method == CRYPT_LUKS:
+            return "qcow2-luks"
+        return None
     finally:
         os.close(fd)
-    if found.format == "luks" and fmt is None:  # a LUKS2 image with only its secondary included
-        return "luks"
-    if found.format == "qcow2" and found.qcow2_crypt_method == CRYPT_LUKS:
-        return "qcow2-luks"
-    return None
 
 
 def open_encrypted(path: str, passphrase: bytes | bytearray,
                    fmt: str | None = None) -> EncryptedImage:
     """Unlock an encrypted image with the key file; the reader decrypts."""
     kind = encryption_of(path, fmt)
+    if kind == "vhd-crypt":
+        from lukspack.images.vhd_crypt import open_encrypted_vhd
+
+        return open_encrypted_vhd(path, passphrase)  # the key hash is checked before anything
     fd = _open_fd(path)
     try:
         if kind in ("luks", None):  # not recognised: LUKS parsing says why it is not LUKS

@@ -23,10 +23,11 @@ CIPHERS = ("aes-xts-plain64",)
 KEY_SIZES = (256, 512)
 
 
-def _stream(verify: bool = True, as_json: bool = False) -> Any:
+def _stream(verify: bool = True, as_json: bool = False, digest: bool = True) -> Any:
     from lukspack.options import StreamOptions
 
-    return StreamOptions(verify=verify, plaintext_digest=as_json, output_digest=as_json)
+    return StreamOptions(verify=verify, plaintext_digest=as_json and digest,
+                         output_digest=as_json and digest)
 
 
 def _check_cipher(cipher: str, key_size: int) -> None:
@@ -61,6 +62,9 @@ def _check_cipher(cipher: str, key_size: int) -> None:
               help="Check the header with the key file and the payload against the source.")
 @force_option
 @json_option
+@click.option("--no-digest", is_flag=True,
+              help="With --json: skip the SHA-256 of the source and disk (0.7 s per GiB, holes "
+                   "included).")
 @progress_option
 @batch_option
 @input_format_option
@@ -70,8 +74,8 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
             cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
             pbkdf_force_iterations: int | None, sector_size: str, verify: bool, force: bool,
-            as_json: bool, progress: bool | None, batch_mode: bool, input_format: str | None,
-            disk: int | None) -> None:
+            as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
+            input_format: str | None, disk: int | None) -> None:
     """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA) into OUTPUT: LUKS1 or LUKS2 RAW,
     qcow2 with LUKS inside (IBM Cloud VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt
@@ -85,8 +89,12 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
     opts = EncryptOptions(luks_type=luks_type, kdf=kdf, sector_size=int(sector_size),
                           key_bytes=key_size // 8,
                           output_format=output_format, input_format=input_format, disk=disk,
-                          force=force, stream=_stream(verify, as_json))
-    with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
+                          force=force, stream=_stream(verify, as_json, not no_digest))
+    from lukspack.options import output_format as format_of
+
+    # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
+    dek_rules = format_of(output, output_format) != "vhd"
+    with key_from(key_file, dek_rules=dek_rules) as key, progress_bar(progress) as bar:
         s = do_encrypt(source, output, key, opts, bar, protected=(("key file", key_file),))
     kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
                                                                s["type"].upper())

@@ -68,7 +68,11 @@ def _reader(found: str, path: str, fd: int, window: Window) -> DiskImage:
         return RawImage(path, fd, window)
     if found == "vhd":
         from lukspack.images.vhd import VhdImage
+        from lukspack.images.vhd_crypt import is_encrypted_vhd
 
+        if window is None and is_encrypted_vhd(fd):  # its blocks are ciphertext: never a source
+            raise UnsupportedError(f"{path}: is already an encrypted VHD (vhd-util); decrypt "
+                                   "it first or use it as it is")
         return VhdImage(path, fd, window)
     if found == "qcow2":
         from lukspack.images.qcow2 import Qcow2Image
