@@ -65,7 +65,8 @@ def _pax(data: bytes, path: str, at: int) -> dict[str, str]:
     while pos < len(data) and data[pos:pos + 1] != b"\x00":
         space = data.find(b" ", pos)
         length = data[pos:space]
-        if space < 0 or not length.isdigit() or int(length) <= space - pos + 1 or \
+        if space < 0 or not length.isdigit() or len(length) > 12 or \
+                int(length) <= space - pos + 1 or \
                 pos + int(length) > len(data):
             raise FormatError(f"{path}: pax header at offset {at} has a bad record at {pos}")
         record = data[space + 1 : pos + int(length)].rstrip(b"\n")
@@ -93,7 +94,7 @@ def tar_members(path: str, read_at: ReadAt, size: int) -> list[Member]:
         kind = block[TAR_TYPE]
         msize = _number(block[TAR_SIZE], path, pos)
         if kind not in (GNU_LONGNAME, PAX_LOCAL, PAX_GLOBAL) and "size" in pax:
-            if not pax["size"].isdigit():
+            if not (pax["size"].isascii() and pax["size"].isdigit()) or len(pax["size"]) > 20:
                 raise FormatError(f"{path}: pax size {pax['size'][:40]!r} at offset {pos} is not "
                                   "a number")
             msize = int(pax["size"])
