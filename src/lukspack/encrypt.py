@@ -55,7 +55,7 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Encrypt a disk image into output (a path, a block device or cos://REGION/BUCKET/OBJECT);
     returns a summary. protected: (what, path) of files the output must not be (key files)."""
-    with open_image(source, opts.input_format) as image:
+    with open_image(source, opts.input_format, opts.disk) as image:
         container = make_container(image, output, opts)
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
