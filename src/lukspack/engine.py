@@ -82,8 +82,9 @@ class ReadBackVerifier:
 
     def __init__(self, read_at: Callable[[int, int], bytes], new_cipher: Callable[[], Any]) -> None:
         self.read_at, self.new_cipher = read_at, new_cipher
-        self.queue: queue.Queue[tuple[int, ChunkPlan, bytes] | None] = queue.Queue(maxsize=256)
+        self.queue: queue.Queue[tuple[int, ChunkPlan, bytes] | None] = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
+        self.cancelled = False  # the run failed or was interrupted: skip what is still queued
         self.thread = threading.Thread(target=self._run, name="lukspack-verify", daemon=True)
         self.thread.start()
 
@@ -92,7 +93,7 @@ class ReadBackVerifier:
         cipher = self.new_cipher()
         try:
             while (item := self.queue.get()) is not None:
-                if self.error is None:
+                if self.error is None and not self.cancelled:
                     self._check(cipher, *item)
         except BaseException as e:
             self.error = e
@@ -122,8 +123,10 @@ class ReadBackVerifier:
                 if self.error is not None or not self.thread.is_alive():
                     raise self.error or RuntimeError("verifier stopped") from None
 
-    def close(self) -> None:
-        """No more chunks: wait for the verifier and raise what it found."""
+    def close(self, cancel: bool = False) -> None:
+        """No more chunks: wait for the verifier and raise what it found. cancel: the run is
+        over (an error or a signal); what is still queued is not checked."""
+        self.cancelled = self.cancelled or cancel
         with contextlib.suppress(queue.Full):
             while self.thread.is_alive():
                 try:
@@ -259,7 +262,7 @@ class _Run:
         finally:
             if self.verifier is not None and self.verifier.thread.is_alive():
                 with contextlib.suppress(BaseException):
-                    self.verifier.close()
+                    self.verifier.close(cancel=True)
         if hasattr(sink, "start_writeback"):
             sink.start_writeback()  # the disk drains while the key slot is derived
         key_material = self.header.join()
@@ -327,6 +330,8 @@ class _Run:
                             "`verify` and `decrypt` report")
         if out_sha is not None:
             d["output_sha256"] = out_sha
+        if image.warnings:  # shown once the run succeeded: a failure stays one line
+            d["warnings"] = list(image.warnings)
         d["direct_io"] = self.direct
         d["verified"] = self.opts.verify
         d["verification"] = ("read back" if self.read_at is not None else "tee") \

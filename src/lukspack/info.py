@@ -17,7 +17,7 @@ def _fd(path: str) -> int:
     return open_source(path)
 
 
-def info(path: str, input_format: str | None = None) -> dict[str, Any]:
+def info(path: str, input_format: str | None = None, disk: int | None = None) -> dict[str, Any]:
     kind = encryption_of(path, input_format)
     if kind == "vhd-crypt":
         from lukspack.images.vhd_crypt import encrypted_vhd_info
@@ -48,5 +48,8 @@ def info(path: str, input_format: str | None = None) -> dict[str, Any]:
                 qcow.close()
             else:
                 os.close(fd)
-    with open_image(path, input_format) as image:
-        return image.info()
+    with open_image(path, input_format, disk) as image:
+        d = image.info()
+        if image.warnings:
+            d["notes"] = [*d.get("notes", []), *image.warnings]
+        return d

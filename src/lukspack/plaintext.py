@@ -105,7 +105,7 @@ def _describe(enc: EncryptedImage) -> dict[str, Any]:
 
 def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = None,
            opts: StreamOptions | None = None, progress: ProgressFn | None = None, *,
-           input_format: str | None = None) -> dict[str, Any]:
+           input_format: str | None = None, disk: int | None = None) -> dict[str, Any]:
     """Unlock an image and decrypt its whole disk; with source, compare byte for byte."""
     opts = opts or StreamOptions()
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
             result.update(decrypt_stream(enc, opts, progress, "verify"))
             result["matches_source"] = None
         else:
-            with open_image(source, input_format) as src:
+            with open_image(source, input_format, disk) as src:
                 if src.virtual_size > enc.virtual_size:
                     raise VerifyError(f"{image_path}: disk ({enc.virtual_size} bytes) is smaller "
                                       f"than the source ({src.virtual_size} bytes)")

@@ -17,9 +17,9 @@ def round_up(n: int, unit: int = MiB) -> int:
     return -(-n // unit) * unit
 
 
-def size_report(source: str, luks_type: str = "luks1", input_format: str | None = None
-                ) -> dict[str, Any]:
-    with open_image(source, input_format) as image:
+def size_report(source: str, luks_type: str = "luks1", input_format: str | None = None,
+                disk: int | None = None) -> dict[str, Any]:
+    with open_image(source, input_format, disk) as image:
         raw = image.virtual_size
     if luks_type == "vhd":
         from lukspack.containers.encrypted_vhd import encrypted_vhd_size

@@ -100,6 +100,13 @@ def test_several_disks_are_listed_unless_one_is_picked(disks: list[tuple[Path, P
     cli("encrypt", str(ova), "two.img", "--disk", "1", "--key-file", str(key), *FAST)
     plain = qemu_luks_decrypt(tmp_path / "two.img", key, tmp_path / "two.raw")
     assert sha(plain, raw2.stat().st_size) == sha(raw2)
+    # --disk on the other commands that read a source
+    assert "holds 2 disks" in cli.fails("info", str(ova))
+    assert b'"virtual_size"' in cli("info", str(ova), "--disk", "0", "--json").stdout
+    assert b"source bytes:  " in cli("size", str(ova), "--disk", "1").stdout
+    cli("convert", str(ova), "one.raw", "--to", "raw", "--disk", "0")
+    assert sha(tmp_path / "one.raw", raw1.stat().st_size) == sha(raw1)
+    cli("verify", "two.img", "--key-file", str(key), "--source", str(ova), "--disk", "1")
     swapped = make_ova(tmp_path / "swapped.ova", ovf([(vmdk1.name, 0), (vmdk2.name, 0)],
                                                      order=[1, 0]), [vmdk1, vmdk2])
     assert read_all(swapped, disk=0)[0] == sha(raw2)

@@ -44,11 +44,14 @@ class Group(click.Group):
 
 
 def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    """The result on stdout (text lines or JSON); its warnings on stderr, after it."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
         for line in lines:
             click.echo(line)
+    for note in data.get("warnings", []):
+        warnings.warn(note, stacklevel=2)
 
 
 def _read_tty_key() -> bytearray:

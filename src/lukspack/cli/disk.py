@@ -10,6 +10,7 @@ from lukspack.cli import KEY_FILE_HELP, emit, human, key_from, progress_bar
 from lukspack.cli.options import (
     batch_option,
     check_kdf_usage,
+    disk_option,
     force_option,
     input_format_option,
     json_option,
@@ -73,8 +74,7 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @progress_option
 @batch_option
 @input_format_option
-@click.option("--disk", type=click.IntRange(min=0), default=None,
-              help="Which disk of an OVA with several (0 is the first).")
+@disk_option
 def encrypt(source: str, output: str, key_file: str, luks_type: str, output_format: str | None,
             cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
@@ -124,15 +124,16 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
 @progress_option
 @batch_option
 @input_format_option
+@disk_option
 def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
            source: str | None, as_json: bool, progress: bool | None, batch_mode: bool,
-           input_format: str | None) -> None:
+           input_format: str | None, disk: int | None) -> None:
     """Unlock IMAGE and decrypt its whole disk; with --source, compare it byte for byte."""
     from lukspack.plaintext import verify as do_verify
 
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
-        r = do_verify(image, key, source, _stream(), bar, input_format=input_format)
+        r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk)
     lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
              f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
     lines += [f"matches {source} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
@@ -168,12 +169,13 @@ def decrypt(image: str, output: str, key_file: str, keyfile_size: int | None,
 @click.argument("image")
 @json_option
 @input_format_option
-def info(image: str, as_json: bool, input_format: str | None) -> None:
+@disk_option
+def info(image: str, as_json: bool, input_format: str | None, disk: int | None) -> None:
     """Describe IMAGE: its format and sizes, VHD footer fields, or its LUKS header."""
     from lukspack.info import info as do_info
     from lukspack.render import info_lines
 
-    d = do_info(image, input_format)
+    d = do_info(image, input_format, disk)
     emit(d, as_json, list(info_lines(d)))
 
 
@@ -184,11 +186,13 @@ def info(image: str, as_json: bool, input_format: str | None) -> None:
               "encrypted VHD.")
 @json_option
 @input_format_option
-def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -> None:
+@disk_option
+def size(source: str, luks_type: str, as_json: bool, input_format: str | None,
+         disk: int | None) -> None:
     """Size of the encrypted image: the documented step 4 (RAW + header, whole MiB) done right."""
     from lukspack.sizing import size_report
 
-    r = size_report(source, luks_type, input_format)
+    r = size_report(source, luks_type, input_format, disk)
     if luks_type == "vhd":
         emit(r, as_json, [f"{k}: {v}" for k, v in r.items() if k not in ("source", "type")])
         return
@@ -220,13 +224,15 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None) -
 @json_option
 @progress_option
 @input_format_option
+@disk_option
 def convert(source: str, output: str, to: str, force: bool, as_json: bool,
-            progress: bool | None, input_format: str | None) -> None:
+            progress: bool | None, input_format: str | None, disk: int | None) -> None:
     """Convert SOURCE to RAW, VHD (fixed or dynamic) or plain qcow2: the documented steps 1 and 2."""
     from lukspack.convert import convert as do_convert
 
     with progress_bar(progress) as bar:
-        r = do_convert(source, output, to, force=force, progress=bar, input_format=input_format)
+        r = do_convert(source, output, to, force=force, progress=bar, input_format=input_format,
+                       disk=disk)
     emit(r, as_json, [f"{output}: {to}, {human(r['virtual_size'])} from {r['source_format']}"])
 
 

@@ -66,3 +66,6 @@ def check_kdf_usage(luks_type: str, hash_: str | None, pbkdf: str | None) -> Non
                                    f"{', '.join(HASHES)})") from None
     if luks_type == "luks1" and pbkdf not in (None, "pbkdf2"):
         raise click.UsageError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
+
+disk_option = click.option("--disk", type=click.IntRange(min=0), default=None,
+                           help="Which disk of an OVA with several (0 is the first).")

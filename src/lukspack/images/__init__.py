@@ -130,9 +130,7 @@ def open_image(path: str, fmt: str | None = None, disk: int | None = None) -> Di
         if disk is not None and found != "ova":
             raise UnsupportedError(f"{path}: is a {found} image, not an OVA; a disk index "
                                    f"(--disk {disk}) applies only to OVA archives")
-        if found == "ova":
-            return _open_ova(path, fd, disk)
-        return _reader(found, path, fd, None)
+        return _open_ova(path, fd, disk) if found == "ova" else _reader(found, path, fd, None)
     except BaseException:
         os.close(fd)
         raise
