@@ -128,3 +128,22 @@ def make_xfs(tree: Path, out: Path, work: Path) -> Path:
         f.truncate(300 << 20)  # mkfs.xfs's smallest filesystem
     subprocess.run(["mkfs.xfs", "-q", "-f", "-L", "root", "-p", str(proto), str(out)], check=True)
     return out
+
+
+def gpt_disk(fs_image: Path, out: Path) -> Path:
+    """A GPT disk made by sfdisk: partition 1 a (blank) EFI system partition, partition 2 the
+    filesystem image."""
+    size = fs_image.stat().st_size
+    mib = 1 << 20
+    start = 2 * mib
+    total = start + size + mib
+    with open(out, "wb") as f:
+        f.truncate(total)
+    table = ("label: gpt\nunit: sectors\n"
+             f"start=2048, size=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n"
+             f"start={start // 512}, size={size // 512}, "
+             "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n")
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(out)],
+                   input=table.encode(), check=True)
+    build_script().copy_sparse(fs_image, out, start)
+    return out

@@ -1,0 +1,1 @@
+from tests.debian_images import debian_images  # noqa: F401
