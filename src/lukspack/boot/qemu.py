@@ -99,8 +99,9 @@ def drive_options(path: str, kind: str, secret_id: str | None) -> str:
 
 def qemu_command(image: str, kind: str, seed: str, serial: str, accel: str, secret: str | None,
                  memory_mb: int = 1024) -> list[str]:
+    # -nographic (not -display none): QEMU then tells SeaBIOS to print on the serial port too
     cmd = [QEMU, "-nodefaults", "-machine", f"pc,accel={accel}", "-m", str(memory_mb), "-smp", "1",
-           "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{serial}"]
+           "-nographic", "-monitor", "none", "-no-reboot", "-serial", f"file:{serial}"]
     if os.path.exists(SEABIOS):
         cmd += ["-bios", SEABIOS]
     secret_id = None
