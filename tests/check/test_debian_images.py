@@ -46,7 +46,9 @@ def test_good_image_passes(debian_images: Path, target: str) -> None:
     for d in drivers:
         status, ev = [(f.status, f.evidence) for f in report.findings if f.check.startswith(d)][0]
         assert status == "PASS" and f"/{d}.ko" in ev
-    assert report.seconds < 2.0  # the budget on a 2 GiB image
+    # the budget on a 2 GiB image: 0.2 s wall here when the machine is idle; CPU time,
+    # since the two cores are shared and wall time under load says little
+    assert report.cpu_seconds < 2.0
     assert report.bytes_read < report.virtual_size // 50  # reads what it needs, not the disk
 
 

@@ -45,6 +45,7 @@ class CheckReport:
     bytes_read: int
     reads: int
     seconds: float
+    cpu_seconds: float
     os: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -70,6 +71,7 @@ class CheckReport:
             "bytes_read": self.bytes_read,
             "reads": self.reads,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
     def lines(self) -> list[str]:
@@ -80,5 +82,5 @@ class CheckReport:
         out.append(f"{'FAIL' if self.failed else 'PASS'}: {self.count('PASS')} passed, "
                    f"{self.count('WARN')} warnings, {self.count('FAIL')} failed; read "
                    f"{self.bytes_read} bytes of {self.virtual_size} in {self.reads} reads, "
-                   f"{self.seconds:.2f} s")
+                   f"{self.seconds:.2f} s ({self.cpu_seconds:.2f} s CPU)")
         return out
