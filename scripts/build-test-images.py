@@ -387,10 +387,24 @@ def main() -> int:
         tmp_out.rename(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    prune(args.cache, out_dir.name)
     log(f"done in {time.monotonic() - t0:.0f} s: {out_dir}")
     print(out_dir)
     return 0
 
 
+def prune(cache: Path, keep: str) -> None:
+    """Remove image sets of other script versions not used for a day (each is ~1.7 GB)."""
+    for d in cache.iterdir():
+        if d.is_dir() and d.name != keep and len(d.name) == 16 and (d / "BUILD-OK").exists() \
+                and time.time() - (d / "BUILD-OK").stat().st_atime > 86400:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:
+        print(f"build-test-images: {' '.join(map(str, e.cmd))[:200]} failed with exit code "
+              f"{e.returncode}", file=sys.stderr)
+        sys.exit(1)
