@@ -113,10 +113,11 @@ def exercise_luks(path: str) -> None:
 
 
 def exercise_qcow2_luks(path: str) -> None:
-    from lukspack.qcow2_ops import open_qcow2_luks
+    from lukspack.images.encrypted import open_qcow2_luks
 
-    fd, image, vol = open_qcow2_luks(path)
+    fd = os.open(path, os.O_RDONLY)
     try:
+        image, vol = open_qcow2_luks(path, fd)
         image.info()
         _dump_and_unlock(vol)
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lukspack import ops
+from lukspack import plaintext
 from lukspack.crypto.cbc import cbc_reference
 from lukspack.luks import luks1
 from lukspack.luks.volume import open_luks_path
@@ -59,7 +59,7 @@ def _decrypts_to(cli: Cli | None, image: Path, key: Path, source: Path, tmp_path
     if cli is not None:
         cli("decrypt", image, out, "--key-file", key, "--force")
     else:
-        ops.decrypt(str(image), str(out), key.read_bytes(), force=True)
+        plaintext.decrypt(str(image), str(out), key.read_bytes(), force=True)
     assert same_prefix(out, source)
 
 

@@ -142,17 +142,20 @@ def test_calibrated_argon2id(cli: Cli, keyfile: Path, source: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--type", "luks1", "--pbkdf", "argon2id"], "LUKS1 key slots use pbkdf2 only"),
+    (["--type", "luks1", "--pbkdf", "argon2id"], "usage error: LUKS1 key slots use pbkdf2 only"),
     (["--type", "luks1", "--sector-size", "4096"], "LUKS1 has 512-byte sectors only"),
     (["--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-memory", "65536"], "do not apply to pbkdf2"),
     (["--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "3"], "minimum 4"),
     (["--type", "luks2", "--pbkdf-memory", "16"], "--pbkdf-memory 16 is outside"),
     (["--type", "luks2", "--pbkdf-parallel", "8"], "--pbkdf-parallel 8 is outside 1..4"),
-    (["--type", "luks2", "--hash", "md5x"], "unsupported hash 'md5x'"),
+    (["--type", "luks2", "--hash", "md5x"], "usage error: --hash md5x is not a known hash"),
 ])
 def test_bad_kdf_options_fail_before_writing(cli: Cli, keyfile: Path, source: Path,
                                             tmp_path: Path, args: list[str], message: str) -> None:
-    err = cli.fails("encrypt", source, tmp_path / "out.img", "--key-file", keyfile, *args)
+    """Combinations that cannot work are usage errors (exit 2); values out of range exit 1."""
+    code = 2 if "usage error" in message else 1
+    err = cli.fails("encrypt", source, tmp_path / "out.img", "--key-file", keyfile, *args,
+                    code=code)
     assert message in err
     assert not (tmp_path / "out.img").exists() and not leftovers(tmp_path)
 
