@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import ROOT
 
 BUILD_TIMEOUT = 1800
+GOOD = "debian12-cloudinit.raw"
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,20 @@ def debian_images() -> Path:
     out = Path(p.stdout.strip().splitlines()[-1])
     print(f"debian test images ready in {time.monotonic() - t:.0f} s: {out}", file=sys.stderr)
     return out
+
+
+@pytest.fixture(scope="session")
+def encrypted_images(debian_images: Path, tmp_path_factory: pytest.TempPathFactory,
+                     session_keyfile: Path) -> dict[str, Path]:
+    """The good image encrypted by `lukspack encrypt` to qcow2+LUKS ("qcow2") and LUKS RAW ("raw")."""
+    from tests.helpers import FAST, cli_env
+
+    out = tmp_path_factory.mktemp("encrypted")
+    made = {}
+    for name, fmt in (("good.qcow2", "qcow2"), ("good.luks", "raw")):
+        subprocess.run([sys.executable, "-m", "lukspack", "encrypt", str(debian_images / GOOD),
+                        str(out / name), "--key-file", str(session_keyfile), "--output-format", fmt,
+                        "--no-verify", "--no-progress", *FAST], check=True, env=cli_env(),
+                       stdout=subprocess.DEVNULL)
+        made[fmt] = out / name
+    return made

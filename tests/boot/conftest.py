@@ -1,1 +1,1 @@
-from tests.debian_images import debian_images  # noqa: F401
+from tests.debian_images import debian_images, encrypted_images  # noqa: F401

@@ -96,3 +96,23 @@ def test_cli_exit_code_and_one_line(debian_images: Path) -> None:
                         "--target", "classic"], capture_output=True, text=True, env=cli_env())
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1].startswith("PASS: ")
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_check_encrypted_with_key_file(encrypted_images: dict[str, Path], session_keyfile: Path,
+                                       debian_images: Path, fmt: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(encrypted_images[fmt]), "--key-file", str(session_keyfile), "--json"])
+    assert e.value.code == 0
+    data = json.loads(capsys.readouterr().out)
+    plain = check(debian_images, GOOD, "vpc").to_dict()
+    # the decrypting reader shows the same disk: the same findings, word for word
+    assert data["findings"] == plain["findings"] and data["result"] == "PASS"
+
+
+def test_check_encrypted_without_key_file(encrypted_images: dict[str, Path]) -> None:
+    p = subprocess.run([sys.executable, "-m", "lukspack", "check", str(encrypted_images["qcow2"])],
+                       capture_output=True, text=True, env=cli_env())
+    assert p.returncode == 1 and "give its --key-file" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

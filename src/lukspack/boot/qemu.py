@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lukspack.boot.seed import DATASOURCES, marker, write_seed
-from lukspack.errors import LukspackError, UnsupportedError
+from lukspack.errors import LukspackError
 
 QEMU = "qemu-system-x86_64"
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
@@ -177,9 +177,13 @@ def boot_test(image: str, *, passphrase: bytes | bytearray | None = None, dataso
     kind = image_kind(image)
     if kind in ("luks", "qcow2+luks") and passphrase is None:
         raise BootError(f"{image}: {kind} image needs --key-file")
-    if kind == "vpc" and passphrase is not None:
-        raise UnsupportedError(f"{image}: boot-test of an encrypted VHD is not supported yet "
-                               "(QEMU cannot open it; decrypt it first)")
+    serve_decrypted = False
+    if passphrase is not None and kind not in ("luks", "qcow2+luks"):
+        from lukspack.disks import encryption_of
+
+        if encryption_of(image) is None:
+            raise BootError(f"{image}: is not encrypted ({kind}); boot it without --key-file")
+        serve_decrypted = True  # QEMU cannot open it: lukspack's reader decrypts it for QEMU
     if accel == "auto":
         plan = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
     elif accel in ("kvm", "tcg"):
@@ -195,7 +199,13 @@ def boot_test(image: str, *, passphrase: bytes | bytearray | None = None, dataso
         seed = os.path.join(work, "seed.iso")
         write_seed(seed, datasource, token)
         secret = None
-        if passphrase is not None:
+        disk, disk_kind = image, kind
+        if serve_decrypted:
+            from lukspack.boot.plaintext import write_decrypted
+
+            disk, disk_kind = os.path.join(work, "plaintext.raw"), "raw"
+            write_decrypted(image, passphrase, disk, progress)  # type: ignore[arg-type]
+        elif passphrase is not None:
             secret = os.path.join(work, "key")
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -207,7 +217,7 @@ def boot_test(image: str, *, passphrase: bytes | bytearray | None = None, dataso
         for n, acc in enumerate(plan):
             serial = os.path.join(work, f"serial-{acc}.log")
             console = _Console(serial)
-            cmd = qemu_command(image, kind, seed, serial, acc, secret, memory_mb)
+            cmd = qemu_command(disk, disk_kind, seed, serial, acc, secret, memory_mb)
             with open(os.path.join(work, f"qemu-{acc}.err"), "wb") as err:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, env=env, start_new_session=True)

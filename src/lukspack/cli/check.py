@@ -21,41 +21,37 @@ class BootTestFailed(LukspackError):
     """The marker did not reach the serial console."""
 
 
-def _open(source: str, key_file: str | None, fmt: str | None) -> Any:
-    """The image as a DiskImage, decrypted where a key file is given."""
-    from lukspack import images
+def _check(source: str, key_file: str | None, fmt: str | None, target: str) -> Any:
+    """run_check on SOURCE, decrypted by lukspack's reader where it is encrypted."""
+    from lukspack.check import run_check
+    from lukspack.disks import unlocked_disk
 
     if key_file is None:
-        return images.open_image(source, fmt)
-    open_disk = getattr(images, "open_disk", None)
-    if open_disk is None:
-        raise LukspackError(f"{source}: check --key-file needs lukspack.images.open_disk, "
-                            "which this build lacks")
+        with unlocked_disk(source, None, fmt) as image:
+            return run_check(image, target)
     from lukspack.cli import key_from
 
-    with key_from(key_file, dek_rules=False) as key:
-        return open_disk(source, passphrase=bytes(key), fmt=fmt)
+    with key_from(key_file, dek_rules=False) as key, unlocked_disk(source, key, fmt) as image:
+        return run_check(image, target)
 
 
 def register(cli: click.Group) -> None:
     from lukspack.cli import KEY_FILE_HELP, emit
+    from lukspack.cli.options import input_format_option, json_option
 
     @cli.command()
     @click.argument("source", type=click.Path())
     @click.option("--target", type=click.Choice(["vpc", "classic"]), default="vpc",
                   show_default=True, help=TARGET_HELP)
-    @click.option("--key-file", default=None, help=KEY_FILE_HELP + " For an encrypted SOURCE.")
-    @click.option("--input-format", type=click.Choice(["raw", "vhd", "qcow2", "vmdk", "vhdx"]),
-                  default=None, help="Input container format (default: detected from the content).")
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+    @click.option("--key-file", default=None,
+                  help=KEY_FILE_HELP + " For an encrypted SOURCE (LUKS RAW, qcow2+LUKS, VHD).")
+    @input_format_option
+    @json_option
     def check(source: str, target: str, key_file: str | None, input_format: str | None,
               as_json: bool) -> None:
         """Check that SOURCE is a bootable Linux with cloud-init fit for IBM Cloud, reading only
         the blocks it needs (no root, no mount). Exit 1 on any FAIL."""
-        from lukspack.check import run_check
-
-        with _open(source, key_file, input_format) as image:
-            report = run_check(image, target)
+        report = _check(source, key_file, input_format, target)
         emit(report.to_dict(), as_json, report.lines())
         if report.failed:
             first = report.failures()[0]
@@ -74,7 +70,7 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="KVM, TCG, or KVM falling back to TCG when it hangs.")
     @click.option("--memory", type=click.IntRange(min=256), default=1024, show_default=True,
                   help="Guest memory in MiB.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+    @json_option
     def boot_test_cmd(image: str, key_file: str | None, timeout: int, datasource: str, accel: str,
                       memory: int, as_json: bool) -> None:
         """Boot IMAGE under qemu-system-x86_64 (machine pc, SeaBIOS, virtio, never writing it)
