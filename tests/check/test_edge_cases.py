@@ -238,3 +238,27 @@ def test_network_disabled_without_dhcp(tmp_path: Path) -> None:
                                                   "network: {config: disabled}\n"))
     f = finding(report, "network", "network configuration")[0]
     assert f.status == "FAIL" and "config: disabled" in f.evidence
+
+
+def test_initramfs_garbage(tmp_path: Path) -> None:
+    report = check_tree(tmp_path, lambda t: write(t, f"boot/initrd.img-{KVER}", b"\x1f\x8b" + b"\x01" * 64))
+    f = finding(report, "kernel", "initramfs")[0]
+    assert f.status == "FAIL" and "cannot decompress" in f.evidence
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_damaged_filesystem_gives_a_report(tmp_path: Path, seed: int) -> None:
+    """Random damage after the superblock: findings, never an exception."""
+    import random
+
+    tree = base_tree(tmp_path / "tree", tmp_path)
+    fs_image = make_ext4(tree, tmp_path / "root.ext4", 16)
+    rng = random.Random(seed)
+    with open(fs_image, "r+b") as f:
+        for _ in range(200):
+            f.seek(rng.randrange(4096, 4 << 20))
+            f.write(rng.randbytes(rng.randrange(1, 512)))
+    disk = gpt_disk(fs_image, tmp_path / "disk.img")
+    with open_image(str(disk)) as image:
+        report = run_check(image, "vpc")
+    assert report.findings and report.bytes_read > 0

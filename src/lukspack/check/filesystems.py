@@ -98,6 +98,12 @@ class Node:
 
     @property
     def mode(self) -> int:
+        try:
+            return self._mode()
+        except OSError:  # damaged metadata: neither a file, a directory nor a link
+            return 0
+
+    def _mode(self) -> int:
         if self.fs.kind == "vfat":
             flags = self.entry.file_attribute_flags  # None on the root directory
             return (stat.S_IFDIR | 0o755) if flags is None or flags & 0x10 else (stat.S_IFREG | 0o644)
@@ -114,18 +120,28 @@ class Node:
 
     @property
     def size(self) -> int:
-        return self.entry.size or 0
+        try:
+            return self.entry.size or 0
+        except OSError:
+            return 0
 
     def link_target(self) -> str:
-        return self.entry.symbolic_link_target or ""
+        try:
+            return self.entry.symbolic_link_target or ""
+        except OSError:  # a dangling link, as the guest would see it
+            return ""
 
     def child(self, name: str) -> Node | None:
         # by path, not get_sub_file_entry_by_name: libfsext 20260821 fails that one on every name
         return self.fs.lookup(self.path.rstrip("/") + "/" + name)
 
     def names(self) -> list[str]:
-        out = []
-        for i in range(self.entry.number_of_sub_file_entries):
+        out: list[str] = []
+        try:
+            count = self.entry.number_of_sub_file_entries
+        except OSError:
+            return out
+        for i in range(count):
             try:
                 name = self.entry.get_sub_file_entry(i).name
             except OSError:

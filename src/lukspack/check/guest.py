@@ -73,7 +73,10 @@ class Guest:
         n = self.node(path)
         if n is None or not n.is_file():
             return None
-        return n.read(limit)
+        try:
+            return n.read(limit)
+        except OSError:  # a damaged file system: the file reads as missing
+            return None
 
     def read_text(self, path: str, limit: int = 1 << 20) -> str | None:
         data = self.read(path, limit)

@@ -31,7 +31,10 @@ def _parse_cpio(data: bytes | memoryview, pos: int, names: list[str]) -> int:
         hdr = bytes(data[pos:pos + CPIO_HEADER])
         if len(hdr) < CPIO_HEADER or hdr[:6] not in CPIO_MAGICS:
             raise FormatError(f"cpio header at {pos} has magic {hdr[:6]!r}")
-        fields = [int(hdr[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        try:
+            fields = [int(hdr[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise FormatError(f"cpio header at {pos} has a field that is not hexadecimal") from None
         filesize, namesize = fields[6], fields[11]
         name_start = pos + CPIO_HEADER
         name = bytes(data[name_start:name_start + namesize]).rstrip(b"\0").decode("utf-8", "replace")
@@ -51,7 +54,8 @@ def _decompress(data: memoryview) -> tuple[str, bytes]:
     if head.startswith(ZSTD):
         import zstandard
 
-        return "zstd", zstandard.ZstdDecompressor().decompressobj().decompress(bytes(data))
+        with zstandard.ZstdDecompressor().stream_reader(bytes(data)) as r:
+            return "zstd", r.read(MAX_UNPACKED)
     if head.startswith(LZ4_LEGACY):
         import lz4.block
 
@@ -92,7 +96,9 @@ def list_initramfs(data: bytes) -> tuple[list[str], list[str]]:
             continue
         try:
             fmt, unpacked = _decompress(mv[pos:])
-        except (OSError, EOFError, ValueError, lzma.LZMAError, RuntimeError) as e:
+        except Exception as e:  # zlib.error, LZMAError, ZstdError, lz4's RuntimeError...: bad data
+            if isinstance(e, FormatError):
+                raise
             raise FormatError(f"initramfs: cannot decompress the archive at offset {pos}: {e}") from None
         formats.append(fmt)
         upos = 0
