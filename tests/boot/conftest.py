@@ -1,1 +1,0 @@
-from tests.debian_images import debian_images, encrypted_images  # noqa: F401
