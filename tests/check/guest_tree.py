@@ -147,3 +147,22 @@ def gpt_disk(fs_image: Path, out: Path) -> Path:
                    input=table.encode(), check=True)
     build_script().copy_sparse(fs_image, out, start)
     return out
+
+
+def gpt_disk_parts(fs_images: list[Path], out: Path) -> Path:
+    """A GPT disk by sfdisk with each filesystem image in its own partition, in order."""
+    mib = 1 << 20
+    starts, pos = [], mib
+    for img in fs_images:
+        starts.append(pos)
+        pos += -(-img.stat().st_size // mib) * mib
+    with open(out, "wb") as f:
+        f.truncate(pos + mib)
+    table = "label: gpt\nunit: sectors\n" + "".join(
+        f"start={s // 512}, size={img.stat().st_size // 512}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"
+        for s, img in zip(starts, fs_images, strict=True))
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(out)],
+                   input=table.encode(), check=True)
+    for s, img in zip(starts, fs_images, strict=True):
+        build_script().copy_sparse(img, out, s)
+    return out

@@ -262,3 +262,54 @@ def test_damaged_filesystem_gives_a_report(tmp_path: Path, seed: int) -> None:
     with open_image(str(disk)) as image:
         report = run_check(image, "vpc")
     assert report.findings and report.bytes_read > 0
+
+
+BOOT_UUID = "0b007000-1111-4222-8333-444455556666"
+
+
+def test_separate_boot_partition_from_fstab(tmp_path: Path) -> None:
+    """The RHEL layout: /boot on partition 1, named in /etc/fstab by UUID; kernels and the boot
+    configuration are read from there."""
+    import subprocess
+
+    from tests.check.guest_tree import gpt_disk_parts
+
+    tree = base_tree(tmp_path / "tree", tmp_path)
+    boot = tmp_path / "boot-tree"
+    shutil.move(tree / "boot", boot)
+    (tree / "boot").mkdir()
+    write(tree, "etc/fstab", f"LABEL=root / ext4 defaults 0 1\nUUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
+    boot_fs = tmp_path / "boot.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-U", BOOT_UUID, "-d", str(boot), str(boot_fs), "16M"],
+                   check=True)
+    root_fs = make_ext4(tree, tmp_path / "root.ext4")
+    disk = gpt_disk_parts([boot_fs, root_fs], tmp_path / "disk.img")
+    with open_image(str(disk)) as image:
+        report = run_check(image, "classic")
+    mounts = [f.evidence for f in report.findings if f.check == "/etc/fstab"]
+    assert f"/boot is UUID={BOOT_UUID} -> /dev/vda1 (ext4)" in mounts
+    assert finding(report, "kernel", "kernels")[0].evidence == f"/boot: vmlinuz-{KVER}"
+    assert finding(report, "limits", "/boot")[0].status == "PASS"
+    assert "/boot is on /dev/vda1" in finding(report, "limits", "/boot")[0].evidence
+
+
+def test_size_limits(tmp_path: Path) -> None:
+    big = tmp_path / "big.raw"
+    with open(big, "wb") as f:
+        f.truncate(251 * 10**9)  # sparse: nothing is written
+    with open_image(str(big)) as image:
+        vpc, classic = run_check(image, "vpc"), run_check(image, "classic")
+    assert finding(vpc, "limits", "size")[0].status == "FAIL"
+    assert "at most 250 GB" in finding(vpc, "limits", "size")[0].evidence
+    assert finding(classic, "limits", "size")[0].status == "FAIL"
+    assert vpc.bytes_read < 1 << 20
+
+
+def test_uppercase_extension_fails_for_vpc(tmp_path: Path) -> None:
+    report = check_tree(tmp_path)
+    assert not report.failed
+    upper = tmp_path / "DISK.IMG"
+    (tmp_path / "disk.img").rename(upper)
+    with open_image(str(upper)) as image:
+        f = finding(run_check(image, "vpc"), "limits", "file name")[0]
+    assert f.status == "FAIL" and "DISK.IMG" in f.evidence
