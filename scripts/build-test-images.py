@@ -26,6 +26,7 @@ CACHE defaults to ${XDG_CACHE_HOME:-~/.cache}/lukspack-test-images.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -365,6 +366,12 @@ def main() -> int:
         return 0
     t0 = time.monotonic()
     args.cache.mkdir(parents=True, exist_ok=True)
+    # one build at a time per cache (worktrees and CI may share it); the loser finds it built
+    lock = open(args.cache / ".lock", "w")  # noqa: SIM115 (held until exit)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if (out_dir / "BUILD-OK").exists():
+        print(out_dir)
+        return 0
     base = debootstrap(args.cache)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=args.cache))
     try:
@@ -394,11 +401,12 @@ def main() -> int:
 
 
 def prune(cache: Path, keep: str) -> None:
-    """Remove image sets of other script versions not used for a day (each is ~1.7 GB)."""
+    """Remove image sets (~1.7 GB each) of other script versions not used for a day."""
     for d in cache.iterdir():
-        if d.is_dir() and d.name != keep and len(d.name) == 16 and (d / "BUILD-OK").exists() \
-                and time.time() - (d / "BUILD-OK").stat().st_atime > 86400:
-            shutil.rmtree(d, ignore_errors=True)
+        if d.is_dir() and d.name != keep and len(d.name) == 16 and (d / "BUILD-OK").exists():
+            last_read = max(f.stat().st_atime for f in d.iterdir())  # relatime: within a day
+            if time.time() - last_read > 2 * 86400:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
