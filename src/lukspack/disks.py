@@ -46,6 +46,10 @@ def encryption_of(path: str, fmt: str | None = None) -> str | None:
         found = fmt or detect_format(path, fd)
         if found == "luks" or (fmt is None and _lost_luks2_primary(fd)):
             return "luks"
+        if found == "vhd":
+            from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+            return "vhd-crypt" if is_encrypted_vhd(fd) else None
         if found == "qcow2":
             from lukspack.images.qcow2_header import CRYPT_LUKS
 
@@ -61,6 +65,10 @@ def open_encrypted(path: str, passphrase: bytes | bytearray,
                    fmt: str | None = None) -> EncryptedImage:
     """Unlock an encrypted image with the key file; the reader decrypts."""
     kind = encryption_of(path, fmt)
+    if kind == "vhd-crypt":
+        from lukspack.images.vhd_crypt import open_encrypted_vhd
+
+        return open_encrypted_vhd(path, passphrase)  # the key hash is checked before anything
     fd = _open_fd(path)
     try:
         if kind in ("luks", None):  # not recognised: LUKS parsing says why it is not LUKS

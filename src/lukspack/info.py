@@ -22,6 +22,10 @@ def _fd(path: str) -> int:
 
 def info(path: str, input_format: str | None = None) -> dict[str, Any]:
     kind = encryption_of(path, input_format)
+    if kind == "vhd-crypt":
+        from lukspack.images.vhd_crypt import encrypted_vhd_info
+
+        return encrypted_vhd_info(path)
     if kind == "luks":
         fd = _fd(path)
         try:

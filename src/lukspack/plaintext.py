@@ -129,8 +129,20 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
 
 
 def _notes(enc: EncryptedImage) -> dict[str, Any]:
+    """What a person should know about what was read (vhd-util's quirk blocks)."""
     notes = list(getattr(enc, "notes", []) or [])
-    return {"notes": notes} if notes else {}
+    quirks = getattr(enc, "quirk_sectors", 0)
+    if quirks:
+        blocks = sorted(getattr(enc, "quirk_blocks", ()))
+        notes.append(f"{quirks} sectors in blocks {', '.join(map(str, blocks[:8]))}"
+                     f"{' ...' if len(blocks) > 8 else ''} are marked present but hold all-zero "
+                     "ciphertext: what `vhd-util copy` leaves for sectors its source did not "
+                     "have; a XenServer host reads them as garbage, lukspack's decrypt as "
+                     "tapdisk does")
+    d: dict[str, Any] = {"notes": notes} if notes else {}
+    if quirks:
+        d["quirk_sectors"] = quirks
+    return d
 
 
 def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, force: bool = False,

@@ -97,21 +97,42 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path())
-def keygen(file: str) -> None:
-    """Write a new data encryption key: 32 random bytes, base64, one line, mode 0600."""
-    key = generate_dek()
+@click.option("--for", "target", type=click.Choice(["luks", "vpc", "classic", "vhd"]),
+              default="luks", show_default=True,
+              help="luks: a DEK (base64 of random bytes) used as the LUKS passphrase; vpc: a "
+                   "printable passphrase for qcow2+LUKS (Key Protect wraps its base64); "
+                   "classic/vhd: the base64 DEK of an encrypted VHD (its decoded bytes are the "
+                   "AES-XTS key).")
+@click.option("--bytes", "nbytes", type=click.Choice(["32", "64"]), default=None,
+              help="Random bytes in the DEK [default: 32 for luks; 64 (AES-256-XTS) for "
+                   "classic/vhd, 32 gives AES-128-XTS].")
+def keygen(file: str, target: str, nbytes: str | None) -> None:
+    """Write a new key, mode 0600, never over an existing file: a data encryption key (base64 of
+    random bytes, one line, no newline) or, --for vpc, a random passphrase."""
+    from lukspack.keys import generate_passphrase
+
+    if target == "vpc":
+        if nbytes is not None:
+            raise click.UsageError("--bytes does not apply to --for vpc (a 44-character "
+                                   "passphrase)")
+        key, what = generate_passphrase(), "a 44-character passphrase (qcow2+LUKS, IBM Cloud VPC)"
+    else:
+        n = int(nbytes or (64 if target in ("classic", "vhd") else 32))
+        key = generate_dek(n)
+        what = (f"a {n * 8}-bit encrypted-VHD key (AES-{n * 4}-XTS, IBM Cloud classic)"
+                if target in ("classic", "vhd") else f"a {n * 8}-bit data encryption key")
     try:
         write_key_file(file, key)
     finally:
         wipe(key)
-    click.echo(f"wrote a 256-bit data encryption key to {file} (mode 0600)", err=True)
+    click.echo(f"wrote {what} to {file} (mode 0600)", err=True)
 
 
 # -- command modules ---------------------------------------------------------------------------
 
 # Each module in lukspack.cli named here defines register(cli) and adds its commands; they are
 # imported when the group is built, and keep their heavy imports inside the commands.
-COMMAND_MODULES: tuple[str, ...] = ("disk", "keyslots", "check")
+COMMAND_MODULES: tuple[str, ...] = ("disk", "keyslots", "vhd", "check")
 
 
 def _register_all() -> None:

@@ -90,7 +90,11 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
                           key_bytes=key_size // 8,
                           output_format=output_format, input_format=input_format, disk=disk,
                           force=force, stream=_stream(verify, as_json, not no_digest))
-    with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
+    from lukspack.options import output_format as format_of
+
+    # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
+    dek_rules = format_of(output, output_format) != "vhd"
+    with key_from(key_file, dek_rules=dek_rules) as key, progress_bar(progress) as bar:
         s = do_encrypt(source, output, key, opts, bar, protected=(("key file", key_file),))
     kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
                                                                s["type"].upper())
