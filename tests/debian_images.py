@@ -38,12 +38,13 @@ def debian_images() -> Path:
 @pytest.fixture(scope="session")
 def encrypted_images(debian_images: Path, tmp_path_factory: pytest.TempPathFactory,
                      session_keyfile: Path) -> dict[str, Path]:
-    """The good image encrypted by `lukspack encrypt` to qcow2+LUKS ("qcow2") and LUKS RAW ("raw")."""
+    """The good image encrypted by `lukspack encrypt` to qcow2+LUKS ("qcow2"), LUKS RAW ("raw")
+    and the vhd-util encrypted VHD ("vhd")."""
     from tests.helpers import FAST, cli_env
 
     out = tmp_path_factory.mktemp("encrypted")
     made = {}
-    for name, fmt in (("good.qcow2", "qcow2"), ("good.luks", "raw")):
+    for name, fmt in (("good.qcow2", "qcow2"), ("good.luks", "raw"), ("good.vhd", "vhd")):
         subprocess.run([sys.executable, "-m", "lukspack", "encrypt", str(debian_images / GOOD),
                         str(out / name), "--key-file", str(session_keyfile), "--output-format", fmt,
                         "--no-verify", "--no-progress", *FAST], check=True, env=cli_env(),

@@ -98,7 +98,7 @@ def test_cli_exit_code_and_one_line(debian_images: Path) -> None:
     assert p.stdout.strip().splitlines()[-1].startswith("PASS: ")
 
 
-@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+@pytest.mark.parametrize("fmt", ["qcow2", "raw", "vhd"])
 def test_check_encrypted_with_key_file(encrypted_images: dict[str, Path], session_keyfile: Path,
                                        debian_images: Path, fmt: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:

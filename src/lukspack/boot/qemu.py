@@ -34,6 +34,7 @@ KVM_PROBE_SECONDS = 20.0  # a nested KVM that hangs in real mode never prints th
 POLL_SECONDS = 0.5
 TAIL_BYTES = 64 << 10
 TAIL_LINES = 40
+QEMU_FORMATS = {"vhd": "vpc"}  # QEMU's driver names where they differ
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -67,7 +68,7 @@ class BootResult:
 
 
 def image_kind(path: str) -> str:
-    """raw | luks | qcow2 | qcow2+luks | vpc (VHD) | vmdk | vhdx, from the content."""
+    """raw | luks | qcow2 | qcow2+luks | vhd | vmdk | vhdx, from the content."""
     from lukspack.images import detect_format
 
     try:
@@ -81,7 +82,7 @@ def image_kind(path: str) -> str:
             return "qcow2+luks" if crypt == QCOW2_CRYPT_LUKS else "qcow2"
     finally:
         os.close(fd)
-    return {"vhd": "vpc"}.get(fmt, fmt)
+    return fmt
 
 
 def _q(path: str) -> str:
@@ -94,7 +95,7 @@ def drive_options(path: str, kind: str, secret_id: str | None) -> str:
         return f"{base},format=luks,key-secret={secret_id}"
     if kind == "qcow2+luks":
         return f"{base},format=qcow2,encrypt.format=luks,encrypt.key-secret={secret_id}"
-    return f"{base},format={kind}"
+    return f"{base},format={QEMU_FORMATS.get(kind, kind)}"
 
 
 def qemu_command(image: str, kind: str, seed: str, serial: str, accel: str, secret: str | None,
@@ -204,6 +205,7 @@ def boot_test(image: str, *, passphrase: bytes | bytearray | None = None, dataso
             from lukspack.boot.plaintext import write_decrypted
 
             disk, disk_kind = os.path.join(work, "plaintext.raw"), "raw"
+            kind += "-crypt, decrypted by lukspack"
             write_decrypted(image, passphrase, disk, progress)  # type: ignore[arg-type]
         elif passphrase is not None:
             secret = os.path.join(work, "key")
