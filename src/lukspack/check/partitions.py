@@ -105,15 +105,14 @@ def read_table(disk: DiskFile) -> PartitionTable:
         if ptype in MBR_EXTENDED:
             _read_logical(disk, lba, table)
             continue
-        table.partitions.append(_mbr_partition(i, status, ptype, lba, lba, count, disk_id))
+        table.partitions.append(_mbr_partition(i, status, ptype, lba, count, disk_id))
     table.notes.append(("PASS", "partition table",
                         f"MBR, disk identifier 0x{disk_id}, {len(table.partitions)} partition(s)"))
     return table
 
 
-def _mbr_partition(number: int, status: int, ptype: int, base: int, lba: int, count: int,
+def _mbr_partition(number: int, status: int, ptype: int, lba: int, count: int,
                    disk_id: str) -> Partition:
-    del base
     return Partition(number, lba * SECTOR, count * SECTOR, f"0x{ptype:02x}",
                      MBR_TYPES.get(ptype, "unknown"), "mbr", bootable=status == 0x80,
                      uuid=f"{disk_id}-{number:02x}")
@@ -130,10 +129,10 @@ def _read_logical(disk: DiskFile, ext_lba: int, table: PartitionTable) -> None:
             table.notes.append(("WARN", "extended partition",
                                 f"EBR at sector {ebr_lba} has no 55aa signature"))
             return
-        (status, ptype, lba, count), nxt = _mbr_entries(ebr)[0], _mbr_entries(ebr)[1]
+        (status, ptype, lba, count), nxt = _mbr_entries(ebr)[:2]
         if ptype and count:
-            table.partitions.append(_mbr_partition(number, status, ptype, ebr_lba,
-                                                   ebr_lba + lba, count, table.disk_id))
+            table.partitions.append(_mbr_partition(number, status, ptype, ebr_lba + lba, count,
+                                                   table.disk_id))
             number += 1
         if nxt[1] not in MBR_EXTENDED or nxt[3] == 0:
             return

@@ -31,7 +31,8 @@ class Report:
         if status == "INFO":
             self.facts.append(evidence)
             return
-        assert status in STATUSES, status
+        if status not in STATUSES:
+            raise ValueError(f"finding status {status!r} is not one of {STATUSES}")
         self.findings.append(Finding(status, area, check, evidence))
 
 

@@ -42,7 +42,7 @@ def check_limits(image: DiskImage, target: str, report: Report) -> None:
         report.add(status, "limits", "size", f"virtual size {gb} (classic: at most 100 GB)")
 
 
-def check_classic_layout(guest: Guest, layout: Layout, root_vol: object, report: Report) -> None:
+def check_classic_layout(guest: Guest, layout: Layout, report: Report) -> None:
     if layout.lvm_pv_partitions:
         report.add("FAIL", "limits", "LVM", "LVM2 PV on partition(s) " +
                    ", ".join(f"#{n}" for n in layout.lvm_pv_partitions) + " (LVs: " + ", ".join(layout.lvm)
@@ -80,7 +80,7 @@ def run_check(image: DiskImage, target: str = "vpc") -> CheckReport:
         check_boot(guest, layout, report, cmdlines)
         check_network(guest, report, cloud)
         if target == "classic":
-            check_classic_layout(guest, layout, root_vol, report)
+            check_classic_layout(guest, layout, report)
     os_info = {k: info[k] for k in ("ID", "VERSION_ID", "PRETTY_NAME", "source") if k in info}
     return CheckReport(image.path, target, image.virtual_size, report.findings, report.facts,
                        disk.counter.bytes, disk.counter.reads, time.perf_counter() - started,
