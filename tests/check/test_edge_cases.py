@@ -313,3 +313,19 @@ def test_uppercase_extension_fails_for_vpc(tmp_path: Path) -> None:
     with open_image(str(upper)) as image:
         f = finding(run_check(image, "vpc"), "limits", "file name")[0]
     assert f.status == "FAIL" and "DISK.IMG" in f.evidence
+
+
+def test_ensure_fit_raises_check_failed(tmp_path: Path) -> None:
+    from lukspack.check import CheckFailed, ensure_fit
+    from lukspack.errors import LukspackError
+
+    report = check_tree(tmp_path, lambda t: write(t, "etc/cloud/cloud-init.disabled", ""))
+    assert report.failed
+    with open_image(report.image) as image, pytest.raises(CheckFailed) as e:
+        ensure_fit(image, "vpc")
+    assert isinstance(e.value, LukspackError) and e.value.report.failed
+    assert "1 check(s) failed for IBM Cloud vpc, first: cloud-init enabled" in str(e.value)
+    shutil.rmtree(tmp_path / "tree")
+    passing = check_tree(tmp_path)
+    with open_image(passing.image) as image:
+        assert not ensure_fit(image, "vpc").failed

@@ -57,6 +57,30 @@ def check_classic_layout(guest: Guest, layout: Layout, report: Report) -> None:
                    "on the first partition")
 
 
+class CheckFailed(LukspackError):
+    """At least one finding is FAIL; .report holds them all."""
+
+    def __init__(self, message: str, report: CheckReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def raise_on_fail(report: CheckReport, name: str) -> CheckReport:
+    """report, or CheckFailed naming the number of failures and the first one."""
+    if report.failed:
+        first = report.failures()[0]
+        raise CheckFailed(f"{name}: {report.count('FAIL')} check(s) failed for IBM Cloud "
+                          f"{report.target}, first: {first.area} {first.check}: {first.evidence}",
+                          report)
+    return report
+
+
+def ensure_fit(image: DiskImage, target: str) -> CheckReport:
+    """run_check, raising CheckFailed on any FAIL: what `encrypt --target` and `publish` call
+    before they write or upload (unless --skip-check)."""
+    return raise_on_fail(run_check(image, target), image.path)
+
+
 def run_check(image: DiskImage, target: str = "vpc") -> CheckReport:
     """Check that image is a Linux with cloud-init IBM Cloud `target` can boot; reads only what
     the rules need, through image.read_into."""

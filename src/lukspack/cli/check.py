@@ -13,10 +13,6 @@ from lukspack.errors import LukspackError
 TARGET_HELP = "IBM Cloud VPC (KVM, NoCloud) or classic (Xen, ConfigDrive)."
 
 
-class CheckFailed(LukspackError):
-    """At least one finding is FAIL."""
-
-
 class BootTestFailed(LukspackError):
     """The marker did not reach the serial console."""
 
@@ -51,12 +47,11 @@ def register(cli: click.Group) -> None:
               as_json: bool) -> None:
         """Check that SOURCE is a bootable Linux with cloud-init fit for IBM Cloud, reading only
         the blocks it needs (no root, no mount). Exit 1 on any FAIL."""
+        from lukspack.check import raise_on_fail
+
         report = _check(source, key_file, input_format, target)
         emit(report.to_dict(), as_json, report.lines())
-        if report.failed:
-            first = report.failures()[0]
-            raise CheckFailed(f"{source}: {report.count('FAIL')} check(s) failed for {target}, "
-                              f"first: {first.area} {first.check}: {first.evidence}")
+        raise_on_fail(report, source)
 
     @cli.command("boot-test")
     @click.argument("image", type=click.Path())
