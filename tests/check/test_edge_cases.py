@@ -329,3 +329,24 @@ def test_ensure_fit_raises_check_failed(tmp_path: Path) -> None:
     passing = check_tree(tmp_path)
     with open_image(passing.image) as image:
         assert not ensure_fit(image, "vpc").failed
+
+
+def _cloud_init_24_3(t: Path, enable_main: bool = True) -> None:
+    """cloud-init >= 24.3: cloud-init.service became cloud-init-network.service, plus cloud-init-main."""
+    wants = "etc/systemd/system/cloud-init.target.wants"
+    (t / "usr/lib/systemd/system/cloud-init.service").unlink()
+    (t / wants / "cloud-init.service").unlink()
+    for unit in ("cloud-init-network.service", "cloud-init-main.service"):
+        write(t, f"usr/lib/systemd/system/{unit}", "[Unit]\n")
+        if enable_main or unit != "cloud-init-main.service":
+            link(t, f"{wants}/{unit}", f"/lib/systemd/system/{unit}")
+
+
+def test_cloud_init_24_3_unit_names(tmp_path: Path) -> None:
+    f = finding(check_tree(tmp_path, _cloud_init_24_3), "cloud-init", "enabled")[0]
+    assert f.status == "PASS" and "cloud-init-network.service" in f.evidence
+    assert "cloud-init-main.service" in f.evidence
+    shutil.rmtree(tmp_path / "tree")
+    f = finding(check_tree(tmp_path, lambda t: _cloud_init_24_3(t, enable_main=False)), "cloud-init",
+                "enabled")[0]
+    assert f.status == "FAIL" and "cloud-init-main.service not in" in f.evidence

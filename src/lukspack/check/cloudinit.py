@@ -9,8 +9,11 @@ from typing import Any
 from lukspack.check.guest import Guest
 from lukspack.check.report import Report
 
-UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service",
-         "cloud-final.service")
+# each stage's unit; cloud-init 24.3 renamed cloud-init.service to cloud-init-network.service
+# (and added cloud-init-main.service, which its stages need)
+UNITS = (("cloud-init-local.service",), ("cloud-init-network.service", "cloud-init.service"),
+         ("cloud-config.service",), ("cloud-final.service",))
+MAIN_UNIT = "cloud-init-main.service"
 UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 WANTS_DIRS = ("/etc/systemd/system/cloud-init.target.wants", "/etc/systemd/system/multi-user.target.wants")
 GENERATORS = ("/lib/systemd/system-generators/cloud-init-generator",
@@ -125,14 +128,19 @@ def _check_enabled(guest: Guest, report: Report, cmdlines: list[tuple[str, str]]
     problems, evidence = [], []
     if guest.exists("/etc/cloud/cloud-init.disabled"):
         problems.append("/etc/cloud/cloud-init.disabled exists")
-    for unit in UNITS + ("cloud-init.target",):
+    for unit in [u for alts in UNITS for u in alts] + [MAIN_UNIT, "cloud-init.target"]:
         link = guest.link_target(f"/etc/systemd/system/{unit}")
         if link == "/dev/null":
             problems.append(f"/etc/systemd/system/{unit} -> /dev/null (masked)")
-    for unit in UNITS:
-        if not any(guest.is_file(f"{d}/{unit}") for d in UNIT_DIRS):
-            problems.append(f"{unit} missing from {', '.join(UNIT_DIRS)}")
+    stages = list(UNITS)
+    if any(guest.is_file(f"{d}/{MAIN_UNIT}") for d in UNIT_DIRS):
+        stages.append((MAIN_UNIT,))
+    for alts in stages:
+        present = [u for u in alts if any(guest.is_file(f"{d}/{u}") for d in UNIT_DIRS)]
+        if not present:
+            problems.append(f"{' or '.join(alts)} missing from {', '.join(UNIT_DIRS)}")
             continue
+        unit = present[0]
         wanted = [f"{d}/{unit}" for d in WANTS_DIRS if guest.exists(f"{d}/{unit}", follow=False)]
         if wanted:
             evidence.append(wanted[0])
