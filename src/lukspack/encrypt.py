@@ -10,7 +10,7 @@ from lukspack.containers.qcow2_luks import Qcow2Luks
 from lukspack.containers.raw_luks import RawLuks
 from lukspack.engine import ProgressFn, encrypt_image
 from lukspack.images import DiskImage, open_image, source_files
-from lukspack.luks import kdf
+from lukspack.luks.kdf import KdfCache
 from lukspack.options import EncryptOptions, output_format
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
@@ -58,6 +58,6 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
         container = make_container(image, output, opts)
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
-        with kdf.remember():  # the header check re-derives nothing the header build derived
+        with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             return encrypt_image(image, container, sink, passphrase, opts.stream, progress,
-                                 key_material=key_material)
+                                 key_material=key_material, cache=cache)

@@ -133,7 +133,7 @@ def exercise_vhd_crypt(path: str) -> None:
 
 
 def exercise_luks(path: str) -> None:
-    from lukspack.luks.volume import open_luks_path
+    from lukspack.luks import open_luks_path
 
     fd, vol = open_luks_path(path)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lukspack.errors import FormatError
-from lukspack.luks.volume import open_luks_path
+from lukspack.luks import open_luks_path
 from tests.helpers import Cli, InProcessCli, MiB, cryptsetup, pattern_disk
 from tests.luks.luks_helpers import LP_FAST, cs_opens, write_key
 

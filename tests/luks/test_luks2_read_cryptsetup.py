@@ -15,8 +15,7 @@ import pytest
 
 from lukspack import plaintext
 from lukspack.crypto.cbc import cbc_reference
-from lukspack.luks import luks1
-from lukspack.luks.volume import open_luks_path
+from lukspack.luks import luks1, open_luks_path
 from tests.helpers import Cli, MiB, cryptsetup, pattern_disk, same_prefix
 from tests.luks.luks_helpers import (
     CS_ARGON2I,

@@ -21,6 +21,7 @@ from lukspack.crypto.xts import xts_reference
 from lukspack.luks import luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import SlotKdf
+from lukspack.luks.metadata import Keyslot
 from tests.helpers import Cli, MiB, leftovers, pattern_disk
 from tests.luks.luks_helpers import (
     CS_ARGON2ID,
@@ -183,8 +184,8 @@ def _image(metadata: int, sector: int, slots: list[tuple[str, int]]) -> tuple[by
         kdf = SlotKdf(kind, 4 if kind != "pbkdf2" else 1000, "sha256",
                       32 if kind != "pbkdf2" else 0, 1 if kind != "pbkdf2" else 0)
         area = luks2_format.keyslot_area_size(size)
-        j["keyslots"][str(i)] = luks2_format.keyslot_json(size, kdf, bytes(32), offset, area,
-                                                   "aes-xts-plain64", 64)
+        j["keyslots"][str(i)] = luks2_format.keyslot_json(Keyslot(
+            i, size, kdf, bytes(32), kdf.hash, luks2.STRIPES, offset, area, "aes-xts-plain64", 64))
         j["digests"]["0"]["keyslots"].append(str(i))
         offset += area
     hdr.bin.seqid = 7

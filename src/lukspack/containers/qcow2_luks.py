@@ -59,7 +59,7 @@ class Qcow2Luks:
 
     def recover_volume_key(self, key_material: bytes, passphrase: bytes | bytearray,
                            cache: Any) -> bytearray:
-        return open_header_bytes(self.label, key_material).unlock(passphrase)
+        return open_header_bytes(self.label, key_material).unlock(passphrase, cache)
 
     def prepare(self) -> None:
         if calibrate_before_stream(self.kdf.force_iterations):  # cores are shared (SMT)
@@ -73,7 +73,7 @@ class Qcow2Luks:
         cost = self._cost or pbkdf2_cost(k.hash, KEY_BYTES, k.iter_time_ms, k.force_iterations)
         return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                   digest_iterations=cost.digest_iterations, hash_spec=k.hash,
-                                  payload_align=luks1.ALIGN_KEYSLOTS)
+                                  payload_align=luks1.ALIGN_KEYSLOTS, cache=cache)
 
     def plan(self, offset: int, view: memoryview | None, allocated: bool) -> ChunkPlan:
         return self.writer.plan(offset, view, allocated)
@@ -95,7 +95,7 @@ class Qcow2Luks:
             raise VerifyError(f"{self.label}: verification failed: the qcow2 header says size "
                               f"{h.size}, L1 at {h.l1_table_offset}")
         check_luks_header(self.label, prefix[at : at + length], passphrase, volume_key,
-                          (length, "-".join(CIPHER), 512, KEY_BYTES))
+                          (length, "-".join(CIPHER), 512, KEY_BYTES), cache)
 
     def summary(self) -> dict[str, Any]:
         w = self.writer

@@ -15,8 +15,10 @@ from typing import Any
 
 from lukspack.containers.base import ChunkPlan, Finished, Run
 from lukspack.errors import VerifyError
+from lukspack.luks import open_luks_bytes
 from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
-from lukspack.luks.volume import LuksVolume, open_luks
+from lukspack.luks.kdf import KdfCache
+from lukspack.luks.volume import LuksVolume
 
 MiB = 1 << 20
 
@@ -25,32 +27,21 @@ def round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
-def bytes_reader(data: bytes, name: str):  # noqa: ANN201 - a ReadAt
-    """A ReadAt over bytes in memory (a header checked before it is placed)."""
-    from lukspack.errors import FormatError
-
-    def read_at(offset: int, size: int) -> bytes:
-        if offset < 0 or offset + size > len(data):
-            raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
-                              f"header area ({len(data)} bytes)")
-        return data[offset : offset + size]
-
-    return read_at
-
-
 def open_header_bytes(name: str, data: bytes) -> LuksVolume:
-    return open_luks(name, -1, bytes_reader(data, name), size=len(data))
+    return open_luks_bytes(name, data)
 
 
 def check_luks_header(name: str, data: bytes, passphrase: bytes | bytearray,
-                      volume_key: bytes | bytearray, want: tuple[Any, ...]) -> LuksVolume:
+                      volume_key: bytes | bytearray, want: tuple[Any, ...],
+                      cache: KdfCache | None = None) -> LuksVolume:
     """Open a LUKS header area held in memory and unlock it with the key file: it must give
-    volume_key and the geometry `want` = (payload offset, cipher, sector size, key bytes)."""
+    volume_key and the geometry `want` = (payload offset, cipher, sector size, key bytes).
+    cache: the KdfCache of this encryption (the build's derivations are not repeated)."""
     vol = open_header_bytes(name, data)
     found = (vol.payload_offset, vol.cipher, vol.sector_size, vol.key_bytes)
     if found != want:
         raise VerifyError(f"{name}: verification failed: the header says {found}, expected {want}")
-    with vol.unlocked(passphrase) as key:
+    with vol.unlocked(passphrase, cache) as key:
         if not hmac.compare_digest(bytes(key), bytes(volume_key)):
             raise VerifyError(f"{name}: verification failed: the key file opens a different key")
     return vol
@@ -82,7 +73,7 @@ class RawLuks:
 
     def recover_volume_key(self, key_material: bytes, passphrase: bytes | bytearray,
                            cache: Any) -> bytearray:
-        return open_header_bytes(self.label, key_material).unlock(passphrase)
+        return open_header_bytes(self.label, key_material).unlock(passphrase, cache)
 
     def prepare(self) -> None:
         if self.plan_.prepare is not None:
@@ -90,7 +81,7 @@ class RawLuks:
 
     def build_key_material(self, volume_key: bytes | bytearray, passphrase: bytes | bytearray,
                            cache: Any) -> bytes:
-        return self.plan_.build(volume_key, passphrase)
+        return self.plan_.build(volume_key, passphrase, cache)
 
     def plan(self, offset: int, view: memoryview | None, allocated: bool) -> ChunkPlan:
         n = len(view) if view is not None else 0
@@ -103,7 +94,7 @@ class RawLuks:
                      volume_key: bytes | bytearray, cache: Any) -> None:
         p = self.plan_
         check_luks_header(self.label, prefix, passphrase, volume_key,
-                          (p.header_size, p.cipher, p.sector_size, p.key_bytes))
+                          (p.header_size, p.cipher, p.sector_size, p.key_bytes), cache)
 
     def summary(self) -> dict[str, Any]:
         return {"type": self.name, "header_bytes": self.prefix_size,

@@ -18,7 +18,8 @@ from lukspack.crypto.sector import SectorCipher
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import DiskImage, Extent
 from lukspack.images.qcow2 import Qcow2Image
-from lukspack.luks.volume import LuksVolume, file_reader, open_luks
+from lukspack.luks import open_luks
+from lukspack.luks.volume import LuksVolume, file_reader
 
 CipherRuns = list[tuple[int, int, int]]  # (start in the view, length, IV in 512-byte units)
 
