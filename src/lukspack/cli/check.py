@@ -56,7 +56,8 @@ def register(cli: click.Group) -> None:
     @cli.command("boot-test")
     @click.argument("image", type=click.Path())
     @click.option("--key-file", default=None,
-                  help=KEY_FILE_HELP + " For a LUKS RAW or qcow2+LUKS IMAGE (QEMU decrypts).")
+                  help=KEY_FILE_HELP + " For a LUKS RAW or qcow2+LUKS IMAGE (QEMU decrypts) or "
+                       "an encrypted VHD (lukspack decrypts it into a private sparse copy).")
     @click.option("--timeout", type=click.IntRange(min=1), default=600, show_default=True,
                   help="Seconds to wait for the marker on the serial console.")
     @click.option("--datasource", type=click.Choice(["nocloud", "configdrive"]), default="nocloud",
