@@ -4,9 +4,13 @@
 # and the venv,
 # then lint and pytest.
 LUKSPACK_NEED_CC=1 source "$(dirname "$0")/_env.sh"
-need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin \
-  qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mkfs.xfs xfsprogs sfdisk fdisk \
-  mformat mtools syslinux syslinux cpio cpio zstd zstd lz4 lz4 xz xz-utils
+need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin
+# source kinds (tests/images/test_input_kinds.py, the corpus generator): compressors, file systems
+need_debs zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdisk fdisk \
+  mkfs.ext4 e2fsprogs mkfs.xfs xfsprogs mkfs.vfat dosfstools mkswap util-linux losetup mount
+# check and boot-test (tests/check, tests/boot): build and boot the Debian test images
+need_debs qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mformat mtools \
+  syslinux syslinux cpio cpio
 # syslinux only recommends syslinux-common, which holds the MBR code the test images use
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || need_debs /nonexistent/mbr.bin syslinux-common
 ruff check .
