@@ -11,6 +11,10 @@ import pytest
 
 from tests.helpers import Cli, InProcessCli
 
+# the Debian test images (and their encrypted copies), built once a session for tests/check and
+# tests/boot
+pytest_plugins = ("tests.debian_images",)
+
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
