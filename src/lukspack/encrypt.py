@@ -20,7 +20,7 @@ OBJECT_SCHEME = "cos://"
 
 def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Container:
     """The container for the output format; bad options fail here, before any output exists."""
-    fmt = output_format(output, opts.output_format)
+    fmt = output_format(output, opts.output_format, opts.target)
     name = output
     if fmt == "qcow2":
         if opts.key_bytes != 64:
@@ -57,8 +57,18 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     returns a summary. protected: (what, path) of files the output must not be (key files)."""
     with open_image(source, opts.input_format, opts.disk) as image:
         container = make_container(image, output, opts)
+        report = None
+        if opts.target is not None and not opts.skip_check:
+            from lukspack.check import ensure_fit
+
+            report = ensure_fit(image, opts.target)  # CheckFailed names the failures
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
-            return encrypt_image(image, container, sink, passphrase, opts.stream, progress,
-                                 key_material=key_material, cache=cache)
+            summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
+                                    key_material=key_material, cache=cache)
+        if report is not None:
+            summary["check"] = {"target": opts.target, **report.to_dict()["counts"]}
+            summary.setdefault("warnings", []).extend(
+                f"check: {f}" for f in report.lines() if f.lstrip().startswith("WARN"))
+        return summary

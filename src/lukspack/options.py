@@ -38,11 +38,26 @@ class EncryptOptions:
     disk: int | None = None  # which disk of an OVA
     force: bool = False
     stream: StreamOptions = field(default_factory=StreamOptions)
+    target: str | None = None  # vpc | classic: check the source first (check/), pick the format
+    skip_check: bool = False
     sink_options: Any = None  # options of a non-file sink (object storage)
 
 
-def output_format(output: str, requested: str | None) -> str:
-    """The output container: --output-format when given, else from the name's suffix."""
+TARGET_FORMATS = {"vpc": "qcow2", "classic": "vhd"}
+
+
+def output_format(output: str, requested: str | None, target: str | None = None) -> str:
+    """The output container: --output-format when given; else the target's (VPC: qcow2+LUKS,
+    classic: the encrypted VHD); else from the name's suffix."""
+    if requested is None and target is not None:
+        want = TARGET_FORMATS[target]
+        by_name = output_format(output, None)
+        if by_name not in (want, "raw") and not output.startswith("cos://"):
+            from lukspack.errors import UsageError
+
+            raise UsageError(f"{output}: a {by_name} name for --target {target}, which takes "
+                             f"{want} (or say --output-format)")
+        return want
     if requested is None:
         low = output.lower()
         if low.endswith((".qcow2", ".qcow")):

@@ -116,3 +116,29 @@ def test_check_encrypted_without_key_file(encrypted_images: dict[str, Path]) -> 
                        capture_output=True, text=True, env=cli_env())
     assert p.returncode == 1 and "give its --key-file" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_encrypt_target_runs_the_check_first(debian_images: Path, tmp_path: Path,
+                                             session_keyfile: Path) -> None:
+    """`encrypt --target` checks the source before writing: the good image is encrypted to the
+    target's format with the check's counts in the summary; the one without cloud-init stops
+    with one line and no output, unless --skip-check."""
+    import json
+
+    from tests.helpers import FAST, InProcessCli, leftovers
+
+    cli = InProcessCli(tmp_path)
+    s = json.loads(cli("encrypt", debian_images / "debian12-cloudinit.raw", "good.img",
+                       "--key-file", session_keyfile, "--target", "vpc", "--json", "--no-digest",
+                       "--no-verify", *FAST).stdout)
+    assert s["output_format"] == "qcow2" and s["check"]["FAIL"] == 0 and s["check"]["PASS"] > 10
+    bad = debian_images / "debian12-nocloudinit.raw"
+    err = cli.fails("encrypt", bad, "bad.vhd", "--key-file", session_keyfile, "--target",
+                    "classic", *FAST)
+    assert "check(s) failed for IBM Cloud classic" in err and "cloud-init" in err
+    assert not (tmp_path / "bad.vhd").exists() and leftovers(tmp_path) == []
+    cli("encrypt", bad, "bad.vhd", "--key-file", session_keyfile, "--target", "classic",
+        "--skip-check", "--no-verify", *FAST)
+    assert (tmp_path / "bad.vhd").exists()
+    assert "takes qcow2" in cli.fails("encrypt", bad, "x.vhd", "--key-file", session_keyfile,
+                                      "--target", "vpc", *FAST, code=2)

@@ -75,13 +75,18 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @batch_option
 @input_format_option
 @disk_option
+@click.option("--target", type=click.Choice(["vpc", "classic"]), default=None,
+              help="IBM Cloud target: check the image first (lukspack check) and write its "
+                   "format (vpc: qcow2+LUKS, classic: encrypted VHD) unless -O says otherwise.")
+@click.option("--skip-check", is_flag=True, help="With --target: do not run the check (encrypt even an image it would fail).")
 def encrypt(source: str, output: str, key_file: str, luks_type: str, output_format: str | None,
             cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
             pbkdf_force_iterations: int | None, sector_size: str, uuid: str | None,
             label: str | None, subsystem: str | None, key_slot: int, verify: bool, force: bool,
             as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
-            input_format: str | None, disk: int | None) -> None:
+            input_format: str | None, disk: int | None, target: str | None,
+            skip_check: bool) -> None:
     """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA) into OUTPUT: LUKS1 or LUKS2 RAW,
     qcow2 with LUKS inside (IBM Cloud VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt
@@ -96,11 +101,12 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
                           key_bytes=key_size // 8,
                           fields=HeaderFields(uuid, label, subsystem, key_slot),
                           output_format=output_format, input_format=input_format, disk=disk,
-                          force=force, stream=_stream(verify, as_json, not no_digest))
+                          force=force, stream=_stream(verify, as_json, not no_digest),
+                          target=target, skip_check=skip_check)
     from lukspack.options import output_format as format_of
 
     # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
-    dek_rules = format_of(output, output_format) != "vhd"
+    dek_rules = format_of(output, output_format, target) != "vhd"
     with key_from(key_file, dek_rules=dek_rules) as key, progress_bar(progress) as bar:
         s = do_encrypt(source, output, key, opts, bar, protected=(("key file", key_file),))
     kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
@@ -112,7 +118,9 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
         + (f", sha256 {s['source_sha256']}" if s.get("source_sha256") else ""),
         (f"verified ({s['verification']}): decrypts to the source" if s["verified"]
          else "not verified (--no-verify)") + f", {s['seconds']:.1f} s",
-    ])
+    ] + ([f"check for IBM Cloud {target}: {s['check']['PASS']} passed, "
+          f"{s['check']['WARN']} warnings, {s['check']['FAIL']} failed"]
+         if s.get("check") else []))
 
 
 @click.command()
