@@ -78,7 +78,8 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @click.option("--target", type=click.Choice(["vpc", "classic"]), default=None,
               help="IBM Cloud target: check the image first (lukspack check) and write its "
                    "format (vpc: qcow2+LUKS, classic: encrypted VHD) unless -O says otherwise.")
-@click.option("--skip-check", is_flag=True, help="With --target: do not run the check (encrypt even an image it would fail).")
+@click.option("--skip-check", is_flag=True,
+              help="With --target: do not run the check (encrypt even an image it would fail).")
 def encrypt(source: str, output: str, key_file: str, luks_type: str, output_format: str | None,
             cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
