@@ -99,6 +99,9 @@ def parse_header(data: bytes, name: str, file_size: int) -> Qcow2Header:
         if h.header_length < V3_HEADER_MIN or h.header_length % 8 or h.header_length > cs:
             raise FormatError(f"{name}: qcow2 header_length {h.header_length} is not a multiple "
                               f"of 8 between {V3_HEADER_MIN} and the cluster size {cs}")
+        if h.header_length > len(data):  # the file ends inside its own header
+            raise FormatError(f"{name}: qcow2 header_length {h.header_length} is past the end "
+                              f"of the file (size {len(data)})")
         if h.header_length > V3_HEADER_MIN:
             h.compression_type = data[V3_HEADER_MIN]
         if h.refcount_order > 6:
