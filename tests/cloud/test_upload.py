@@ -4,7 +4,6 @@ kill -9, abort on failure, a part damaged in flight refused by the server and se
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest

@@ -353,7 +353,7 @@ def benchmark(as_json: bool, threads: int | None) -> None:
 
 # Each module in lukspack.cli named here defines register(cli) and adds its commands; they are
 # imported when the group is built, and keep their heavy imports inside the commands.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cloud", "publish")
 
 
 def _register_all() -> None:
