@@ -72,3 +72,110 @@ def test_wrong_secret_is_refused_by_the_server(cos_env, s3, obj, tmp_path, monke
     f = make_file(tmp_path / "small.img", MiB)
     with pytest.raises(CloudError, match="SignatureDoesNotMatch"):
         upload_file(str(f), obj)
+
+
+def test_part_damaged_in_flight_is_refused_and_sent_again(cos_env, s3, obj, tmp_path,
+                                                         monkeypatch) -> None:
+    from tests.cloud.s3proxy import S3Proxy, part_rule
+
+    proxy = S3Proxy(s3.endpoint, corrupt=part_rule(2, times=1))
+    monkeypatch.setenv("COS_ENDPOINT", proxy.url)
+    try:
+        f = make_file(tmp_path / "f.img", 12 * MiB)
+        s = upload_file(str(f), obj, CosOptions(part_size=5 * MiB, concurrency=2))
+    finally:
+        proxy.stop()
+    assert proxy.flipped == 1 and ("PUT", 400) in proxy.statuses  # the server refused it
+    assert s["retries"] == 1
+    data, meta = stored(s3, obj)
+    assert data == f.read_bytes() and meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_failing_upload_leaves_no_multipart_upload(cos_env, s3, obj, tmp_path,
+                                                   monkeypatch) -> None:
+    from tests.cloud.s3proxy import S3Proxy, part_rule
+
+    proxy = S3Proxy(s3.endpoint, corrupt=part_rule(3, times=None))
+    monkeypatch.setenv("COS_ENDPOINT", proxy.url)
+    f = make_file(tmp_path / "f.img", 16 * MiB)
+    try:
+        with pytest.raises(CloudError, match="part 3 refused 4 times"):
+            upload_file(str(f), obj, CosOptions(part_size=5 * MiB, concurrency=2))
+    finally:
+        proxy.stop()
+    loc = parse_cos(obj)
+    assert not s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")
+    assert not list(tmp_path.glob(".*lukspack-upload"))
+    with pytest.raises(Exception, match="NoSuchKey|Not Found|404"):
+        s3.client().head_object(Bucket=loc.bucket, Key=loc.key)
+
+
+def test_kill_9_then_resume_gives_the_same_object(cos_env, s3, obj, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cloud.s3proxy import S3Proxy
+    from tests.helpers import cli_env
+
+    f = make_file(tmp_path / "big.img", 41 * MiB + 3)
+    proxy = S3Proxy(s3.endpoint, delay_s=0.3)  # slow enough to be killed part way
+    env = {**cli_env(), **cos_env, "COS_ENDPOINT": proxy.url}
+    cmd = [sys.executable, "-m", "lukspack", "upload", str(f), obj, "--part-size", "5",
+           "--concurrency", "2", "--no-progress"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        state: list[Path] = []
+        while time.monotonic() < deadline:
+            state = list(tmp_path.glob(".big.img.*.lukspack-upload"))
+            if state and state[0].read_bytes().count(b'"part"') >= 3:
+                break
+            time.sleep(0.05)
+        assert state, "no state file appeared"
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+    assert oct(state[0].stat().st_mode & 0o777) == "0o600"
+    loc = parse_cos(obj)
+    assert s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")  # left by kill
+    # without --resume the kept upload is refused rather than silently duplicated
+    with pytest.raises(CloudError, match="--resume"):
+        upload_file(str(f), obj)
+    s = upload_file(str(f), obj, CosOptions(resume=True, concurrency=2))
+    assert s["resumed"] and s["kept_parts"] >= 3 and s["sent_parts"] < s["parts"] == 9
+    data, meta = stored(s3, obj)
+    assert data == f.read_bytes() and meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert not state[0].exists()
+    assert not s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")
+
+
+def test_resume_refuses_a_changed_file(cos_env, s3, obj, tmp_path, monkeypatch) -> None:
+    import lukspack.cloud.multipart as mp
+    from lukspack.cloud.upload import abort_kept
+    from lukspack.errors import Interrupted
+
+    f = make_file(tmp_path / "f.img", 16 * MiB)
+    real = mp.PartSender.done
+
+    def interrupted_after_part_1(self, n, rec, sent=False):
+        real(self, n, rec, sent)
+        if n == 1:
+            raise Interrupted(2)
+
+    monkeypatch.setattr(mp.PartSender, "done", interrupted_after_part_1)
+    with pytest.raises(Interrupted, match="run the same command with --resume"):
+        upload_file(str(f), obj, CosOptions(part_size=5 * MiB, concurrency=1))
+    monkeypatch.setattr(mp.PartSender, "done", real)
+    with open(f, "r+b") as fh:
+        fh.write(b"changed")
+    with pytest.raises(CloudError, match="changed since the kept upload started"):
+        upload_file(str(f), obj, CosOptions(resume=True))
+    assert abort_kept(str(f), obj)["aborted"]
+    loc = parse_cos(obj)
+    assert not s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")
+    assert not list(tmp_path.glob(".*lukspack-upload"))

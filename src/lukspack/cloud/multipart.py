@@ -304,8 +304,10 @@ def abort_upload(client: Any, loc: CosLocation, upload_id: str) -> None:
                               "`lukspack upload --abort`") from None
 
 
-def state_name(loc: CosLocation, endpoint: str) -> str:
-    return hashlib.sha256(f"{endpoint}\0{loc.bucket}\0{loc.key}".encode()).hexdigest()[:16]
+def state_name(loc: CosLocation) -> str:
+    """The state file's name: the object's (not the endpoint's: public, private and direct
+    endpoints reach the same upload)."""
+    return hashlib.sha256(f"{loc.region}\0{loc.bucket}\0{loc.key}".encode()).hexdigest()[:16]
 
 
 def cache_dir() -> str:
@@ -313,11 +315,11 @@ def cache_dir() -> str:
     return os.path.join(base, "lukspack", "uploads")
 
 
-def state_path(loc: CosLocation, endpoint: str, local_file: str | None = None,
+def state_path(loc: CosLocation, local_file: str | None = None,
                state_dir: str | None = None) -> str:
     """The state file: in state_dir when given; beside the local file when its folder is
     writable; else in the user's cache directory ($XDG_CACHE_HOME/lukspack/uploads)."""
-    name = state_name(loc, endpoint)
+    name = state_name(loc)
     if state_dir:
         return os.path.join(state_dir, f"{name}.lukspack-upload")
     if local_file:

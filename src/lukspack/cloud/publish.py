@@ -135,8 +135,8 @@ def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, Ke
 class PublishState:
     """What a publish finished (upload, image), for --resume; in the user's cache directory."""
 
-    def __init__(self, loc: CosLocation, endpoint: str) -> None:
-        self.path = os.path.join(cache_dir(), f"{state_name(loc, endpoint)}.publish.json")
+    def __init__(self, loc: CosLocation) -> None:
+        self.path = os.path.join(cache_dir(), f"{state_name(loc)}.publish.json")
         self.data: dict[str, Any] = {}
 
     def load(self) -> None:
@@ -222,8 +222,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
     from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
     loc, creds, kp = checked or preflight(plan, say)
-    endpoint = connect(str(loc), plan.cos_options)[1]
-    state = PublishState(loc, endpoint)
+    state = PublishState(loc)
     if plan.resume:
         state.load()
     else:

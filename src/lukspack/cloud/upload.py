@@ -182,7 +182,7 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
     loc, ep, client = connect(location, opts)
     ident = source_identity(path)
     size = ident["size"]
-    spath = state_path(loc, ep, path, opts.state_dir)
+    spath = state_path(loc, path, opts.state_dir)
     journal = Journal.load(spath)
     if journal is not None and not opts.resume:
         raise CloudError(f"{location}: an interrupted upload of {path} is kept ({spath}); "
@@ -289,7 +289,7 @@ def abort_kept(path: str, location: str, opts: CosOptions | None = None) -> dict
     """Discard the kept upload of path to location (`upload --abort`)."""
     opts = opts or CosOptions()
     loc, ep, client = connect(location, opts)
-    spath = state_path(loc, ep, path, opts.state_dir)
+    spath = state_path(loc, path, opts.state_dir)
     journal = Journal.load(spath)
     if journal is None:
         raise CloudError(f"{location}: no kept upload of {path} (no state file {spath})")

@@ -64,7 +64,7 @@ class ObjectSink:
         self.location = location
         self.options = options or ObjectSinkOptions()
         self.loc, self.endpoint, self.client = connect(location, self.options)
-        self.state_file = state_path(self.loc, self.endpoint, None, self.options.state_dir)
+        self.state_file = state_path(self.loc, None, self.options.state_dir)
         self._journal = Journal.load(self.state_file)
         self.discarded_upload: str | None = None
         self.resumed = False
