@@ -103,3 +103,31 @@ def test_refused_secret_is_one_line_exit_1_never_printed(s3, cos_env, obj, tmp_p
     p = subprocess.run([sys.executable, "-m", "lukspack", "upload", str(tmp_path / "missing"), obj],
                        env=env, capture_output=True, text=True)
     assert p.returncode == 1 and "cannot read" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_iam_only_credentials_send_a_bearer_token(cloud, monkeypatch) -> None:
+    """With only an API key, S3 requests are unsigned and carry `Authorization: Bearer TOKEN`
+    (https://cloud.ibm.com/docs/cloud-object-storage?topic=cloud-object-storage-curl)."""
+    from lukspack.cloud.s3 import make_client
+    from tests.cloud.standins import StandIn
+
+    class BucketStandIn(StandIn):
+        def handle(self, method, path, query, headers, body):
+            if not cloud.iam.bearer_ok(headers):
+                return 403, {"error": "no bearer token"}
+            return 200, {}
+
+    cos = BucketStandIn()
+    try:
+        for k in ("COS_HMAC_ACCESS_KEY_ID", "COS_HMAC_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(k)
+        creds = load_credentials(None, iam_url=cloud.iam_url)
+        assert creds.hmac is None
+        client = make_client(cos.url, creds, "us-south")
+        client.head_bucket(Bucket="some-bucket")
+        client.head_bucket(Bucket="some-bucket")
+    finally:
+        cos.stop()
+    auth = [r["headers"]["authorization"] for r in cos.requests]
+    assert len(auth) == 2 and all(a.startswith("Bearer tok-") for a in auth)
+    assert creds.tokens().fetches == 1  # one token for both, refreshed only near expiry

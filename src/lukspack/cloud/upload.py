@@ -228,7 +228,8 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
             abort_upload(client, loc, upload_id)
             raise CloudError(f"{spath}: cannot write upload state: {e.strerror}") from None
     upload_id, sha = journal.upload["upload_id"], journal.upload["sha256"]
-    sender = PartSender(client, loc, upload_id, journal, opts.concurrency, progress, size)
+    sender = PartSender(client, loc, upload_id, journal, opts.concurrency, progress, size,
+                        part_sha256=False)
     try:
         kept = _send_parts(path, size, part_size, sender, journal, client, loc,
                            summary["resumed"])
