@@ -179,3 +179,33 @@ def test_resume_refuses_a_changed_file(cos_env, s3, obj, tmp_path, monkeypatch) 
     loc = parse_cos(obj)
     assert not s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")
     assert not list(tmp_path.glob(".*lukspack-upload"))
+
+
+def test_sigint_keeps_the_upload_and_says_how_to_resume(cos_env, s3, obj, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cloud.s3proxy import S3Proxy
+    from tests.helpers import cli_env
+
+    f = make_file(tmp_path / "f.img", 30 * MiB)
+    proxy = S3Proxy(s3.endpoint, delay_s=0.3)
+    env = {**cli_env(), **cos_env, "COS_ENDPOINT": proxy.url}
+    p = subprocess.Popen([sys.executable, "-m", "lukspack", "upload", str(f), obj, "--part-size",
+                          "5", "--concurrency", "1", "--no-progress"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(tmp_path.glob(".f.img.*.lukspack-upload")):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        proxy.stop()
+    assert p.returncode == 130, err
+    assert "interrupted by SIGINT" in err and "--resume" in err and err.count("\n") == 1
+    s = upload_file(str(f), obj, CosOptions(resume=True))
+    assert s["resumed"] and stored(s3, obj)[0] == f.read_bytes()

@@ -244,6 +244,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         s = encrypt(source, str(loc), key, opts, progress, sink=sink,
                     key_material=sink.saved_key_material)
         sha = sink.output_sha256()
+        summary["resumed_parts"] = sink.kept_parts
         state.save(source={k: ident[k] for k in ("size", "mtime_ns", "head_sha256")},
                    uploaded={"sha256": sha, "bytes": s.get("total_bytes")})
         say(f"uploaded {loc}: {s.get('total_bytes')} bytes, sha256 {sha}")
