@@ -5,10 +5,13 @@ everything else unchanged (the signature still covers what it forwards)."""
 from __future__ import annotations
 
 import http.client
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "upgrade"}
@@ -88,3 +91,31 @@ def part_rule(part: int, times: int | None) -> Rule:
         return times is None or seen[0] <= times
 
     return rule
+
+
+def kill_9_part_way(cmd: list[str], env: dict[str, str], upstream: str, states: Callable[[], list],
+                    parts: int = 3, need: bytes = b"", delay_s: float = 0.25) -> Path:
+    """Run cmd through a slow proxy to upstream; kill -9 it once its upload state file (the first
+    path `states()` finds) records `parts` parts (and holds `need`); return that state file."""
+    proxy = S3Proxy(upstream, delay_s=delay_s)
+    env = {**env, "COS_ENDPOINT": proxy.url}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    found: list[Path] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            found = states()
+            if found:
+                data = found[0].read_bytes()
+                if data.count(b'"part"') >= parts and need in data:
+                    break
+            time.sleep(0.05)
+        assert found and p.poll() is None, p.stderr.read() if p.stderr else "did not start"
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return found[0]

@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,35 +123,18 @@ def test_preflight_fails_before_any_upload_or_key(cloud, s3, source, tmp_path, c
 
 
 def test_publish_kill_9_then_resume(cloud, s3, cos_env, tmp_path) -> None:
-    from tests.cloud.s3proxy import S3Proxy
+    from tests.cloud.s3proxy import kill_9_part_way
 
     src = tmp_path / "big.img"
     run([sys.executable, "-m", "lukspack", "sample", str(src), "--size", "96"], env=cli_env())
     key = tmp_path / "k.key"
-    proxy = S3Proxy(s3.endpoint, delay_s=0.25)
     env = {**cli_env(), **cos_env, "IBMCLOUD_API_KEY": os.environ["IBMCLOUD_API_KEY"],
            "LUKSPACK_POLL_S": "0.05"}
-    args = publish_args(cloud, src, ["--new-key-file", str(key)], "--endpoint-url", proxy.url,
-                        name="resumed")
-    p = subprocess.Popen([sys.executable, "-m", "lukspack", *args], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    cache = Path(cos_env.get("XDG_CACHE_HOME") or os.environ["XDG_CACHE_HOME"])
-    try:
-        deadline, state = time.monotonic() + 120, []
-        while time.monotonic() < deadline and p.poll() is None:
-            state = list(cache.rglob("*.lukspack-upload"))
-            if state and state[0].read_bytes().count(b'"part"') >= 3 and \
-                    b"key_material" in state[0].read_bytes():
-                break
-            time.sleep(0.05)
-        assert state and p.poll() is None, p.stderr.read() if p.stderr else ""
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-    finally:
-        proxy.stop()
-        if p.poll() is None:
-            p.kill()
-    kept = state[0].read_bytes().count(b'"part"')
+    args = publish_args(cloud, src, ["--new-key-file", str(key)], name="resumed")
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    state = kill_9_part_way([sys.executable, "-m", "lukspack", *args], env, s3.endpoint,
+                            lambda: list(cache.rglob("*.lukspack-upload")), need=b"key_material")
+    kept = state.read_bytes().count(b'"part"')
     resume = publish_args(cloud, src, ["--key-file", str(key)], "--resume", name="resumed")
     q = subprocess.run([sys.executable, "-m", "lukspack", *resume], env=env, capture_output=True,
                        text=True, timeout=300)
@@ -164,5 +145,5 @@ def test_publish_kill_9_then_resume(cloud, s3, cos_env, tmp_path) -> None:
     got = download(s3, r["object"], tmp_path / "dl.qcow2")
     run([sys.executable, "-m", "lukspack", "verify", str(got), "--key-file", str(key),
          "--source", str(src)], env=cli_env())
-    assert not state[0].exists()
+    assert not state.exists()
     assert not s3.client().list_multipart_uploads(Bucket=s3server.BUCKET).get("Uploads")

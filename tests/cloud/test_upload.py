@@ -111,36 +111,17 @@ def test_failing_upload_leaves_no_multipart_upload(cos_env, s3, obj, tmp_path,
 
 
 def test_kill_9_then_resume_gives_the_same_object(cos_env, s3, obj, tmp_path) -> None:
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from tests.cloud.s3proxy import S3Proxy
+    from tests.cloud.s3proxy import kill_9_part_way
     from tests.helpers import cli_env
 
     f = make_file(tmp_path / "big.img", 41 * MiB + 3)
-    proxy = S3Proxy(s3.endpoint, delay_s=0.3)  # slow enough to be killed part way
-    env = {**cli_env(), **cos_env, "COS_ENDPOINT": proxy.url}
     cmd = [sys.executable, "-m", "lukspack", "upload", str(f), obj, "--part-size", "5",
            "--concurrency", "2", "--no-progress"]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        state: list[Path] = []
-        while time.monotonic() < deadline:
-            state = list(tmp_path.glob(".big.img.*.lukspack-upload"))
-            if state and state[0].read_bytes().count(b'"part"') >= 3:
-                break
-            time.sleep(0.05)
-        assert state, "no state file appeared"
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-    finally:
-        proxy.stop()
-        if p.poll() is None:
-            p.kill()
-    assert oct(state[0].stat().st_mode & 0o777) == "0o600"
+    state = kill_9_part_way(cmd, {**cli_env(), **cos_env}, s3.endpoint,
+                            lambda: list(tmp_path.glob(".big.img.*.lukspack-upload")))
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
     loc = parse_cos(obj)
     assert s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")  # left by kill
     # without --resume the kept upload is refused rather than silently duplicated
@@ -150,7 +131,7 @@ def test_kill_9_then_resume_gives_the_same_object(cos_env, s3, obj, tmp_path) ->
     assert s["resumed"] and s["kept_parts"] >= 3 and s["sent_parts"] < s["parts"] == 9
     data, meta = stored(s3, obj)
     assert data == f.read_bytes() and meta["sha256"] == hashlib.sha256(data).hexdigest()
-    assert not state[0].exists()
+    assert not state.exists()
     assert not s3.client().list_multipart_uploads(Bucket=loc.bucket).get("Uploads")
 
 

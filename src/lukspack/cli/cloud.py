@@ -93,19 +93,6 @@ def _key_protect(region: str, instance_id: str, kms_url: str | None, private_ep:
     return KeyProtect(make_url(region, private_ep, kms_url), instance_id, creds.tokens())
 
 
-def _write_private(path: str, text: str) -> None:
-    from lukspack.cloud.errors import CloudError
-
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise CloudError(f"{path}: already exists; lukspack does not overwrite it") from None
-    except OSError as e:
-        raise CloudError(f"{path}: cannot create: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def _read_text(path: str, what: str) -> str:
     from lukspack.cloud.errors import CloudError
 
@@ -169,7 +156,9 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
     with key_from(key_file, dek_rules=False) as key:
         r = do_wrap(kp, root_key_id, key, target, check=not no_check, name=key_file)
     if output:
-        _write_private(output, r["wdek"])
+        from lukspack.keys import write_key_file
+
+        write_key_file(output, r["wdek"].encode())  # mode 0600, never over an existing file
         r["output"] = output
     if as_json:
         emit(r, True, [])
