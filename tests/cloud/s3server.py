@@ -30,6 +30,14 @@ def weed_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (a killed pytest leaves no server)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -88,7 +96,8 @@ def start(workdir: Path) -> S3Server:
            "-master.telemetry=false", "-master.volumeSizeLimitMB", "256"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     server = S3Server(f"http://127.0.0.1:{s3}", proc, log)
     deadline = time.monotonic() + 90
     last: Exception | None = None
