@@ -147,6 +147,14 @@ def main() -> None:
                 "--force", "--no-progress", *extra]
 
     qout = work / "out.qcow2"
+    vout = work / "out.vhd"  # the encrypted VHD (IBM Cloud classic), with a 64-byte key
+    vkey = work / "vhd.dek"
+    if not vkey.exists():
+        subprocess.run([*LUKSPACK, "keygen", str(vkey), "--for", "vhd"], check=True, env=ENV)
+
+    def lk_vhd(*extra: str) -> list[str]:
+        return [*LUKSPACK, "encrypt", str(inputs["vhd"]), str(vout), "--key-file", str(vkey),
+                "--force", "--no-progress", *extra]
 
     def qemu_qcow2(src: str) -> list[str]:
         return ["qemu-img", "convert", "-O", "qcow2", "--object", secret, "-o",
@@ -171,6 +179,8 @@ def main() -> None:
         "lukspack encrypt -> qcow2+LUKS (defaults)": lk(dest=qout),
         "lukspack encrypt -> qcow2+LUKS --no-verify": lk("--no-verify", dest=qout),
         "qemu-img convert -O qcow2 -o encrypt.format=luks": qemu_qcow2("vhd"),
+        "lukspack encrypt -> encrypted VHD (defaults)": lk_vhd(),
+        "lukspack encrypt -> encrypted VHD --no-verify": lk_vhd("--no-verify"),
         "lukspack encrypt VMDK input --no-verify": lk("--no-verify", src="vmdk"),
         "qemu-img convert -O luks, VMDK input": [
             "qemu-img", "convert", "-O", "luks", "--object", secret, "-o", "key-secret=s0",
@@ -187,7 +197,7 @@ def main() -> None:
     results: dict[str, list[Sample]] = {name: [] for name in cases}
     for r in range(args.rounds):
         for name, cmd in cases.items():
-            for old in (out, qout):
+            for old in (out, qout, vout):
                 if old.exists():
                     old.unlink()
             if name.startswith("cryptsetup"):  # in place: start from a copy of the RAW disk
@@ -195,7 +205,7 @@ def main() -> None:
             sync()
             results[name].append(run(cmd, env=ENV, stdout=name.startswith("lukspack")))
             print(f"round {r + 1}: {name}: {results[name][-1].wall:.2f} s", file=sys.stderr)
-    for old in (out, qout):
+    for old in (out, qout, vout):
         if old.exists():
             old.unlink()
     # untimed for the table: the summaries say how much of each source was read

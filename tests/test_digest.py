@@ -1,4 +1,4 @@
-"""The plaintext digests: SHA-256 for people, XXH3-128 for encrypt's own verification."""
+"""The plaintext digests: SHA-256 for people, XXH3-128 for encryption-time verification."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from lukspack import digest
+from lukspack.containers.base import Run
 
 
 def test_xxh3_128_published_value() -> None:
@@ -20,27 +21,23 @@ def test_unknown_digest_is_refused() -> None:
         digest.new("crc32")
 
 
-def test_hashed_reader_feeds_exactly_the_first_limit_bytes() -> None:
-    data = bytes(range(256)) * 64  # 16 KiB
-
-    def read(offset: int, view: memoryview) -> None:
-        view[:] = data[offset : offset + len(view)].ljust(len(view), b"\x00")
-
-    a, b = digest.new(digest.SHA256), digest.new(digest.VERIFY)
-    reader = digest.hashed_reader(read, 10_000, [a, b])
-    for off in range(0, 16384, 4096):
-        reader(off, memoryview(bytearray(4096)))
-    assert a.hexdigest() == hashlib.sha256(data[:10_000]).hexdigest()
+def test_runs_digest_covers_exactly_the_runs() -> None:
+    data = memoryview(bytes(range(256)) * 64)
+    got = digest.runs_digest(data, [Run(10, 100, 0, 0), Run(4000, 96, 0, 0)])
     ref = digest.new(digest.VERIFY)
-    ref.update(data[:10_000])
-    assert b.hexdigest() == ref.hexdigest()
+    ref.update(bytes(data[10:110]) + bytes(data[4000:4096]))
+    assert got == ref.digest()
 
 
-def test_plain_check_digests_the_disk_and_flags_nonzero_padding() -> None:
-    c = digest.PlainCheck(digest.SHA256, 6000)
-    c.update(0, memoryview(b"x" * 4096))
-    c.update(4096, memoryview(b"y" * 1904 + bytes(2192)))
-    assert c.result() == {"plaintext_sha256": hashlib.sha256(b"x" * 4096 + b"y" * 1904).hexdigest()}
-    assert c.nonzero_padding == 0
-    c.update(8192, memoryview(bytes(100) + b"\x01"))
-    assert c.nonzero_padding == 1
+@pytest.mark.parametrize("source_size", [6000, 8192, 4096])
+def test_disk_digest_covers_the_disk_and_the_source(source_size: int) -> None:
+    """disk_sha256 covers disk_size bytes (holes fed as zeros); source_sha256 the source's."""
+    data = bytes(range(256)) * 32 + bytes(4096)  # 8 KiB of data, then 4 KiB of zeros
+    data = data[:source_size] + bytes(12288 - source_size)
+    d = digest.DiskDigest(12288, source_size)
+    d.update(0, memoryview(data[:4096]), 4096)
+    d.update(4096, memoryview(data[4096:8192]), 4096)
+    d.update(8192, None, 4096)  # a hole: no buffer
+    d.update(12288, None, 4096)  # past the disk: ignored
+    assert d.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert d.source_hex == hashlib.sha256(data[:source_size]).hexdigest()

@@ -50,23 +50,15 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli_batch(cwd: Path, calls: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Run many lukspack commands in one Python process per command (each its own start-up, as
-    a user sees it), in parallel on the available cores."""
-    import os
-    import subprocess
+    """Run the commands through lukspack.cli.main in this process (what a user sees, without an
+    interpreter start-up per file); test_corpus_in_real_processes runs a few as processes."""
+    from tests.helpers import InProcessCli
 
-    from tests.helpers import cli_env
-
-    env = cli_env()
-    out: list[tuple[int, str, str]] = []
-    width = max(2, os.cpu_count() or 2)
-    for i in range(0, len(calls), width):
-        procs = [subprocess.Popen([sys.executable, "-m", "lukspack", *c], cwd=cwd, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for c in calls[i : i + width]]
-        for p in procs:
-            so, se = p.communicate()
-            out.append((p.returncode, so.decode(), se.decode()))
+    cli = InProcessCli(cwd)
+    out = []
+    for c in calls:
+        p = cli(*c, check=False)
+        out.append((p.returncode, p.stdout.decode(), p.stderr.decode()))
     return out
 
 
@@ -124,3 +116,19 @@ def test_generator_runs_the_peer_tools() -> None:
 
     assert make_malformed.OUT == CORPUS
     assert run([sys.executable, "-c", "import tests.tools.make_malformed"], cwd=ROOT).returncode == 0
+
+
+def test_corpus_in_real_processes(tmp_path: Path, key_dir: Path) -> None:
+    """A few corpus files through a real `python -m lukspack`: the same one line and exit 1."""
+    from tests.helpers import Cli
+
+    cli = Cli(tmp_path)
+    for name, command, expect in rows()[:: max(1, len(rows()) // 4)]:
+        if name.endswith(".gz") or not command.startswith(("info", "verify")):
+            continue
+        src = Path(shutil.copy(CORPUS / name, tmp_path / name))
+        words = shlex.split(command)
+        args = [words[0], str(src), *words[1:]]
+        if words[0] == "verify":
+            args += ["--key-file", str(key_dir / "key")]
+        assert expect in cli.fails(*args)

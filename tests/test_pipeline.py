@@ -21,7 +21,7 @@ def test_order_digests_and_transform() -> None:
         view[:] = data[off : off + len(view)]
 
     def factory():  # noqa: ANN202
-        def transform(view: memoryview, off: int) -> int:
+        def transform(view: memoryview, off: int, _ticket: object) -> int:
             time.sleep(random.random() / 1000)  # finish out of order
             for i in range(len(view)):
                 view[i] ^= 0xFF
@@ -52,7 +52,7 @@ def test_errors_propagate_and_threads_stop(where: str) -> None:
             raise OSError("read failed")
 
     def factory():  # noqa: ANN202
-        def transform(view: memoryview, off: int) -> None:
+        def transform(view: memoryview, off: int, _ticket: object) -> None:
             if where == "transform" and off == 5 * 4096:
                 raise ValueError("transform failed")
 
@@ -80,29 +80,28 @@ def test_buffers_are_bounded() -> None:
     assert len(ids) <= 6
 
 
-def test_atomic_output_direct_writes_and_their_fallback(tmp_path: Path) -> None:
+def test_file_sink_direct_writes_and_their_fallback(tmp_path: Path) -> None:
     """Aligned payload writes go through O_DIRECT; unaligned ones (or a refused direct write)
     land through the buffered descriptor with the same bytes."""
     import os
 
-    from lukspack.output import AtomicOutput
     from lukspack.pipeline import aligned_buffer
+    from lukspack.sinks.file import FileSink
 
-    out = AtomicOutput(str(tmp_path / "o.img"))
+    out = FileSink(str(tmp_path / "o.img"), direct=True)
     try:
-        out.preallocate(3 * 4096 + 100)
-        direct = out.open_direct()
+        out.begin(0, 3 * 4096 + 100)
         a = aligned_buffer(8192)
         a[:] = os.urandom(8192)
-        out.pwrite_payload(4096, memoryview(a))  # aligned: direct when the filesystem allows
-        out.pwrite_payload(12288, memoryview(b"x" * 100))  # unaligned length: buffered
+        out.write(4096, memoryview(a))  # aligned: direct when the filesystem allows
+        out.write(12288, memoryview(b"x" * 100))  # unaligned length: buffered
         b = bytearray(os.urandom(4096))
-        out.pwrite_payload(0, memoryview(b)[:4096])  # bytearray memory may be unaligned: either way
-        out.fsync()
+        out.write(0, memoryview(b)[:4096])  # bytearray memory may be unaligned: either way
+        out.finish(3 * 4096 + 100)
         with open(out.tmp, "rb") as f:
             data = f.read()
         assert data == bytes(b) + bytes(a) + b"x" * 100
-        assert isinstance(direct, bool)
+        assert isinstance(out.direct, bool)
     finally:
         out.abort()
     assert not list(tmp_path.iterdir())

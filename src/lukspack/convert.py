@@ -10,43 +10,61 @@ from typing import Any
 
 import numpy as np
 
+from lukspack.engine import ProgressFn, phase_progress
 from lukspack.errors import LukspackError
 from lukspack.images import DiskImage, open_image, source_files
-from lukspack.ops import (
-    EncryptOptions,
-    MiB,
-    ProgressFn,
-    _progress,
-    _sparse_writer,
-    round_up,
-)
-from lukspack.output import AtomicOutput
+from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
+from lukspack.sinks.file import FileSink, open_file_output
+
+MiB = 1 << 20
+Out = FileSink
+
+
+def round_up(n: int, unit: int = MiB) -> int:
+    return -(-n // unit) * unit
 
 
 def convert(source: str, output: str, to: str, *, force: bool = False,
-            opts: EncryptOptions | None = None, progress: ProgressFn | None = None
-            ) -> dict[str, Any]:
-    """Write the source's virtual disk as RAW, a fixed VHD (disk + 512-byte footer) or a dynamic
-    VHD (2 MiB blocks; all-zero blocks stay unallocated)."""
-    opts = opts or EncryptOptions()
+            opts: StreamOptions | None = None, progress: ProgressFn | None = None,
+            input_format: str | None = None,
+            protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Write the source's virtual disk as RAW, a fixed VHD (disk + 512-byte footer), a dynamic
+    VHD (2 MiB blocks; all-zero blocks stay unallocated) or a plain qcow2."""
+    opts = opts or StreamOptions()
     if to not in CONVERT_TARGETS:
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
-    with open_image(source, opts.input_format) as image:
+    with open_image(source, input_format) as image:
         size = image.virtual_size
-        with AtomicOutput(output, force=force, sources=source_files(image)) as out:
-            bytes_out = CONVERT_TARGETS[to](image, out, opts, _progress(progress, "convert", size))
+        out = open_file_output(output, force=force, protected=tuple(
+            ("source", s) for s in source_files(image)) + protected)
+        with out:
+            out.begin(0, image.allocated_size())
+            bytes_out = CONVERT_TARGETS[to](image, out, opts,
+                                            phase_progress(progress, "convert", size))
+            out.finish(bytes_out)
             out.commit()
         return {"source": source, "source_format": image.format_name, "output": output,
                 "format": to, "virtual_size": size, "bytes": bytes_out}
 
 
-def _to_raw(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+def sparse_writer(out: Out, base: int = 0) -> Callable[[int, memoryview], None]:
+    """Write a chunk unless it is all zeros (the file was sized first, so holes read as zeros)."""
+
+    def write(offset: int, data: memoryview) -> None:
+        if len(data) % 8 == 0 and not np.frombuffer(data, dtype=np.uint64).any():
+            return
+        out.pwrite(base + offset, data)
+
+    return write
+
+
+def _to_raw(image: DiskImage, out: Out, opts: StreamOptions,
             progress: Callable[[int], None] | None, footer: bytes = b"",
             size: int | None = None) -> int:
     size = image.virtual_size if size is None else size
     out.truncate(size + len(footer))
-    sink = _sparse_writer(out)
+    sink = sparse_writer(out)
     run_stream(size, image.read_into, lambda o, d, m: sink(o, d), chunk_size=opts.chunk_size,
                progress=progress)
     if footer:
@@ -61,7 +79,7 @@ def _vhd_footer(size: int, disk_type: int, data_offset: int) -> bytes:
                        timestamp=max(0, int(time.time()) - 946684800))  # seconds since 2000
 
 
-def _to_vhd_fixed(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+def _to_vhd_fixed(image: DiskImage, out: Out, opts: StreamOptions,
                   progress: Callable[[int], None] | None) -> int:
     from lukspack.images.vhd import DISK_FIXED
 
@@ -70,7 +88,7 @@ def _to_vhd_fixed(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
                    size)
 
 
-def _to_vhd_dynamic(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+def _to_vhd_dynamic(image: DiskImage, out: Out, opts: StreamOptions,
                     progress: Callable[[int], None] | None) -> int:
     from lukspack.images.vhd import BAT_UNUSED, DISK_DYNAMIC, make_dynamic_header
 
@@ -106,11 +124,30 @@ def pos_pad(entries: int) -> int:
     return round_up(entries * 4, 512) - entries * 4
 
 
-def _to_qcow2(image: DiskImage, out: AtomicOutput, opts: EncryptOptions,
+def _to_qcow2(image: DiskImage, out: Out, opts: StreamOptions,
               progress: Callable[[int], None] | None) -> int:
-    from lukspack.qcow2_ops import convert_to_qcow2
+    """A plain qcow2 v3 (64 KiB clusters, all-zero clusters not stored)."""
+    from lukspack.images.qcow2_write import Qcow2Writer
 
-    return convert_to_qcow2(image, out, opts, progress)
+    writer = Qcow2Writer(image.virtual_size)
+    cs = writer.cluster_size
+
+    def read(offset: int, view: memoryview) -> Any:
+        image.read_into(offset, view)
+        return writer.plan(offset, view)
+
+    def write(offset: int, data: memoryview, plan: Any) -> None:
+        for r in plan.runs:
+            out.pwrite(r.dest, data[r.start : r.start + r.length])
+        for dest, table in plan.metadata:
+            out.pwrite(dest, table)
+
+    run_stream(writer.stream_size, read, write, chunk_size=max(cs, opts.chunk_size // cs * cs),
+               progress=progress)
+    fin = writer.finish()
+    for dest, data in [*fin.trailer, (0, fin.prefix)]:
+        out.pwrite(dest, data)
+    return fin.total_size
 
 
 CONVERT_TARGETS: dict[str, Callable[..., int]] = {

@@ -12,6 +12,13 @@ class LukspackError(Exception):
     exit_code = 1
 
 
+class UsageError(LukspackError):
+    """Options that cannot work together or name something unknown (`--pbkdf argon2id` with
+    LUKS1, an unknown `--hash`): a usage error, exit code 2, still one line."""
+
+    exit_code = 2
+
+
 class FormatError(LukspackError):
     """An input is malformed: bad magic, checksum, size, offset, table."""
 

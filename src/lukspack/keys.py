@@ -115,3 +115,43 @@ def write_key_file(path: str, data: bytes | bytearray) -> None:
         os.unlink(path)
         raise KeyFileError(f"{path}: cannot write key file: {e.strerror}") from None
     os.close(fd)
+
+
+# -- encrypted VHD keys (vhd-util / blktap) ------------------------------------------------------
+
+VHD_KEY_BYTES = (32, 64)  # AES-128-XTS and AES-256-XTS keys: the only sizes vhd-util reads
+_PASSPHRASE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def decode_vhd_key(data: bytes | bytearray, name: str = "key file") -> bytearray:
+    """The 32 or 64-byte XTS key in a key file, as a bytearray the caller must wipe.
+
+    IBM's DEK is base64 text; vhd-util's key file holds the decoded bytes. Content that is base64
+    decoding to 32 or 64 bytes (one trailing newline allowed: `echo DEK > FILE`) is decoded;
+    content of exactly 32 or 64 bytes that is not such base64 is the raw key; anything else is
+    refused.
+    """
+    text = bytes(data)
+    if text.endswith(b"\r\n"):
+        text = text[:-2]
+    elif text.endswith(b"\n"):
+        text = text[:-1]
+    if len(text) in (44, 88) and set(text) <= _B64_ALPHABET:
+        try:
+            raw = bytearray(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raw = bytearray()
+        if len(raw) in VHD_KEY_BYTES:
+            return raw
+        wipe(raw)
+    if len(data) in VHD_KEY_BYTES:
+        return bytearray(data)
+    raise KeyFileError(f"{name}: not an encrypted-VHD key: {len(data)} bytes, neither base64 of "
+                       "32 or 64 bytes nor a raw key of 32 or 64 bytes")
+
+
+def generate_passphrase(nchars: int = 44) -> bytearray:
+    """A random printable passphrase (letters and digits, no newline): what IBM Cloud VPC's
+    qcow2+LUKS takes; Key Protect wraps the base64 of these bytes. 44 characters carry 261 bits
+    and also pass the DEK rules (base64 alphabet, a multiple of 4 long)."""
+    return bytearray(ord(secrets.choice(_PASSPHRASE_ALPHABET)) for _ in range(nchars))

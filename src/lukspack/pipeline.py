@@ -24,9 +24,9 @@ CHUNK_SIZE = 4 << 20
 WORKERS = 2
 _POLL = 0.1
 
-Reader = Callable[[int, memoryview], None]
-Transform = Callable[[memoryview, int], Any]  # (chunk, offset) -> meta handed to the writer
-Writer = Callable[[int, memoryview, Any], None]
+Reader = Callable[[int, memoryview], Any]  # fills the chunk; returns a ticket for the transform
+Transform = Callable[[memoryview, int, Any], Any]  # (chunk, offset, ticket) -> meta for the writer
+Writer = Callable[[int, memoryview, Any], None]  # (offset, chunk, meta, or the ticket without one)
 Progress = Callable[[int], None]
 
 
@@ -79,9 +79,12 @@ def run_stream(total: int, read: Reader, write: Writer, *,
                progress: Progress | None = None) -> int:
     """Stream `total` bytes from read() through a per-thread transform to write(), in order.
 
-    transform_factory() is called once per worker thread to build that thread's transform (so
-    each thread has its own cipher contexts and scratch buffers). in_hash and out_hash are
-    hashlib objects fed the data before and after the transform, in order.
+    read(offset, chunk) runs on the reader thread, in order, and may return a ticket (a plan of
+    where the chunk goes). transform_factory() is called once per worker thread to build that
+    thread's transform (so each thread has its own cipher contexts and scratch buffers); it gets
+    the ticket and returns what the writer gets (without a transform the writer gets the
+    ticket). in_hash and out_hash are hashlib objects fed the data before and after the
+    transform, in order.
     """
     depth = workers * 2 + 2
     free: queue.Queue[mmap.mmap] = queue.Queue()
@@ -89,8 +92,7 @@ def run_stream(total: int, read: Reader, write: Writer, *,
         free.put(aligned_buffer(chunk_size))
     stop = threading.Event()
     errors: list[BaseException] = []
-    ready: queue.Queue[tuple[int, memoryview, mmap.mmap, Future[Any] | None] | None] = \
-        queue.Queue(maxsize=depth)
+    ready: queue.Queue[tuple[int, memoryview, mmap.mmap, Any] | None] = queue.Queue(maxsize=depth)
     local = threading.local()
 
     def put(q: queue.Queue, item: Any) -> None:
@@ -110,11 +112,11 @@ def run_stream(total: int, read: Reader, write: Writer, *,
                 continue
         raise _Stop
 
-    def do_transform(view: memoryview, offset: int) -> Any:
+    def do_transform(view: memoryview, offset: int, ticket: Any) -> Any:
         fn = getattr(local, "fn", None)
         if fn is None:
             fn = local.fn = transform_factory()  # type: ignore[misc]
-        return fn(view, offset)
+        return fn(view, offset, ticket)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lukspack-x",
                               initializer=lower_priority) if transform_factory else None
@@ -125,10 +127,10 @@ def run_stream(total: int, read: Reader, write: Writer, *,
             for offset in range(0, total, chunk_size):
                 buf = take_free()
                 view = memoryview(buf)[: min(chunk_size, total - offset)]
-                read(offset, view)
+                ticket = read(offset, view)
                 if in_hash is not None:
                     in_hash.update(view)
-                fut = pool.submit(do_transform, view, offset) if pool else None
+                fut = pool.submit(do_transform, view, offset, ticket) if pool else ticket
                 put(ready, (offset, view, buf, fut))
             put(ready, None)
         except _Stop:
@@ -151,7 +153,7 @@ def run_stream(total: int, read: Reader, write: Writer, *,
             if item is None:
                 break
             offset, view, buf, fut = item
-            meta = fut.result() if fut is not None else None
+            meta = fut.result() if isinstance(fut, Future) else fut
             if out_hash is not None:
                 out_hash.update(view)
             write(offset, view, meta)

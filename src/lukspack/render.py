@@ -16,15 +16,32 @@ def info_lines(d: dict[str, Any], indent: str = "") -> Iterator[str]:
         yield from _luks2_dump(luks)
         return
     for k, v in d.items():
-        if isinstance(v, dict):
+        if k == "encryption" and isinstance(v, dict) and v.get("version") in (1, 2):
+            yield f"{indent}{k}: {v.get('format', 'luks')}"  # as luksDump shows it
+            body = _luks1_dump(v) if v["version"] == 1 else _luks2_dump(v)
+            yield from (f"{indent}  {line}" if line else "" for line in body)
+        elif isinstance(v, dict):
             yield f"{indent}{k}:"
             yield from info_lines(v, indent + "  ")
         elif isinstance(v, list) and v and isinstance(v[0], dict):
             yield f"{indent}{k}:"
             for item in v:
                 yield from info_lines(item, indent + "  ")
+        elif isinstance(v, list | tuple):  # notes, extensions: one per line, not a Python list
+            yield f"{indent}{k}:" + ("" if v else " (none)")
+            for item in v:
+                yield f"{indent}  {_text(item)}"
         else:
-            yield f"{indent}{k}: {v}"
+            yield f"{indent}{k}: {_text(v)}"
+
+
+def _text(v: Any) -> str:
+    """A value as a person reads it: bytes as hex, booleans as yes/no."""
+    if isinstance(v, bytes | bytearray):
+        return v.hex()
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
 
 
 def _hexgroups(h: str, per_line: int = 16, prefix: str = "\t") -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import struct
 
-from lukspack.output import AtomicOutput
+from lukspack.sinks.file import open_file_output
 
 MiB = 1 << 20
 
@@ -25,7 +25,7 @@ def write_sample(path: str, size_mib: int = 64, *, force: bool = False, seed: in
     if size_mib < 4:
         raise ValueError("a sample disk needs at least 4 MiB")
     rnd = random.Random(seed)
-    with AtomicOutput(path, force=force) as out:
+    with open_file_output(path, force=force) as out:
         out.truncate(size_mib * MiB)
         out.pwrite(0, mbr(size_mib * MiB // 512))
         text = (b'NAME="Sample Linux"\nID=sample\nVERSION_ID="1.0"\n'
@@ -37,5 +37,6 @@ def write_sample(path: str, size_mib: int = 64, *, force: bool = False, seed: in
             elif kind == 2:
                 out.pwrite(i * MiB, (text * (MiB // len(text) + 1))[:MiB])
             # kinds 0 and 3: zeros, left as holes
+        out.finish(size_mib * MiB)
         out.commit()
     return size_mib * MiB

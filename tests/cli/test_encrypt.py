@@ -49,7 +49,7 @@ def test_encrypt_interop(tmp_path: Path, cli: Cli, keyfile: Path, source: tuple[
     payload = -(-size // MiB) * MiB
     assert out.stat().st_size == 2 * MiB + payload == summary["total_bytes"]
     assert summary["verified"] is True
-    assert summary["plaintext_sha256"] == hashlib.sha256(ref.read_bytes()).hexdigest()
+    assert summary["source_sha256"] == hashlib.sha256(ref.read_bytes()).hexdigest()
     assert summary["output_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
     dump = cryptsetup("luksDump", str(out)).stdout.decode()
@@ -161,7 +161,7 @@ def test_no_verify_writes_the_payload_with_direct_io(tmp_path: Path, cli: Cli,
     s = json.loads(cli("encrypt", src, out, "--key-file", keyfile, "--no-verify", "--json",
                        *FAST).stdout)
     assert s["direct_io"] is _has_direct_io(tmp_path)
-    assert s["plaintext_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert s["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     plain = qemu_luks_decrypt(out, keyfile, tmp_path / "qemu.raw")
     assert same_prefix(plain, src)
     with open(plain, "rb") as f:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, Cli, MiB, cli_env, leftovers
+from tests.helpers import FAST, InProcessCli, MiB, cli_env, leftovers
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -27,20 +27,29 @@ def _wait_for_tmp(directory: Path, p: subprocess.Popen[bytes]) -> None:
     time.sleep(0.2)  # well inside the streaming phase
 
 
+@pytest.fixture(scope="module")
+def encrypted_1g(tmp_path_factory: pytest.TempPathFactory, session_keyfile: Path) -> Path:
+    """One encrypted 1 GiB image shared by the decrypt cases."""
+    d = tmp_path_factory.mktemp("enc")
+    small = d / "small.raw"
+    with open(small, "wb") as f:
+        f.truncate(1024 * MiB)
+    InProcessCli(d)("encrypt", small, d / "enc.img", "--key-file", session_keyfile,
+                    "--no-verify", *FAST)
+    small.unlink()
+    return d / "enc.img"
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("command", ["encrypt", "decrypt", "convert"])
-def test_signal_stops_and_cleans_up(tmp_path: Path, cli: Cli, keyfile: Path, sig: int, code: int,
-                                    command: str) -> None:
+def test_signal_stops_and_cleans_up(tmp_path: Path, session_keyfile: Path, sig: int, code: int,
+                                    command: str, encrypted_1g: Path) -> None:
+    keyfile = session_keyfile
     src = tmp_path / "big.raw"
     with open(src, "wb") as f:
         f.truncate(2048 * MiB)
     if command == "decrypt":
-        small = tmp_path / "small.raw"
-        with open(small, "wb") as f:
-            f.truncate(1024 * MiB)
-        cli("encrypt", small, tmp_path / "enc.img", "--key-file", keyfile, "--no-verify", *FAST)
-        small.unlink()
-        args = ["decrypt", "enc.img", "out.raw", "--key-file", str(keyfile)]
+        args = ["decrypt", str(encrypted_1g), "out.raw", "--key-file", str(keyfile)]
     elif command == "encrypt":
         args = ["encrypt", "big.raw", "out.img", "--key-file", str(keyfile), *FAST]
     else:

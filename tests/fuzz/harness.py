@@ -73,6 +73,8 @@ def make_seed(fmt: str, directory: Path) -> bytes:
               f"secret,id=s0,file={key}", "-o",
               "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
               str(raw), str(out)])
+    elif fmt == "vhd-crypt":
+        return _vhd_crypt_seed(raw, out, directory)
     elif fmt == "luks1":
         with open(out, "wb") as f:
             f.truncate(3 * MiB)
@@ -89,6 +91,20 @@ def make_seed(fmt: str, directory: Path) -> bytes:
     return out.read_bytes()
 
 
+def _vhd_crypt_seed(raw: Path, out: Path, directory: Path) -> bytes:
+    """The real vhd-util's AES-128 sample when ../shared/vectors/vhd-util is there, else the same
+    layout written by lukspack's EncryptedVhd; the key goes beside it for exercise_vhd_crypt."""
+    from tests.vhd_crypt.drive import VECTORS, drive, unxz
+
+    if (VECTORS / "vs-aes128.vhd.xz").is_file():
+        (directory / "seed.vhdkey").write_bytes((VECTORS / "aes128.key").read_bytes())
+        return unxz("vs-aes128.vhd.xz", directory).read_bytes()
+    key = bytes(range(32))
+    (directory / "seed.vhdkey").write_bytes(key)
+    drive(raw, out, key)
+    return out.read_bytes()
+
+
 # -- what is exercised for each format --------------------------------------------------------
 
 def exercise_image(path: str) -> None:
@@ -102,8 +118,22 @@ def exercise_image(path: str) -> None:
             img.read_into(off, buf)
 
 
+def exercise_vhd_crypt(path: str) -> None:
+    from lukspack.images.vhd_crypt import encrypted_vhd_info, is_encrypted_vhd, open_encrypted_vhd
+
+    is_encrypted_vhd(path)
+    encrypted_vhd_info(path)
+    key = (Path(path).parent / "seed.vhdkey").read_bytes()
+    with open_encrypted_vhd(path, key) as img:
+        img.info()
+        size = img.virtual_size
+        buf = bytearray(64 * 1024 + 100)
+        for off in {0, max(0, size // 2 - 32769), max(0, size - len(buf))}:
+            img.read_into(off, buf)
+
+
 def exercise_luks(path: str) -> None:
-    from lukspack.luks.volume import open_luks_path
+    from lukspack.luks import open_luks_path
 
     fd, vol = open_luks_path(path)
     try:
@@ -113,10 +143,11 @@ def exercise_luks(path: str) -> None:
 
 
 def exercise_qcow2_luks(path: str) -> None:
-    from lukspack.qcow2_ops import open_qcow2_luks
+    from lukspack.images.encrypted import open_qcow2_luks
 
-    fd, image, vol = open_qcow2_luks(path)
+    fd = os.open(path, os.O_RDONLY)
     try:
+        image, vol = open_qcow2_luks(path, fd)
         image.info()
         _dump_and_unlock(vol)
     finally:
@@ -155,6 +186,7 @@ def _max_cost(vol) -> int:  # noqa: ANN001
 EXERCISE: dict[str, Callable[[str], None]] = {
     "vhd": exercise_image,
     "vhd-fixed": exercise_image,
+    "vhd-crypt": exercise_vhd_crypt,
     "luks1": exercise_luks,
     "luks2": exercise_luks,
     "qcow2-luks": exercise_qcow2_luks,

@@ -13,7 +13,7 @@ import pytest
 from lukspack.luks import luks2
 from lukspack.luks.format import KdfOptions
 from lukspack.luks.keyslots import add_key
-from tests.helpers import Cli, MiB, cryptsetup, pattern_disk
+from tests.helpers import Cli, InProcessCli, MiB, cryptsetup, pattern_disk
 from tests.luks.luks_helpers import (
     CS_ARGON2ID,
     CS_PBKDF2,
@@ -37,7 +37,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("made")
     src = pattern_disk(d / "src.raw", 1)
     key = write_key(d / "dek", b"Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWo=")
-    cli = Cli(d)
+    cli = InProcessCli(d)
     cli("encrypt", src, d / "l2.img", "--key-file", key, "--type", "luks2", *FAST)
     cli("encrypt", src, d / "l1.img", "--key-file", key, "--type", "luks1", *FAST)
     return {"luks2": d / "l2.img", "luks1": d / "l1.img", "key": key, "src": src}

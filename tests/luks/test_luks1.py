@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lukspack.errors import FormatError, WrongKeyError
-from lukspack.luks import luks1
-from lukspack.luks.volume import open_luks_path
+from lukspack.luks import luks1, open_luks_path
 from tests.helpers import MiB, cryptsetup, pattern_disk, qemu_img
 
 slot_st = st.builds(

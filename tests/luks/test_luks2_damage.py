@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from lukspack.errors import FormatError
-from lukspack.luks.volume import open_luks_path
-from tests.helpers import Cli, MiB, cryptsetup, pattern_disk
+from lukspack.luks import open_luks_path
+from tests.helpers import Cli, InProcessCli, MiB, cryptsetup, pattern_disk
 from tests.luks.luks_helpers import LP_FAST, cs_opens, write_key
 
 HDR = 16384
@@ -32,7 +32,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     d = tmp_path_factory.mktemp("img")
     src = pattern_disk(d / "src.raw", 1)
     key = write_key(d / "k", b"Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWo=")
-    Cli(d)("encrypt", src, d / "luks2.img", "--key-file", key, "--type", "luks2", "--pbkdf",
+    InProcessCli(d)("encrypt", src, d / "luks2.img", "--key-file", key, "--type", "luks2", "--pbkdf",
            "pbkdf2", *LP_FAST)
     return d / "luks2.img", key, src
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lukspack import ops
+from lukspack import plaintext
 from lukspack.crypto.cbc import cbc_reference
-from lukspack.luks import luks1
-from lukspack.luks.volume import open_luks_path
+from lukspack.luks import luks1, open_luks_path
 from tests.helpers import Cli, MiB, cryptsetup, pattern_disk, same_prefix
 from tests.luks.luks_helpers import (
     CS_ARGON2I,
@@ -59,7 +58,7 @@ def _decrypts_to(cli: Cli | None, image: Path, key: Path, source: Path, tmp_path
     if cli is not None:
         cli("decrypt", image, out, "--key-file", key, "--force")
     else:
-        ops.decrypt(str(image), str(out), key.read_bytes(), force=True)
+        plaintext.decrypt(str(image), str(out), key.read_bytes(), force=True)
     assert same_prefix(out, source)
 
 

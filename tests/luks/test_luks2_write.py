@@ -21,6 +21,7 @@ from lukspack.crypto.xts import xts_reference
 from lukspack.luks import luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import SlotKdf
+from lukspack.luks.metadata import Keyslot
 from tests.helpers import Cli, MiB, leftovers, pattern_disk
 from tests.luks.luks_helpers import (
     CS_ARGON2ID,
@@ -142,17 +143,20 @@ def test_calibrated_argon2id(cli: Cli, keyfile: Path, source: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--type", "luks1", "--pbkdf", "argon2id"], "LUKS1 key slots use pbkdf2 only"),
+    (["--type", "luks1", "--pbkdf", "argon2id"], "usage error: LUKS1 key slots use pbkdf2 only"),
     (["--type", "luks1", "--sector-size", "4096"], "LUKS1 has 512-byte sectors only"),
     (["--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-memory", "65536"], "do not apply to pbkdf2"),
     (["--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "3"], "minimum 4"),
     (["--type", "luks2", "--pbkdf-memory", "16"], "--pbkdf-memory 16 is outside"),
     (["--type", "luks2", "--pbkdf-parallel", "8"], "--pbkdf-parallel 8 is outside 1..4"),
-    (["--type", "luks2", "--hash", "md5x"], "unsupported hash 'md5x'"),
+    (["--type", "luks2", "--hash", "md5x"], "usage error: --hash md5x is not a known hash"),
 ])
 def test_bad_kdf_options_fail_before_writing(cli: Cli, keyfile: Path, source: Path,
                                             tmp_path: Path, args: list[str], message: str) -> None:
-    err = cli.fails("encrypt", source, tmp_path / "out.img", "--key-file", keyfile, *args)
+    """Combinations that cannot work are usage errors (exit 2); values out of range exit 1."""
+    code = 2 if "usage error" in message else 1
+    err = cli.fails("encrypt", source, tmp_path / "out.img", "--key-file", keyfile, *args,
+                    code=code)
     assert message in err
     assert not (tmp_path / "out.img").exists() and not leftovers(tmp_path)
 
@@ -180,8 +184,8 @@ def _image(metadata: int, sector: int, slots: list[tuple[str, int]]) -> tuple[by
         kdf = SlotKdf(kind, 4 if kind != "pbkdf2" else 1000, "sha256",
                       32 if kind != "pbkdf2" else 0, 1 if kind != "pbkdf2" else 0)
         area = luks2_format.keyslot_area_size(size)
-        j["keyslots"][str(i)] = luks2_format.keyslot_json(size, kdf, bytes(32), offset, area,
-                                                   "aes-xts-plain64", 64)
+        j["keyslots"][str(i)] = luks2_format.keyslot_json(Keyslot(
+            i, size, kdf, bytes(32), kdf.hash, luks2.STRIPES, offset, area, "aes-xts-plain64", 64))
         j["digests"]["0"]["keyslots"].append(str(i))
         offset += area
     hdr.bin.seqid = 7

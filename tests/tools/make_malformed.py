@@ -9,6 +9,7 @@ has one row per file: the file name, the lukspack command to run on it (`info`, 
 error it must print. `encrypt` and `verify` runs use KEY (below) as the key file.
 
     python -m tests.tools.make_malformed            # rewrite tests/data/malformed/
+    python -m tests.tools.make_malformed --only-vhdcrypt   # only the encrypted-VHD cases
 """
 
 from __future__ import annotations
@@ -152,6 +153,48 @@ def vhd_cases(c: Corpus) -> None:
          "VHD data_offset 512 points past the end", fix=False)
     c.add("vhd-zero-length.vhd", b"", "info --input-format vhd", "is empty (0 bytes)")
     c.add("vhd-no-footer.vhd", bytes(4096), "info --input-format vhd", "no valid VHD footer")
+
+
+# -- encrypted VHD (vhd-util / blktap) --------------------------------------------------------------
+
+def vhd_crypt_cases(c: Corpus) -> None:
+    """An empty 4 MiB encrypted VHD as lukspack's EncryptedVhd writes it (the layout vhd-util
+    writes: footer copy, header, BAT, batmap header with the key hash, batmap, footer), damaged.
+    `keyhash IMAGE` parses it as `vhd-util key -p` does."""
+    from lukspack.containers.encrypted_vhd import EncryptedVhd
+
+    v = EncryptedVhd(4 * MiB, timestamp=1, unique_id=bytes(range(16)))
+    key = v.new_volume_key(KEY)
+    fin = v.finish(v.build_key_material(key, KEY, None))
+    orig = bytearray(fin.prefix + b"".join(data for _, data in fin.trailer))
+    hdr = v.layout.batmap_header_offset
+
+    def case(what: str, mutate: Callable[[bytearray], None], expect: str,
+             command: str = "keyhash") -> None:
+        d = bytearray(orig)
+        mutate(d)
+        vhd_fix(d)
+        c.add(f"vhdcrypt-{what}.vhd", d, command, expect)
+
+    def creator(d: bytearray) -> None:
+        for at in (0, len(d) - 512):
+            d[at + 28 : at + 32] = b"qemu"
+
+    case("batmap-checksum", lambda d: be("I", d, hdr + 24, 0x12345678),
+         "batmap checksum 0x12345678 is wrong", "info")
+    case("keyhash-zero-hash", lambda d: d.__setitem__(slice(hdr + 62, hdr + 94), bytes(32)),
+         "keyhash flag is 1 but the key hash is all zeros", "verify")
+    case("batmap-past-end", lambda d: be("Q", d, hdr + 8, 1 << 40), "is past the end of the file",
+         "info")
+    case("creator-not-tap", creator, "creator_application 'qemu' is not 'tap'", "verify")
+    case("as-encrypt-source", lambda d: None, "is already an encrypted VHD", "encrypt")
+    case("batmap-cookie", lambda d: d.__setitem__(slice(hdr, hdr + 8), b"tdbatmaq"),
+         "not 'tdbatmap'")
+    case("keyhash-flag-bad", lambda d: d.__setitem__(hdr + 29, 7), "keyhash flag is 7")
+    case("batmap-version", lambda d: be("I", d, hdr + 20, 0x00020000),
+         "batmap_version 0x00020000")
+    case("batmap-size-zero", lambda d: be("I", d, hdr + 16, 0), "batmap_size 0 sectors")
+    case("not-encrypted", lambda d: d.__setitem__(hdr + 29, 0), "keyhash flag is 0")
 
 
 # -- qcow2 -------------------------------------------------------------------------------------
@@ -503,13 +546,32 @@ def luks2_cases(c: Corpus) -> None:
          material=True)
 
 
+def only(prefix: str, make: Callable[[Corpus], None]) -> None:
+    """Rewrite the files of one maker (names starting with prefix) and their MANIFEST rows,
+    leaving the rest of the corpus as it is."""
+    manifest = OUT / "MANIFEST.tsv"
+    lines = manifest.read_text().splitlines()
+    for p in OUT.glob(f"{prefix}*"):
+        p.unlink()
+    with tempfile.TemporaryDirectory() as work:
+        c = Corpus(Path(work))
+        make(c)
+    kept = [line for line in lines if not line.startswith(prefix)]
+    manifest.write_text("\n".join(kept + ["\t".join(row) for row in c.rows]) + "\n")
+    print(f"{len(c.rows)} {prefix}* files rewritten in {OUT}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--only-vhdcrypt"]:
+        only("vhdcrypt-", vhd_crypt_cases)
+        return
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as work:
         c = Corpus(Path(work))
-        for make in (vhd_cases, qcow2_cases, vmdk_cases, vhdx_cases, luks1_cases, luks2_cases):
+        for make in (vhd_cases, vhd_crypt_cases, qcow2_cases, vmdk_cases, vhdx_cases,
+                     luks1_cases, luks2_cases):
             make(c)
     for command in ("info", "encrypt", "verify"):
         c.add(f"raw-zero-length-{command}.img", b"", command,

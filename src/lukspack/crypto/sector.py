@@ -9,6 +9,7 @@ plain64 or plain IVs, the modes older cryptsetup versions used.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Protocol
 
 from lukspack.crypto.cbc import CbcCipher
@@ -75,5 +76,7 @@ def make_sector_cipher(cipher_name: str, cipher_mode: str, key: bytes | bytearra
     check_cipher(cipher_name, cipher_mode, len(key))
     chain, iv_mode, essiv_hash = _parse(cipher_name, cipher_mode)
     if chain == "xts":
-        return XtsCipher(key, sector_size, iv_bits=32 if iv_mode == "plain" else 64)
+        # LUKSPACK_XTS_ENGINE=numpy forces the fallback engine (tests, comparisons)
+        engine = os.environ.get("LUKSPACK_XTS_ENGINE", "auto")
+        return XtsCipher(key, sector_size, iv_bits=32 if iv_mode == "plain" else 64, engine=engine)
     return CbcCipher(key, sector_size, iv_mode, essiv_hash or "sha256")

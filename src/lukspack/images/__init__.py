@@ -88,6 +88,11 @@ def open_image(path: str, fmt: str | None = None) -> DiskImage:
         if found == "raw":
             return RawImage(path, fd)
         if found == "vhd":
+            from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+            if is_encrypted_vhd(fd):  # its blocks are ciphertext: never a plain source
+                raise UnsupportedError(f"{path}: is already an encrypted VHD (vhd-util); decrypt "
+                                       "it first or use it as it is")
             return VhdImage(path, fd)
         if found in _READERS:
             return _READERS[found](path, fd)

@@ -11,7 +11,7 @@ Layout (64 KiB clusters, 16-bit refcounts, every cluster referenced exactly once
 
 Host clusters are handed out in a fixed order by `Qcow2Writer.plan`, called in guest order on each
 plaintext chunk (the reader thread), so a worker thread can encrypt each data cluster with its own
-IV before it is written: qemu's qcow2 LUKS IV is the *host* byte offset / 512 (plain64), not the
+IV before it is placed: qemu's qcow2 LUKS IV is the *host* byte offset / 512 (plain64), not the
 guest sector (block/qcow2.c sets crypt_physical_offset for LUKS). Memory: one L2 table (64 KiB)
 being filled, the L1 table (8 bytes per 512 MiB of disk), and the chunks in flight.
 
@@ -21,11 +21,10 @@ The header builders are pure functions returning bytes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lukspack.containers.base import ChunkPlan, Finished, Placement, Run
 from lukspack.images.qcow2_header import (
     EXT_CRYPTO_HEADER,
     EXT_END,
@@ -35,9 +34,6 @@ from lukspack.images.qcow2_header import (
     MAGIC,
     OFLAG_COPIED,
 )
-
-if TYPE_CHECKING:
-    from lukspack.output import AtomicOutput
 
 CLUSTER_BITS = 16
 REFCOUNT_ORDER = 4  # 16-bit refcounts, qemu's default
@@ -89,20 +85,14 @@ def refcount_block(index: int, used: int, cluster_bits: int = CLUSTER_BITS) -> b
     return block.tobytes()
 
 
-@dataclass
-class ChunkPlan:
-    """Where the non-zero clusters of one chunk go, and which finished L2 tables to write."""
-
-    runs: list[tuple[int, int, int]] = field(default_factory=list)  # (chunk offset, length, host)
-    tables: list[tuple[int, bytes]] = field(default_factory=list)  # (host offset, L2 table)
-
-    @property
-    def data_bytes(self) -> int:
-        return sum(n for _, n, _ in self.runs)
-
-
 class Qcow2Writer:
-    """Allocates host clusters in stream order and writes the metadata at the end."""
+    """Allocates host clusters in stream order; finish() gives the metadata around them.
+
+    plan() runs in guest order (the reader thread) and returns the chunk's data clusters as
+    runs at their host offsets (IV: host offset / 512, as qemu's LUKS in qcow2) and the L2 tables
+    it closed; finish() returns the prefix (header, LUKS area, L1 table), the trailer (the last
+    L2 table, the refcount table and blocks) and the file size. Every output byte is placed
+    once, in ascending order after the prefix, so the image can stream to any sink."""
 
     def __init__(self, virtual_size: int, *, crypto_header_length: int = 0,
                  cluster_bits: int = CLUSTER_BITS) -> None:
@@ -120,8 +110,9 @@ class Qcow2Writer:
             next_free += -(-crypto_header_length // cs) * cs
         self.l1_table_offset = next_free
         next_free += max(1, -(-self.l1_size * 8 // cs)) * cs
-        self.next_free = next_free
+        self.prefix_size = self.next_free = next_free
         self.data_clusters = 0
+        self.file_size = 0
         self._l2 = np.zeros(self.l2_entries, dtype=np.uint64)
         self._l2_index = -1  # the L1 entry whose L2 table is being filled
         self._l2_used = False
@@ -131,7 +122,7 @@ class Qcow2Writer:
         self.next_free += self.cluster_size
         return host
 
-    def _close_l2(self, tables: list[tuple[int, bytes]]) -> None:
+    def _close_l2(self, tables: list[Placement]) -> None:
         if self._l2_used:
             host = self._alloc()
             tables.append((host, self._l2.astype(">u8").tobytes()))
@@ -139,66 +130,68 @@ class Qcow2Writer:
             self._l2[:] = 0
             self._l2_used = False
 
-    def plan(self, offset: int, view: memoryview) -> ChunkPlan:
-        """Decide where the non-zero clusters of the chunk at guest `offset` go (in guest order)."""
+    def plan(self, offset: int, view: memoryview | None, allocated: bool = True) -> ChunkPlan:
+        """Where the non-zero clusters of the chunk at guest `offset` go (in guest order). An
+        unallocated chunk (view None) is not scanned: it stores nothing."""
+        plan = ChunkPlan()
+        if view is None or not allocated:
+            return plan
         cs = self.cluster_size
         if offset % cs or len(view) % cs:
             raise ValueError(f"chunk at {offset} of {len(view)} bytes is not whole clusters")
         words = np.frombuffer(view, dtype=np.uint64).reshape(-1, cs // 8)
         nonzero = np.flatnonzero(words.any(axis=1))
-        plan = ChunkPlan()
         first = offset // cs
+        runs = plan.runs
         for k in nonzero.tolist():
             guest = first + k
             l1i, l2i = divmod(guest, self.l2_entries)
             if l1i != self._l2_index:
-                self._close_l2(plan.tables)
+                self._close_l2(plan.metadata)
                 self._l2_index = l1i
             host = self._alloc()
             self._l2[l2i] = np.uint64(host | OFLAG_COPIED)
             self._l2_used = True
             self.data_clusters += 1
-            if plan.runs and plan.runs[-1][0] + plan.runs[-1][1] == k * cs and \
-                    plan.runs[-1][2] + plan.runs[-1][1] == host:
-                b, n, h = plan.runs[-1]
-                plan.runs[-1] = (b, n + cs, h)
+            last = runs[-1] if runs else None
+            if last is not None and last.start + last.length == k * cs and \
+                    last.dest + last.length == host:
+                runs[-1] = Run(last.start, last.length + cs, last.iv_sector, last.dest)
             else:
-                plan.runs.append((k * cs, cs, host))
+                runs.append(Run(k * cs, cs, host // 512, host))
         return plan
 
-    @staticmethod
-    def write(out: AtomicOutput, view: memoryview, plan: ChunkPlan) -> None:
-        """Place one chunk's data clusters and finished L2 tables (the writer thread, in order)."""
-        for b, n, host in plan.runs:
-            out.pwrite(host, view[b : b + n])
-        for host, table in plan.tables:
-            out.pwrite(host, table)
-
-    def finish(self, out: AtomicOutput) -> int:
-        """Write the last L2 table, the refcounts, the L1 table and the header; the file size."""
+    def finish(self, crypto_material: bytes = b"") -> Finished:
+        """The prefix (header, crypto header area, L1 table), the trailer (last L2 table,
+        refcount table, refcount blocks) and the file size."""
         cs = self.cluster_size
-        tables: list[tuple[int, bytes]] = []
-        self._close_l2(tables)
-        for host, table in tables:
-            out.pwrite(host, table)
+        trailer: list[Placement] = []
+        self._close_l2(trailer)
         used = self.next_free // cs
         table_clusters, block_clusters = refcount_layout(used, self.cluster_bits)
         table_offset = used * cs
         blocks_offset = table_offset + table_clusters * cs
         total = used + table_clusters + block_clusters
-        for b in range(block_clusters):
-            out.pwrite(blocks_offset + b * cs, refcount_block(b, total, self.cluster_bits))
         rt = np.zeros(table_clusters * cs // 8, dtype=">u8")
         rt[:block_clusters] = blocks_offset + np.arange(block_clusters, dtype=np.uint64) * cs
-        out.pwrite(table_offset, rt.tobytes())
-        out.pwrite(self.l1_table_offset, self.l1.astype(">u8").tobytes())
-        out.pwrite(0, header_bytes(
+        trailer.append((table_offset, rt.tobytes()))
+        for b in range(block_clusters):
+            trailer.append((blocks_offset + b * cs, refcount_block(b, total, self.cluster_bits)))
+        prefix = bytearray(self.prefix_size)
+        head = header_bytes(
             size=self.size, cluster_bits=self.cluster_bits, l1_size=self.l1_size,
             l1_table_offset=self.l1_table_offset, refcount_table_offset=table_offset,
-            refcount_table_clusters=table_clusters, crypto_header=self.crypto_header))
+            refcount_table_clusters=table_clusters, crypto_header=self.crypto_header)
+        prefix[: len(head)] = head
+        if self.crypto_header is not None:
+            at, length = self.crypto_header
+            if len(crypto_material) != length:
+                raise ValueError(f"crypto header of {len(crypto_material)} bytes, not {length}")
+            prefix[at : at + length] = crypto_material
+        l1 = self.l1.astype(">u8").tobytes()
+        prefix[self.l1_table_offset : self.l1_table_offset + len(l1)] = l1
         self.file_size = total * cs
-        out.truncate(self.file_size)
-        return self.file_size
+        return Finished(bytes(prefix), trailer, self.file_size)
 
     @property
     def metadata_bytes(self) -> int:

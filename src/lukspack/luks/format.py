@@ -9,11 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from lukspack.errors import LukspackError
+from lukspack.errors import (
+    LukspackError,
+    UnsupportedError,
+    UsageError,
+    VerifyError,
+    WrongKeyError,
+)
 from lukspack.luks import luks1, luks2, luks2_format
-from lukspack.luks.kdf import calibrate_before_stream, digest_iterations, pbkdf2_cost, slot_kdf
+from lukspack.luks.kdf import (
+    KdfCache,
+    SlotKdf,
+    calibrate_before_stream,
+    digest_iterations,
+    pbkdf2_cost,
+    slot_kdf,
+)
+from lukspack.luks.open import open_luks_bytes
+from lukspack.luks.volume import LuksVolume
 
 LUKS_TYPES = ("luks1", "luks2")
 
@@ -27,14 +42,30 @@ class KdfOptions:
     memory_kb: int | None = None  # Argon2 memory cost, KiB (default 1 GiB, at most half the RAM)
     parallel: int | None = None  # Argon2 threads (default 4, at most the online CPUs)
 
-    def slot_kdf(self, luks_type: str, key_bytes: int, check_only: bool = False):
+    def check(self, luks_type: str, key_bytes: int = 64) -> None:
+        """Refuse options that cannot work before anything is written, with cryptsetup's limits:
+        UsageError (exit 2) for a combination that cannot work or an unknown name (--pbkdf
+        argon2id with LUKS1, an unknown --hash), UnsupportedError for a value out of range
+        (costs above the 32-bit fields, Argon2 memory and threads, an --iter-time whose PBKDF2
+        count would not fit 32 bits on this machine)."""
+        self.slot_kdf(luks_type, key_bytes, check_only=True)
+
+    def slot_kdf(self, luks_type: str, key_bytes: int, check_only: bool = False
+                 ) -> SlotKdf | None:
         """The key slot KDF for these options (calibrated unless forced); check_only validates."""
         pbkdf = self.pbkdf or ("argon2id" if luks_type == "luks2" else "pbkdf2")
         if luks_type == "luks1" and pbkdf != "pbkdf2":
-            raise LukspackError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
+            raise UsageError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
         return slot_kdf(pbkdf, self.hash, key_bytes, iter_time_ms=self.iter_time_ms,
                         force_iterations=self.force_iterations, memory_kb=self.memory_kb,
                         parallel=self.parallel, check_only=check_only)
+
+
+class HeaderBuilder(Protocol):
+    def __call__(self, volume_key: bytes | bytearray, passphrase: bytes | bytearray,
+                 cache: KdfCache | None = None) -> bytes:
+        """The header area; cache: the KdfCache of this encryption (its check reuses it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +76,7 @@ class HeaderPlan:
     cipher_mode: str
     key_bytes: int
     sector_size: int
-    build: Callable[[bytes | bytearray, bytes | bytearray], bytes]  # (volume key, passphrase)
+    build: HeaderBuilder  # (volume key, passphrase, cache=None) -> header area
     # called once before the payload streams (output open, CPU idle): Argon2 calibration, which
     # times wall clock as cryptsetup does, and PBKDF2 calibration on CPUs whose cores are shared
     # (SMT). Otherwise PBKDF2 calibrates in build(), beside the stream: it is timed on the thread's
@@ -56,33 +87,70 @@ class HeaderPlan:
     def cipher(self) -> str:
         return f"{self.cipher_name}-{self.cipher_mode}"
 
+    def check(self, name: str, header: bytes, passphrase: bytes | bytearray,
+              volume_key: bytes | bytearray, cache: KdfCache | None = None,
+              size: int | None = None) -> LuksVolume:
+        """Verify a header area this plan built, in memory, before it is placed: it must parse
+        (as `open_luks` reads a file), describe this plan's payload (offset, cipher, sector size,
+        key size), and the passphrase must open exactly volume_key. cache: the KdfCache the build
+        used, so the check does not derive the same key again. Raises VerifyError."""
+        vol = check_header(name, header, passphrase, volume_key, cache, size)
+        found = (vol.payload_offset, vol.cipher, vol.sector_size, vol.key_bytes)
+        want = (self.header_size, self.cipher, self.sector_size, self.key_bytes)
+        if found != want:
+            raise VerifyError(f"{name}: verification failed: the header says payload offset, "
+                              f"cipher, sector size, key bytes = {found}, expected {want}")
+        return vol
+
+
+def check_header(name: str, header: bytes, passphrase: bytes | bytearray,
+                 volume_key: bytes | bytearray, cache: KdfCache | None = None,
+                 size: int | None = None) -> LuksVolume:
+    """Open a LUKS header area held in memory and check that passphrase opens volume_key
+    (for a header lukspack did not plan, e.g. inside qcow2). Raises VerifyError."""
+    try:
+        vol = open_luks_bytes(name, header, size)
+        vol.check_payload()
+        ok = vol.opens_with(passphrase, volume_key, cache)
+    except WrongKeyError:
+        ok = False
+    except LukspackError as e:
+        raise VerifyError(f"{name}: verification failed: the header does not open: {e}") from None
+    if not ok:
+        raise VerifyError(f"{name}: verification failed: the key file does not open the volume "
+                          "key the payload was encrypted with")
+    return vol
+
 
 def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
                 sector_size: int = 512) -> HeaderPlan:
     if luks_type in LUKS_TYPES:
-        kdf.slot_kdf(luks_type, key_bytes, check_only=True)  # bad options fail before any I/O
+        kdf.check(luks_type, key_bytes)  # bad options fail before any I/O
     if luks_type == "luks2":
         return _plan_luks2(kdf, key_bytes, sector_size)
     if luks_type == "luks1":
         if sector_size != 512:
-            raise LukspackError(f"LUKS1 has 512-byte sectors only, not {sector_size}")
+            raise UnsupportedError(f"LUKS1 has 512-byte sectors only, not --sector-size "
+                                   f"{sector_size}")
 
         costs: list[Any] = []
 
         def prepare() -> None:
             costs.append(pbkdf2_cost(kdf.hash, key_bytes, kdf.iter_time_ms, kdf.force_iterations))
 
-        def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
+        def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray,
+                  cache: KdfCache | None = None) -> bytes:
             if not costs:
                 prepare()  # calibrating beside the stream (kdf.calibrate_before_stream)
             cost = costs[0]
             return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
-                                      digest_iterations=cost.digest_iterations, hash_spec=kdf.hash)
+                                      digest_iterations=cost.digest_iterations, hash_spec=kdf.hash,
+                                      cache=cache)
 
         first = calibrate_before_stream(kdf.force_iterations)
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
                           512, build, prepare if first else None)
-    raise LukspackError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
+    raise UsageError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
 
 
 def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan:
@@ -90,18 +158,21 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
     does (its wall-clock benchmark run beside the encryption threads would pick a weaker cost);
     PBKDF2 and forced costs need no idle CPU and are worked out in build(), in the background."""
     if sector_size not in (512, 4096):
-        raise LukspackError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
+        raise UnsupportedError(f"--sector-size {sector_size} is not supported (use 512 or 4096)")
     cost: dict[str, Any] = {}
 
     def prepare() -> None:
         cost["slot"] = slot = kdf.slot_kdf("luks2", key_bytes)
+        assert slot is not None
         cost["digest"] = digest_iterations(slot.hash, key_bytes, kdf.force_iterations is not None)
 
-    def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray) -> bytes:
+    def build(volume_key: bytes | bytearray, passphrase: bytes | bytearray,
+              cache: KdfCache | None = None) -> bytes:
         if not cost:
             prepare()
         return luks2_format.format_luks2(volume_key, passphrase, cost["slot"],
-                                         digest_iterations=cost["digest"], sector_size=sector_size)
+                                         digest_iterations=cost["digest"], sector_size=sector_size,
+                                         cache=cache)
 
     argon2 = (kdf.pbkdf or "argon2id") != "pbkdf2"
     first = (argon2 and kdf.force_iterations is None) or calibrate_before_stream(

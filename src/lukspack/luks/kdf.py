@@ -16,16 +16,20 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from lukspack.errors import FormatError, UnsupportedError
+from lukspack.errors import FormatError, UnsupportedError, UsageError
 
 HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 LUKS_MKD_ITERATIONS_MS = 125  # cryptsetup: the volume-key digest costs 1/8 s
 MIN_ITERATIONS = 1000  # cryptsetup's LUKS_SLOT_ITERATIONS_MIN and LUKS_MKD_ITERATIONS_MIN
 _CALIBRATION_MS = 500
+U32_MAX = (1 << 32) - 1  # LUKS1 iteration fields and cryptsetup's option and cost limits
+# --iter-time up to this many ms cannot make a PBKDF2 count overflow 32 bits below 8.5 million
+# iterations per second (over twice the fastest rate cryptsetup benchmarks report); a longer time
+# is checked by calibrating at once, before anything is written (KdfOptions.check)
+SAFE_ITER_TIME_MS = 500_000
 
 
 def check_hash(name: str) -> str:
@@ -35,53 +39,77 @@ def check_hash(name: str) -> str:
     return name
 
 
-_memo: dict[tuple, bytearray] | None = None
-_memo_lock = threading.Lock()
+class UnsupportedOption(UsageError, UnsupportedError):
+    """An option value lukspack does not know or that cannot work with the others: a usage error
+    (exit code 2), and an UnsupportedError for callers that catch those."""
 
 
-@contextmanager
-def remember() -> Iterator[None]:
-    """Within this block, a derivation with exactly the same inputs is computed once.
-
-    `encrypt` derives the key slot's key, writes the header, then verifies by unlocking the header
-    it reads back from disk with the key file. Every input of that second derivation (hash, salt,
-    iterations, passphrase) comes from the disk, so the check is complete; only the identical
-    computation, seconds long by design, is not repeated. Remembered keys are wiped on exit.
-    """
-    global _memo
-    with _memo_lock:
-        _memo = {}
+def check_hash_option(name: str) -> str:
+    """check_hash for a --hash option: an unknown name is a usage error."""
     try:
-        yield
-    finally:
-        with _memo_lock:
-            for value in (_memo or {}).values():
+        return check_hash(name)
+    except UnsupportedError as e:
+        raise UnsupportedOption(str(e)) from None
+
+
+class KdfCache:
+    """Key derivations done for one encryption, so that the same computation is not repeated.
+
+    `encrypt` derives the key slot's key, builds the header, then verifies it by unlocking the
+    header bytes with the key file. Every input of that second derivation (hash, salt, cost,
+    passphrase) comes from the header being checked, so the check is complete; only the identical
+    computation, seconds long by design, is not repeated. One cache belongs to one encryption and
+    is passed explicitly to the calls that may use it (two encryptions in one process each have
+    their own); wipe() (or leaving a with-block) overwrites the remembered keys. Thread-safe: the
+    header is built in one thread and checked in another.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[object, ...], bytearray] = {}
+        self._lock = threading.Lock()
+        self.hits = 0  # derivations answered from the cache
+
+    def derive(self, key: tuple[object, ...], compute: Callable[[], bytes]) -> bytearray:
+        """compute(), or a copy of what the same call returned before."""
+        with self._lock:
+            if key in self._memo:
+                self.hits += 1
+                return bytearray(self._memo[key])
+        result = bytearray(compute())
+        with self._lock:
+            self._memo.setdefault(key, bytearray(result))
+        return result
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def wipe(self) -> None:
+        with self._lock:
+            for value in self._memo.values():
                 value[:] = bytes(len(value))
-            _memo = None
+            self._memo.clear()
+
+    def __enter__(self) -> KdfCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wipe()
 
 
-def memoized(key: tuple, compute) -> bytearray:  # noqa: ANN001 - compute: () -> bytes
-    """compute(), or the result of the same call inside an active remember() block (a copy)."""
-    with _memo_lock:
-        memo = _memo
-        if memo is not None and key in memo:
-            return bytearray(memo[key])
-    result = bytearray(compute())
-    if memo is not None:
-        with _memo_lock:
-            memo[key] = bytearray(result)
-    return result
+def _derive(cache: KdfCache | None, key: tuple[object, ...],
+            compute: Callable[[], bytes]) -> bytearray:
+    return cache.derive(key, compute) if cache is not None else bytearray(compute())
 
 
 def pbkdf2(hash_name: str, password: bytes | bytearray, salt: bytes, iterations: int,
-           length: int) -> bytearray:
+           length: int, cache: KdfCache | None = None) -> bytearray:
     """PBKDF2-HMAC; the result is a bytearray the caller wipes."""
-    if iterations < 1:
-        raise ValueError(f"PBKDF2 iterations must be at least 1, not {iterations}")
+    if not 1 <= iterations <= U32_MAX:
+        raise FormatError(f"PBKDF2 iterations {iterations} is outside 1..{U32_MAX}")
     name = check_hash(hash_name)
     key = ("pbkdf2", name, hashlib.sha256(password).digest(), bytes(salt), iterations, length)
-    return memoized(key, lambda: hashlib.pbkdf2_hmac(name, bytes(password), salt, iterations,
-                                                     length))
+    return _derive(cache, key, lambda: hashlib.pbkdf2_hmac(name, bytes(password), salt,
+                                                           iterations, length))
 
 
 def pbkdf2_rate(hash_name: str, key_length: int) -> int:
@@ -150,14 +178,26 @@ def pbkdf2_cost(hash_name: str, key_length: int, iter_time_ms: int = 2000,
         if force_iterations < MIN_ITERATIONS:
             raise UnsupportedError(
                 f"--pbkdf-force-iterations {force_iterations} is below the minimum {MIN_ITERATIONS}")
+        if force_iterations > U32_MAX:
+            raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is above the "
+                                   f"maximum {U32_MAX}")
         return Pbkdf2Cost(force_iterations, MIN_ITERATIONS)
-    if iter_time_ms < 1:
-        raise UnsupportedError(f"--iter-time must be at least 1 ms, not {iter_time_ms}")
+    _check_iter_time(iter_time_ms)
     rate = pbkdf2_rate(hash_name, key_length)
+    slot = max(MIN_ITERATIONS, rate * iter_time_ms // 1000)
+    if slot > U32_MAX:  # cryptsetup's crypt_pbkdf_check refuses this too (-EINVAL)
+        raise UnsupportedError(f"--iter-time {iter_time_ms} ms needs {slot} PBKDF2-{hash_name} "
+                               f"iterations on this machine ({rate} per second), above the "
+                               f"maximum {U32_MAX} of a key slot: use a shorter --iter-time")
     return Pbkdf2Cost(
-        slot_iterations=max(MIN_ITERATIONS, rate * iter_time_ms // 1000),
+        slot_iterations=slot,
         digest_iterations=max(MIN_ITERATIONS, rate * LUKS_MKD_ITERATIONS_MS // 1000),
     )
+
+
+def _check_iter_time(iter_time_ms: int) -> None:
+    if not 1 <= iter_time_ms <= U32_MAX:
+        raise UnsupportedError(f"--iter-time {iter_time_ms} is outside 1..{U32_MAX} ms")
 
 
 # -- Argon2 and the key slot KDF of LUKS2 --------------------------------------------------------
@@ -175,10 +215,10 @@ _BENCH_MIN_MS, _BENCH_MIN_MS_FAST, _BENCH_SAMPLES_FAST = 250, 10, 3
 
 
 def argon2(kind: str, password: bytes | bytearray, salt: bytes, time_cost: int, memory_kb: int,
-           parallel: int, length: int, *, remember: bool = True) -> bytearray:
+           parallel: int, length: int, cache: KdfCache | None = None) -> bytearray:
     """Argon2i or Argon2id, version 0x13; the result is a bytearray the caller wipes.
 
-    remember=False for measurements: a calibration run must really compute."""
+    Calibration runs pass no cache: a measurement must really compute."""
     from argon2.exceptions import HashingError
     from argon2.low_level import Type, hash_secret_raw
 
@@ -192,7 +232,7 @@ def argon2(kind: str, password: bytes | bytearray, salt: bytes, time_cost: int, 
             return hash_secret_raw(bytes(password), salt, time_cost, memory_kb, parallel, length,
                                    kinds[kind])
 
-        return memoized(key, compute) if remember else bytearray(compute())
+        return _derive(cache, key, compute)
     except (HashingError, OverflowError) as e:
         raise FormatError(f"{kind} time {time_cost}, memory {memory_kb} KiB, {parallel} threads: "
                           f"{e}") from None
@@ -241,7 +281,7 @@ def argon2_calibrate(kind: str, key_length: int, target_ms: int, max_memory_kb: 
         for _ in range(samples):
             start = time.perf_counter()
             argon2(kind, b"foobarfo", b"0123456789abcdef0123456789abcdef", t, m, parallel,
-                   key_length, remember=False)
+                   key_length)
             ms = int((time.perf_counter() - start) * 1000)  # whole ms, as cryptsetup
             best = min(best, ms)
             if ms < atleast:
@@ -308,11 +348,12 @@ class SlotKdf:
     memory: int = 0  # KiB, Argon2 only
     parallel: int = 0  # Argon2 only
 
-    def derive(self, passphrase: bytes | bytearray, salt: bytes, length: int) -> bytearray:
+    def derive(self, passphrase: bytes | bytearray, salt: bytes, length: int,
+               cache: KdfCache | None = None) -> bytearray:
         if self.type == "pbkdf2":
-            return pbkdf2(self.hash, passphrase, salt, self.iterations, length)
+            return pbkdf2(self.hash, passphrase, salt, self.iterations, length, cache)
         return argon2(self.type, passphrase, salt, self.iterations, self.memory, self.parallel,
-                      length)
+                      length, cache)
 
 
 def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
@@ -322,11 +363,13 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
     """The key slot KDF `cryptsetup luksFormat`/`luksAddKey` would choose for these options
     (verify_pbkdf_params, init_pbkdf_type and the benchmark), with the same limits.
     check_only: validate the options now (fast), return None, calibrate later."""
-    hash_name = check_hash(hash_name)
+    hash_name = check_hash_option(hash_name)
     if pbkdf not in PBKDFS:
-        raise UnsupportedError(f"unsupported PBKDF {pbkdf!r} (supported: {', '.join(PBKDFS)})")
-    if iter_time_ms < 1:
-        raise UnsupportedError(f"--iter-time must be at least 1 ms, not {iter_time_ms}")
+        raise UnsupportedOption(f"unsupported PBKDF {pbkdf!r} (supported: {', '.join(PBKDFS)})")
+    _check_iter_time(iter_time_ms)
+    if force_iterations is not None and force_iterations > U32_MAX:
+        raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is above the "
+                               f"maximum {U32_MAX}")
     if pbkdf == "pbkdf2":
         if memory_kb is not None or parallel is not None:
             raise UnsupportedError("--pbkdf-memory and --pbkdf-parallel do not apply to pbkdf2")
@@ -334,6 +377,8 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
             raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the "
                                    f"minimum {MIN_ITERATIONS} for pbkdf2")
         if check_only:
+            if force_iterations is None and iter_time_ms > SAFE_ITER_TIME_MS:
+                pbkdf2_cost(hash_name, key_length, iter_time_ms)  # may overflow: find out now
             return None
         cost = pbkdf2_cost(hash_name, key_length, iter_time_ms, force_iterations)
         return SlotKdf("pbkdf2", cost.slot_iterations, hash_name)

@@ -1,4 +1,5 @@
-"""Key slot management on an existing image, in place: add-key and remove-key, LUKS1 and LUKS2.
+"""Key slot management on an existing image, in place: add-key and remove-key, LUKS1 and LUKS2,
+in a RAW LUKS image or inside a qcow2+LUKS image (IBM Cloud VPC's encrypted format).
 
 As `cryptsetup luksAddKey` / `luksRemoveKey`: a passphrase that opens a slot proves the right to
 change the image. Adding writes and fsyncs the new slot's key material before the header that
@@ -6,32 +7,119 @@ activates it; removing overwrites the slot's material with random bytes before t
 drops it. A LUKS2 header is written as both copies (primary, then secondary) with seqid + 1, after
 checking that no one else changed it since it was read. Removing the last slot that opens the data
 segment is refused: the image would be lost.
+
+A qcow2 image is recognised by its content (the qcow2 magic), not its name. Its LUKS1 header
+lives in the clusters its crypto header extension names (offset, length), as qemu lays it out;
+key material and header are rewritten in place there, never past that area, and nothing else of
+the qcow2 file changes (qemu-img amend changes the same bytes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from lukspack.crypto.sector import check_cipher
-from lukspack.errors import FormatError, LukspackError, UnsupportedError, WrongKeyError
+from lukspack.errors import FormatError, LukspackError, UnsupportedError
+from lukspack.images.qcow2 import MAGIC as QCOW2_MAGIC
+from lukspack.images.qcow2 import Qcow2Image
 from lukspack.keys import wipe
 from lukspack.luks import luks1, luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.format import KdfOptions
-from lukspack.luks.volume import LuksVolume, open_luks
+from lukspack.luks.metadata import seal_keyslot
+from lukspack.luks.open import open_luks, open_region
+from lukspack.luks.volume import LuksVolume
 
 T = TypeVar("T")
 
 
+@dataclasses.dataclass
+class _Target:
+    """The LUKS header area of an image opened for writing: [base, base + length) of the file."""
+
+    fd: int
+    path: str
+    base: int
+    length: int  # bytes of the LUKS area (the file size for a RAW image)
+    container: str  # "raw" or "qcow2"
+    vol: LuksVolume = dataclasses.field(init=False)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if offset < 0 or offset + size > self.length:
+            raise FormatError(f"{self.path}: LUKS header read of {size} bytes at {offset} runs "
+                              f"past the {self.container} LUKS area ({self.length} bytes)")
+        data = os.pread(self.fd, size, self.base + offset)
+        if len(data) != size:
+            raise FormatError(f"{self.path}: {size} bytes at offset {self.base + offset} are past "
+                              "the end of the file")
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > self.length:  # never outside the LUKS area
+            raise LukspackError(f"{self.path}: a {len(data)}-byte write at {offset} would leave "
+                                f"the {self.container} LUKS area ({self.length} bytes); nothing "
+                                "was written there")
+        view, at = memoryview(data), self.base + offset
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, at)
+                view, at = view[n:], at + n
+            os.fsync(self.fd)
+        except OSError as e:
+            raise LukspackError(f"{self.path}: write failed at offset {at}: {e.strerror}") from None
+
+
+def _locate(fd: int, path: str) -> _Target:
+    """Find the LUKS header by content: at 0 of a RAW image, or in a qcow2's crypto clusters."""
+    if os.pread(fd, 4, 0) != QCOW2_MAGIC:
+        t = _Target(fd, path, 0, os.lseek(fd, 0, os.SEEK_END), "raw")
+        t.vol = open_luks(path, fd)
+        return t
+    image = Qcow2Image(path, fd, allow_encrypted=True)  # validates header, L1, crypto extension
+    if image.crypto_header is None:
+        raise LukspackError(f"{path}: is a qcow2 image without encryption; it has no key slots")
+    base, length = image.crypto_header
+    t = _Target(fd, path, base, length, "qcow2")
+    t.vol = open_region(path, t.read_at, length)
+    if t.vol.version != 1:
+        raise UnsupportedError(f"{path}: LUKS{t.vol.version} inside qcow2 is not supported "
+                               "(qemu writes LUKS1)")
+    return t
+
+
+# QEMU (a VM, qemu-img, qemu-io, qemu-nbd) takes open file description locks on bytes 100.. for
+# the permissions it holds and 200.. for those it does not share (block/file-posix.c,
+# raw_apply_lock_bytes). A write lock over both ranges fails while any QEMU has the image open,
+# and keeps QEMU from opening it while the key slots change.
+_QEMU_LOCK_BYTES = (100, 200)  # start, length
+_FLOCK = struct.Struct("hhxxxxqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+
+def _lock_out_qemu(fd: int, path: str) -> None:
+    setlk = getattr(fcntl, "F_OFD_SETLK", None)
+    if setlk is None:  # not Linux: flock() above is the only lock
+        return
+    start, length = _QEMU_LOCK_BYTES
+    try:
+        fcntl.fcntl(fd, setlk, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise LukspackError(f"{path}: in use by QEMU (it holds the image's locks); stop the "
+                                "VM or qemu process first") from None
+        raise LukspackError(f"{path}: cannot lock: {e.strerror}") from None
+
+
 @contextmanager
-def _open_rw(path: str) -> Iterator[tuple[int, LuksVolume]]:
+def _open_rw(path: str) -> Iterator[_Target]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
@@ -41,7 +129,8 @@ def _open_rw(path: str) -> Iterator[tuple[int, LuksVolume]]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LukspackError(f"{path}: in use by another process (locked)") from None
-        yield fd, open_luks(path, fd)
+        _lock_out_qemu(fd, path)
+        yield _locate(fd, path)
     finally:
         os.close(fd)
 
@@ -67,88 +156,74 @@ def _slow(fn: Callable[[], T]) -> T:
     return box["value"]
 
 
-def _write(fd: int, path: str, offset: int, data: bytes) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        os.fsync(fd)
-    except OSError as e:
-        raise LukspackError(f"{path}: write failed at offset {offset}: {e.strerror}") from None
-
-
 def add_key(path: str, passphrase: bytes | bytearray, new_passphrase: bytes | bytearray,
             kdf: KdfOptions, *, key_slot: int | None = None) -> dict[str, Any]:
     """Add a key slot opened by new_passphrase; passphrase must open an existing slot."""
-    with _open_rw(path) as (fd, vol):
-        if vol.version == 1:
-            return _add_luks1(fd, vol, passphrase, new_passphrase, kdf, key_slot)
-        return _add_luks2(fd, vol, passphrase, new_passphrase, kdf, key_slot)
+    with _open_rw(path) as t:
+        if isinstance(t.vol.header, luks1.Luks1Header):
+            r = _add_luks1(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
+        else:
+            assert isinstance(t.vol.header, luks2.Luks2Header)
+            r = _add_luks2(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
+        return {"container": t.container, **r}
 
 
 def remove_key(path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
     """Remove the key slot that passphrase opens, unless it is the last one."""
-    with _open_rw(path) as (fd, vol):
-        if vol.version == 1:
-            return _remove_luks1(fd, vol, passphrase)
-        return _remove_luks2(fd, vol, passphrase)
+    with _open_rw(path) as t:
+        if isinstance(t.vol.header, luks1.Luks1Header):
+            r = _remove_luks1(t, t.vol.header, passphrase)
+        else:
+            assert isinstance(t.vol.header, luks2.Luks2Header)
+            r = _remove_luks2(t, t.vol.header, passphrase)
+        return {"container": t.container, **r}
+
+
+def _unlock(t: _Target, passphrase: bytes | bytearray) -> tuple[bytearray, int]:
+    return _slow(lambda: t.vol.header.unlock_slot(t.read_at, passphrase, t.path))
 
 
 # -- LUKS1 -------------------------------------------------------------------------------------
 
-def _unlock_luks1(hdr: luks1.Luks1Header, read_at, passphrase: bytes | bytearray,
-                  name: str) -> tuple[bytearray, int]:
-    check_cipher(hdr.cipher_name, hdr.cipher_mode, hdr.key_bytes)
-    size = hdr.material_sectors() * luks1.SECTOR
-    for i, s in enumerate(hdr.slots):
-        if s.enabled:
-            key = hdr.open_slot(i, passphrase, bytearray(read_at(s.key_material_offset *
-                                                                 luks1.SECTOR, size)))
-            if key is not None:
-                return key, i
-    raise WrongKeyError(f"{name}: no key slot opens with this key file")
-
-
-def _add_luks1(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
+def _add_luks1(t: _Target, hdr: luks1.Luks1Header, passphrase: bytes | bytearray,
                new_passphrase: bytes | bytearray, kdf: KdfOptions,
                key_slot: int | None) -> dict[str, Any]:
-    hdr: luks1.Luks1Header = vol.header
     if kdf.hash not in (None, hdr.hash_spec):
-        raise LukspackError(f"{vol.path}: LUKS1 key slots use the header's hash {hdr.hash_spec}, "
+        raise LukspackError(f"{t.path}: LUKS1 key slots use the header's hash {hdr.hash_spec}, "
                             f"not --hash {kdf.hash}")
     kdf = dataclasses.replace(kdf, hash=hdr.hash_spec)
     free = [i for i, s in enumerate(hdr.slots) if not s.enabled]
-    index = _pick_slot(vol.path, key_slot, free, luks1.NUM_KEYS)
-    kdf.slot_kdf("luks1", hdr.key_bytes, check_only=True)
-    key, opened = _slow(lambda: _unlock_luks1(hdr, vol.read_at, passphrase, vol.path))
+    index = _pick_slot(t.path, key_slot, free, luks1.NUM_KEYS)
+    kdf.check("luks1", hdr.key_bytes)
+    key, opened = _unlock(t, passphrase)
     try:
         cost = _slow(lambda: kdf.slot_kdf("luks1", hdr.key_bytes))
+        assert cost is not None
         material = _slow(lambda: luks1.seal_slot(hdr, index, key, new_passphrase,
                                                  cost.iterations))
     finally:
         wipe(key)
-    _write(fd, vol.path, hdr.slots[index].key_material_offset * luks1.SECTOR, material)
-    _write(fd, vol.path, 0, hdr.pack())
-    return {"image": vol.path, "type": "luks1", "opened_slot": opened, "added_slot": index,
+    t.write(hdr.slots[index].key_material_offset * luks1.SECTOR, material)
+    t.write(0, hdr.pack())
+    return {"image": t.path, "type": "luks1", "opened_slot": opened, "added_slot": index,
             "pbkdf": "pbkdf2", "hash": hdr.hash_spec, "iterations": cost.iterations,
-            "active_slots": [i for i, s in enumerate(hdr.slots) if s.enabled]}
+            "active_slots": hdr.active_slots()}
 
 
-def _remove_luks1(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> dict[str, Any]:
-    hdr: luks1.Luks1Header = vol.header
-    key, index = _slow(lambda: _unlock_luks1(hdr, vol.read_at, passphrase, vol.path))
+def _remove_luks1(t: _Target, hdr: luks1.Luks1Header,
+                  passphrase: bytes | bytearray) -> dict[str, Any]:
+    key, index = _unlock(t, passphrase)
     wipe(key)
-    active = [i for i, s in enumerate(hdr.slots) if s.enabled]
+    active = hdr.active_slots()
     if active == [index]:
-        raise LukspackError(f"{vol.path}: key slot {index} is the last active key slot; removing "
+        raise LukspackError(f"{t.path}: key slot {index} is the last active key slot; removing "
                             "it would leave the image impossible to open")
     slot = hdr.slots[index]
     size = hdr.material_sectors() * luks1.SECTOR
-    _write(fd, vol.path, slot.key_material_offset * luks1.SECTOR, secrets.token_bytes(size))
+    t.write(slot.key_material_offset * luks1.SECTOR, secrets.token_bytes(size))
     slot.active, slot.iterations, slot.salt = luks1.KEY_DISABLED, 0, bytes(luks1.SALT_SIZE)
-    _write(fd, vol.path, 0, hdr.pack())
-    return {"image": vol.path, "type": "luks1", "removed_slot": index,
+    t.write(0, hdr.pack())
+    return {"image": t.path, "type": "luks1", "removed_slot": index,
             "active_slots": [i for i in active if i != index]}
 
 
@@ -181,22 +256,22 @@ def _find_area(hdr: luks2.Luks2Header, length: int, name: str) -> int:
     return offset
 
 
-def _snapshot(fd: int, hdr: luks2.Luks2Header) -> bytes:
+def _snapshot(t: _Target, hdr: luks2.Luks2Header) -> bytes:
     """Both header copies as they are on disk now."""
-    return os.pread(fd, 2 * hdr.hdr_size, 0)
+    return t.read_at(0, 2 * hdr.hdr_size)
 
 
-def _write_luks2(fd: int, vol: LuksVolume, hdr: luks2.Luks2Header, snapshot: bytes) -> int:
+def _write_luks2(t: _Target, hdr: luks2.Luks2Header, snapshot: bytes) -> int:
     """Write both copies with seqid + 1, after checking that the headers on disk are still the
     ones that were read (cryptsetup's concurrent-update check)."""
-    if _snapshot(fd, hdr) != snapshot:
-        raise LukspackError(f"{vol.path}: the LUKS2 header changed while lukspack worked; nothing "
+    if _snapshot(t, hdr) != snapshot:
+        raise LukspackError(f"{t.path}: the LUKS2 header changed while lukspack worked; nothing "
                             "was written")
     lj.validate(hdr.json, hdr.hdr_size - luks2.BIN_LEN)
     seqid = hdr.bin.seqid + 1
     primary, secondary = hdr.pack(seqid)
-    _write(fd, vol.path, 0, primary)
-    _write(fd, vol.path, hdr.hdr_size, secondary)
+    t.write(0, primary)
+    t.write(hdr.hdr_size, secondary)
     return seqid
 
 
@@ -204,11 +279,11 @@ def _segment_digest(hdr: luks2.Luks2Header) -> dict[str, Any]:
     return next(d for d in hdr.json["digests"].values() if "0" in d["segments"])
 
 
-def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
+def _add_luks2(t: _Target, hdr: luks2.Luks2Header, passphrase: bytes | bytearray,
                new_passphrase: bytes | bytearray, kdf: KdfOptions,
                key_slot: int | None) -> dict[str, Any]:
-    hdr: luks2.Luks2Header = vol.header
-    snapshot = _snapshot(fd, hdr)
+    vol = t.vol
+    snapshot = _snapshot(t, hdr)
     kdf = dataclasses.replace(kdf, hash=kdf.hash or "sha256")
     slots = hdr.json["keyslots"]
     index = _pick_slot(vol.path, key_slot, [i for i in range(luks2.MAX_KEYSLOTS)
@@ -219,36 +294,37 @@ def _add_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray,
         encryption, area_key = vol.cipher, key_size
     except UnsupportedError:
         encryption, area_key = "aes-xts-plain64", 64
-    kdf.slot_kdf("luks2", area_key, check_only=True)
+    kdf.check("luks2", area_key)
     area_size = luks2_format.keyslot_area_size(key_size)
     offset = _find_area(hdr, area_size, vol.path)
-    key, opened = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
+    key, opened = _unlock(t, passphrase)
     try:
-        slot = _slow(lambda: kdf.slot_kdf("luks2", area_key))
-        salt = secrets.token_bytes(luks2.SALT_SIZE)
-        material = _slow(lambda: luks2_format.seal_keyslot(key, new_passphrase, slot, salt, encryption,
-                                                    area_key))
+        cost = _slow(lambda: kdf.slot_kdf("luks2", area_key))
+        assert cost is not None
+        slot = luks2_format.new_keyslot(index, key_size, cost, offset, area_size, encryption,
+                                        area_key)
+        material = _slow(lambda: seal_keyslot(slot, key, new_passphrase))
     finally:
         wipe(key)
-    slots[str(index)] = luks2_format.keyslot_json(key_size, slot, salt, offset, area_size, encryption,
-                                           area_key)
+    slots[str(index)] = luks2_format.keyslot_json(slot)
     _segment_digest(hdr)["keyslots"].append(str(index))
     try:
         lj.validate(hdr.json, hdr.hdr_size - luks2.BIN_LEN)
     except lj.InvalidMetadata as e:
         raise FormatError(f"{vol.path}: cannot add key slot {index}: {e}") from None
-    _write(fd, vol.path, offset, material)
-    seqid = _write_luks2(fd, vol, hdr, snapshot)
+    t.write(offset, material)
+    seqid = _write_luks2(t, hdr, snapshot)
     return {"image": vol.path, "type": "luks2", "opened_slot": opened, "added_slot": index,
-            "pbkdf": slot.type, "hash": slot.hash, "iterations": slot.iterations,
-            "memory_kb": slot.memory, "parallel": slot.parallel, "area_offset": offset,
+            "pbkdf": cost.type, "hash": cost.hash, "iterations": cost.iterations,
+            "memory_kb": cost.memory, "parallel": cost.parallel, "area_offset": offset,
             "seqid": seqid, "active_slots": [int(k) for k in hdr.active_keyslots()]}
 
 
-def _remove_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> dict[str, Any]:
-    hdr: luks2.Luks2Header = vol.header
-    snapshot = _snapshot(fd, hdr)
-    key, index = _slow(lambda: hdr.unlock_slot(vol.read_at, passphrase, vol.path))
+def _remove_luks2(t: _Target, hdr: luks2.Luks2Header,
+                  passphrase: bytes | bytearray) -> dict[str, Any]:
+    vol = t.vol
+    snapshot = _snapshot(t, hdr)
+    key, index = _unlock(t, passphrase)
     wipe(key)
     active = hdr.active_keyslots()
     if active == [str(index)]:
@@ -260,7 +336,7 @@ def _remove_luks2(fd: int, vol: LuksVolume, passphrase: bytes | bytearray) -> di
             if str(index) in obj.get("keyslots", []):
                 obj["keyslots"].remove(str(index))
     area = ks["area"]
-    _write(fd, vol.path, int(area["offset"]), secrets.token_bytes(int(area["size"])))
-    seqid = _write_luks2(fd, vol, hdr, snapshot)
+    t.write(int(area["offset"]), secrets.token_bytes(int(area["size"])))
+    seqid = _write_luks2(t, hdr, snapshot)
     return {"image": vol.path, "type": "luks2", "removed_slot": index, "seqid": seqid,
             "active_slots": [int(k) for k in active if k != str(index)]}

@@ -8,19 +8,21 @@ sector 4096 (2 MiB), aligned to 1 MiB.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import Any
 
-from lukspack.crypto.sector import check_cipher, make_sector_cipher
-from lukspack.errors import FormatError, UnsupportedError, WrongKeyError
-from lukspack.keys import wipe
-from lukspack.luks import af
-from lukspack.luks.kdf import check_hash, pbkdf2
+from lukspack.crypto.sector import check_cipher
+from lukspack.errors import FormatError, UnsupportedError
+from lukspack.luks.kdf import U32_MAX, KdfCache, SlotKdf, check_hash, pbkdf2
+from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, seal_keyslot, unlock
 
 MAGIC = b"LUKS\xba\xbe"
+# cryptsetup-reencrypt (offline LUKS1 reencryption, src/utils_reencrypt_luks1.c NOMAGIC) puts this
+# magic on the old header while it reencrypts, so nothing opens the device half done
+REENCRYPT_MAGIC = b"LUKS\xde\xad"
 VERSION = 1
 SECTOR = 512
 NUM_KEYS = 8
@@ -85,7 +87,7 @@ class Luks1Header:
             raise FormatError(f"{name}: LUKS1 header truncated ({len(data)} < {HEADER_SIZE} bytes)")
         f = _PHDR.unpack_from(data)
         if f[0] != MAGIC:
-            raise FormatError(f"{name}: not a LUKS header (magic {f[0]!r})")
+            raise FormatError(f"{name}: {describe_magic(f[0])}")
         if f[1] != VERSION:
             raise FormatError(f"{name}: LUKS version {f[1]} where 1 was expected")
         hdr = cls(
@@ -139,44 +141,80 @@ class Luks1Header:
     def cipher(self) -> str:
         return f"{self.cipher_name}-{self.cipher_mode}"
 
-    def unlock(self, read_at, passphrase: bytes | bytearray, name: str = "image") -> bytearray:
-        """Return the volume key opened by passphrase; read_at(offset, size) reads the image."""
+    # -- the LUKS2 model (metadata.py): one unlock and one seal path for both versions ----------
+    def keyslot(self, index: int) -> Keyslot:
+        """Slot `index` as a LUKS2 keyslot: pbkdf2 with the header's hash, AF hash the same, the
+        area at keyMaterialOffset encrypted with the header's cipher under a keyBytes key."""
+        s = self.slots[index]
+        return Keyslot(index, self.key_bytes, SlotKdf("pbkdf2", s.iterations, self.hash_spec),
+                       s.salt, self.hash_spec, s.stripes, s.key_material_offset * SECTOR,
+                       self.material_sectors() * SECTOR, self.cipher, self.key_bytes)
+
+    def digest(self) -> Digest:
+        return Digest(0, self.hash_spec, self.mk_digest_iterations, self.mk_digest_salt,
+                      self.mk_digest, tuple(i for i, s in enumerate(self.slots) if s.enabled))
+
+    def metadata(self, name: str = "image") -> Metadata:
+        """The active slots in slot order (cryptsetup's), the mkDigest as segment 0's digest."""
         try:
             check_cipher(self.cipher_name, self.cipher_mode, self.key_bytes)
         except UnsupportedError as e:
             raise UnsupportedError(f"{name}: LUKS1 cipher: {e}") from None
+        slots, skipped = [], []
         for i, s in enumerate(self.slots):
             if not s.enabled:
                 continue
-            material = bytearray(read_at(s.key_material_offset * SECTOR,
-                                         self.material_sectors() * SECTOR))
-            if len(material) != self.material_sectors() * SECTOR:
-                raise FormatError(f"{name}: LUKS1 key slot {i} material is truncated")
-            key = self.open_slot(i, passphrase, material)
-            if key is not None:
-                return key
-        raise WrongKeyError(f"{name}: no key slot opens with this key file")
+            if s.iterations == 0:  # cryptsetup would fail in the KDF; try the others
+                skipped.append(f"key slot {i} has passwordIterations 0")
+                continue
+            slots.append(self.keyslot(i))
+        return Metadata(tuple(slots), self.digest(), tuple(skipped))
 
-    def open_slot(self, index: int, passphrase: bytes | bytearray,
-                  material: bytearray) -> bytearray | None:
-        s = self.slots[index]
-        slot_key = pbkdf2(self.hash_spec, passphrase, s.salt, s.iterations, self.key_bytes)
-        try:
-            c = make_sector_cipher(self.cipher_name, self.cipher_mode, slot_key)
-            c.decrypt(material, 0)
-            c.close()
-        finally:
-            wipe(slot_key)
-        key = af.merge(material, self.key_bytes, s.stripes, self.hash_spec)
-        wipe(material)
-        if self.digest_matches(key):
-            return key
-        wipe(key)
-        return None
+    # -- the LuksHeader protocol (volume.py) --------------------------------------------------
+    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
+        """(volume key, slot) that passphrase opens; WrongKeyError when none does."""
+        return unlock(self.metadata(name), read_at, passphrase, name, cache)
 
-    def digest_matches(self, key: bytes | bytearray) -> bool:
-        d = pbkdf2(self.hash_spec, key, self.mk_digest_salt, self.mk_digest_iterations, DIGEST_SIZE)
-        return hmac.compare_digest(bytes(d), self.mk_digest)
+    def unlock(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+               cache: KdfCache | None = None) -> bytearray:
+        return self.unlock_slot(read_at, passphrase, name, cache)[0]
+
+    def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
+        return self.digest().matches(key, cache)
+
+    def active_slots(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s.enabled]
+
+    def dump(self) -> dict[str, Any]:
+        """What `cryptsetup luksDump` shows of a LUKS1 header (never key material)."""
+        return {
+            "version": 1,
+            "cipher_name": self.cipher_name,
+            "cipher_mode": self.cipher_mode,
+            "hash_spec": self.hash_spec,
+            "payload_offset": self.payload_offset,
+            "mk_bits": self.key_bytes * 8,
+            "mk_digest": self.mk_digest.hex(),
+            "mk_salt": self.mk_digest_salt.hex(),
+            "mk_iterations": self.mk_digest_iterations,
+            "uuid": self.uuid,
+            "key_slots": [
+                {"slot": i, "enabled": s.enabled, "iterations": s.iterations, "salt": s.salt.hex(),
+                 "key_material_offset": s.key_material_offset, "af_stripes": s.stripes}
+                if s.enabled else {"slot": i, "enabled": False}
+                for i, s in enumerate(self.slots)
+            ],
+        }
+
+
+def describe_magic(magic: bytes) -> str:
+    """Why a header whose first 6 bytes are `magic` is not opened, in words (no bytes reprs)."""
+    if magic == REENCRYPT_MAGIC:
+        return ("is a LUKS1 header in the middle of an offline reencryption: cryptsetup-reencrypt "
+                "changed its magic to LUKS 0xde 0xad so that nothing opens it until the "
+                "reencryption is finished; finish it with cryptsetup first")
+    return f"not a LUKS container (magic {magic.hex()} in hex, not 4c554b53babe: LUKS 0xba 0xbe)"
 
 
 def _cstr(raw: bytes, name: str, fieldname: str) -> str:
@@ -184,7 +222,8 @@ def _cstr(raw: bytes, name: str, fieldname: str) -> str:
     try:
         return text.decode("ascii")
     except UnicodeDecodeError:
-        raise FormatError(f"{name}: LUKS1 {fieldname} is not ASCII ({text!r})") from None
+        raise FormatError(f"{name}: LUKS1 {fieldname} is not ASCII (hex {text.hex()[:64]})") \
+            from None
 
 
 def slot_layout(key_bytes: int, payload_align: int = ALIGN_PAYLOAD) -> tuple[list[int], int]:
@@ -208,14 +247,19 @@ def header_bytes(key_bytes: int = 64, payload_align: int = ALIGN_PAYLOAD) -> int
 def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *,
                  slot_iterations: int, digest_iterations: int, hash_spec: str = "sha256",
                  cipher_name: str = "aes", cipher_mode: str = "xts-plain64",
-                 uuid: str | None = None, payload_align: int = ALIGN_PAYLOAD) -> bytes:
+                 uuid: str | None = None, payload_align: int = ALIGN_PAYLOAD,
+                 cache: KdfCache | None = None) -> bytes:
     """The whole header area (header + 8 slot areas, slot 0 active), payloadOffset*512 bytes."""
     key_bytes = len(volume_key)
     check_cipher(cipher_name, cipher_mode, key_bytes)
     hash_spec = check_hash(hash_spec)
+    for what, n in (("key slot", slot_iterations), ("volume key digest", digest_iterations)):
+        if not 1 <= n <= U32_MAX:  # 32-bit fields
+            raise UnsupportedError(f"LUKS1 {what} iterations {n} are outside 1..{U32_MAX}")
     offsets, payload = slot_layout(key_bytes, payload_align)
     digest_salt = secrets.token_bytes(SALT_SIZE)
-    mk_digest = bytes(pbkdf2(hash_spec, volume_key, digest_salt, digest_iterations, DIGEST_SIZE))
+    mk_digest = bytes(pbkdf2(hash_spec, volume_key, digest_salt, digest_iterations, DIGEST_SIZE,
+                             cache))
     hdr = Luks1Header(
         cipher_name=cipher_name, cipher_mode=cipher_mode, hash_spec=hash_spec,
         payload_offset=payload, key_bytes=key_bytes, mk_digest=mk_digest,
@@ -224,14 +268,15 @@ def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *
         slots=[KeySlot(key_material_offset=o) for o in offsets],
     )
     area = bytearray(payload * SECTOR)
-    set_slot(hdr, area, 0, volume_key, passphrase, slot_iterations)
+    set_slot(hdr, area, 0, volume_key, passphrase, slot_iterations, cache)
     return bytes(area)
 
 
 def set_slot(hdr: Luks1Header, area: bytearray, index: int, volume_key: bytes | bytearray,
-             passphrase: bytes | bytearray, iterations: int) -> None:
+             passphrase: bytes | bytearray, iterations: int,
+             cache: KdfCache | None = None) -> None:
     """Fill key slot `index` of a header area in memory and repack the header into it."""
-    material = seal_slot(hdr, index, volume_key, passphrase, iterations)
+    material = seal_slot(hdr, index, volume_key, passphrase, iterations, cache)
     start = hdr.slots[index].key_material_offset * SECTOR
     area[start : start + len(material)] = material
     packed = hdr.pack()
@@ -239,20 +284,15 @@ def set_slot(hdr: Luks1Header, area: bytearray, index: int, volume_key: bytes | 
 
 
 def seal_slot(hdr: Luks1Header, index: int, volume_key: bytes | bytearray,
-              passphrase: bytes | bytearray, iterations: int) -> bytes:
+              passphrase: bytes | bytearray, iterations: int,
+              cache: KdfCache | None = None) -> bytes:
     """Make key slot `index` active in hdr (new salt) and return its encrypted key material
     (material_sectors() * 512 bytes, to be written at its keyMaterialOffset)."""
+    if not 1 <= iterations <= U32_MAX:
+        raise UnsupportedError(f"LUKS1 key slot iterations {iterations} are outside "
+                               f"1..{U32_MAX}")
     slot = hdr.slots[index]
     slot.salt = secrets.token_bytes(SALT_SIZE)
     slot.iterations = iterations
     slot.active = KEY_ACTIVE
-    slot_key = pbkdf2(hdr.hash_spec, passphrase, slot.salt, iterations, hdr.key_bytes)
-    material = af.split(volume_key, slot.stripes, hdr.hash_spec)
-    material += bytes(hdr.material_sectors() * SECTOR - len(material))
-    try:
-        c = make_sector_cipher(hdr.cipher_name, hdr.cipher_mode, slot_key)
-        c.encrypt(material, 0)
-        c.close()
-    finally:
-        wipe(slot_key)
-    return bytes(material)
+    return seal_keyslot(hdr.keyslot(index), volume_key, passphrase, cache)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import secrets
@@ -21,12 +22,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from lukspack.crypto.sector import check_cipher, make_sector_cipher, split_cipher_spec
-from lukspack.errors import FormatError, LukspackError, UnsupportedError, WrongKeyError
-from lukspack.keys import wipe
-from lukspack.luks import af
+from lukspack.crypto.sector import check_cipher, split_cipher_spec
+from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.luks import luks2_json as lj
-from lukspack.luks.kdf import SlotKdf, check_hash, pbkdf2
+from lukspack.luks.kdf import KdfCache, SlotKdf, check_hash
+from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, unlock
 
 MAGIC_1ST = b"LUKS\xba\xbe"
 MAGIC_2ND = b"SKUL\xba\xbe"
@@ -108,40 +108,75 @@ def pack_copy(b: BinaryHeader, j: dict[str, Any], secondary: bool) -> bytes:
 
 # -- reading -----------------------------------------------------------------------------------
 
-def _read_copy(read_at, size: int, offset: int, secondary: bool
-               ) -> tuple[BinaryHeader | None, dict[str, Any] | None, str]:
-    """(binary header or None when it fails the pre-checks, validated JSON or None, reason)."""
+class CopyFault(enum.Enum):
+    """Why a header copy is not used: decisions are made on these values, never on message text."""
+
+    PAST_END = "past the end of the file"
+    TRUNCATED = "the JSON area is past the end of the file"
+    MAGIC = "wrong magic"
+    VERSION = "wrong version"
+    OFFSET = "hdr_offset differs from where the copy is"
+    SIZE = "hdr_size outside 16 KiB .. 4 MiB"
+    CHECKSUM = "checksum mismatch"
+    METADATA = "JSON metadata breaks cryptsetup's rules"
+    NOT_FOUND = "no secondary header at any known offset"
+    OLDER = "older than the other copy (lower seqid)"
+
+
+@dataclass(frozen=True)
+class CopyProblem:
+    fault: CopyFault
+    message: str  # the reason in words, naming the copy ("primary header checksum mismatch ...")
+
+    @property
+    def present(self) -> bool:
+        """Whether a header copy is there at all (something other than foreign bytes)."""
+        return self.fault not in (CopyFault.PAST_END, CopyFault.MAGIC, CopyFault.NOT_FOUND)
+
+
+_MAGIC_NAMES = {MAGIC_1ST: "LUKS 0xba 0xbe", MAGIC_2ND: "SKUL 0xba 0xbe"}
+
+
+def _read_copy(read_at: ReadAt, size: int, offset: int, secondary: bool
+               ) -> tuple[BinaryHeader | None, dict[str, Any] | None, CopyProblem | None]:
+    """(binary header or None when it fails the pre-checks, validated JSON or None, problem)."""
     which = "secondary" if secondary else "primary"
+
+    def bad(fault: CopyFault, message: str) -> tuple[None, None, CopyProblem]:
+        return None, None, CopyProblem(fault, f"{which} header {message}")
+
     if offset + BIN_LEN > size:
-        return None, None, f"{which} header at offset {offset} is past the end of the file"
+        return bad(CopyFault.PAST_END, f"at offset {offset} is past the end of the file")
     raw = read_at(offset, BIN_LEN)
     b = BinaryHeader.unpack(raw)
     magic = MAGIC_2ND if secondary else MAGIC_1ST
     if b.magic != magic:
-        return None, None, f"{which} header magic {b.magic!r} is not {magic!r}"
+        return bad(CopyFault.MAGIC, f"magic {b.magic.hex()} (hex) is not {_MAGIC_NAMES[magic]}")
     if b.version != VERSION:
-        return None, None, f"{which} header version {b.version} is not 2"
+        return bad(CopyFault.VERSION, f"version {b.version} is not 2")
     if b.hdr_offset != offset:
-        return None, None, f"{which} header hdr_offset {b.hdr_offset} differs from its offset {offset}"
+        return bad(CopyFault.OFFSET, f"hdr_offset {b.hdr_offset} differs from its offset {offset}")
     if not lj.METADATA_SIZES[0] <= b.hdr_size <= lj.METADATA_SIZES[-1]:
-        return None, None, f"{which} header hdr_size {b.hdr_size} is outside 16384..4194304"
+        return bad(CopyFault.SIZE, f"hdr_size {b.hdr_size} is outside 16384..4194304")
     if secondary and b.hdr_size != offset:
-        return None, None, f"secondary header hdr_size {b.hdr_size} differs from its offset {offset}"
+        return bad(CopyFault.OFFSET, f"hdr_size {b.hdr_size} differs from its offset {offset}")
     if offset + b.hdr_size > size:
-        return None, None, f"{which} JSON area (offset {offset + BIN_LEN}) is past the end of the file"
+        return bad(CopyFault.TRUNCATED, f"JSON area (offset {offset + BIN_LEN}, {b.hdr_size} "
+                   "bytes with the binary header) is past the end of the file")
     area = read_at(offset + BIN_LEN, b.hdr_size - BIN_LEN)
     try:
         digest = checksum(b.checksum_alg, raw, area)
         if not hmac.compare_digest(digest, b.csum[: len(digest)]):
-            return None, None, (f"{which} header checksum mismatch ({b.checksum_alg} "
-                                f"{b.csum[: len(digest)].hex()[:16]}... != {digest.hex()[:16]}...)")
+            return b, None, CopyProblem(CopyFault.CHECKSUM, (
+                f"{which} header checksum mismatch ({b.checksum_alg} "
+                f"{b.csum[: len(digest)].hex()[:16]}... != {digest.hex()[:16]}...)"))
         j = lj.validate(lj.parse_json_area(area), b.hdr_size - BIN_LEN)
     except lj.InvalidMetadata as e:
-        return b, None, f"{which} header: {e}"
-    return b, j, ""
+        return b, None, CopyProblem(CopyFault.METADATA, f"{which} header: {e}")
+    return b, j, None
 
 
-def find_secondary(read_at, size: int) -> int | None:
+def find_secondary(read_at: ReadAt, size: int) -> int | None:
     """Offset of a secondary header magic at one of the known offsets (primary lost)."""
     for off in lj.METADATA_SIZES:
         if off + 8 <= size and read_at(off, 8) == MAGIC_2ND + VERSION.to_bytes(2, "big"):
@@ -149,85 +184,69 @@ def find_secondary(read_at, size: int) -> int | None:
     return None
 
 
-def read_header(read_at, size: int, name: str) -> Luks2Header:
+def read_header(read_at: ReadAt, size: int, name: str) -> Luks2Header:
     """Read both copies; use the good one (the higher seqid of two); FormatError when none is."""
-    b1, j1, why1 = _read_copy(read_at, size, 0, False)
-    b2 = j2 = None
-    why2 = ""
+    b1, j1, p1 = _read_copy(read_at, size, 0, False)
+    b2: BinaryHeader | None = None
+    j2: dict[str, Any] | None = None
+    p2: CopyProblem | None = None
     if b1 is not None:
-        b2, j2, why2 = _read_copy(read_at, size, b1.hdr_size, True)
+        b2, j2, p2 = _read_copy(read_at, size, b1.hdr_size, True)
     else:
-        found = ""
+        damaged: CopyProblem | None = None
         for off in lj.METADATA_SIZES:  # no usable primary size: try every known offset
-            b2, j2, why2 = _read_copy(read_at, size, off, True)
+            b2, j2, p2 = _read_copy(read_at, size, off, True)
             if b2 is not None:
                 break
-            if not found and "magic" not in why2 and "past the end" not in why2:
-                found = why2  # a secondary is there, but bad: say why
+            if damaged is None and p2 is not None and p2.present:
+                damaged = p2  # a secondary is there, but bad: say why
         else:
-            why2 = found or "no secondary header at any known offset"
+            p2 = damaged or CopyProblem(CopyFault.NOT_FOUND,
+                                        "no secondary header at any known offset")
     if j1 is None and j2 is None:
-        if b1 is None and b2 is None and "magic" in why1 and "known offset" in why2:
-            raise FormatError(f"{name}: not a LUKS2 header ({why1})")
-        raise FormatError(f"{name}: no valid LUKS2 header: {why1}; {why2}")
-    use_primary = j1 is not None and (j2 is None or b1.seqid >= b2.seqid)  # type: ignore[union-attr]
-    if j1 is not None and j2 is not None and b1.seqid != b2.seqid:  # type: ignore[union-attr]
-        old, new = (b2, b1) if use_primary else (b1, b2)
-        reason = (f"{'secondary' if use_primary else 'primary'} header is older (seqid "
-                  f"{old.seqid} < {new.seqid})")  # type: ignore[union-attr]
-        why1, why2 = ("", reason) if use_primary else (reason, "")
-        j1, j2 = (j1, None) if use_primary else (None, j2)
-    b = b1 if use_primary else b2
-    j = j1 if use_primary else j2
-    hdr = Luks2Header(b, j, salt1=b1.salt if j1 is not None else None,  # type: ignore[union-attr,arg-type]
-                      salt2=b2.salt if j2 is not None else None,  # type: ignore[union-attr]
-                      status=(why1 or "ok", why2 or "ok"))
+        assert p1 is not None and p2 is not None
+        if not p1.present and p2.fault is CopyFault.NOT_FOUND:
+            raise FormatError(f"{name}: not a LUKS2 header ({p1.message})")
+        raise FormatError(f"{name}: no valid LUKS2 header: {p1.message}; {p2.message}")
+    if j1 is not None and j2 is not None:
+        assert b1 is not None and b2 is not None
+        if b1.seqid != b2.seqid:
+            old, new, which = (b2, b1, "secondary") if b1.seqid > b2.seqid else (b1, b2, "primary")
+            problem = CopyProblem(CopyFault.OLDER, f"{which} header is older (seqid {old.seqid} "
+                                                   f"< {new.seqid})")
+            if which == "secondary":
+                j2, p2 = None, problem
+            else:
+                j1, p1 = None, problem
+    use_primary = j1 is not None
+    b, j = (b1, j1) if use_primary else (b2, j2)
+    assert b is not None and j is not None
+    hdr = Luks2Header(b, j, salt1=b1.salt if j1 is not None and b1 else None,
+                      salt2=b2.salt if j2 is not None and b2 else None, problems=(p1, p2))
     if hdr.areas_end > size:
         raise FormatError(f"{name}: LUKS2 header and keyslots area ({hdr.areas_end} bytes) are "
                           f"larger than the file ({size} bytes)")
     if j1 is None or j2 is None:
-        warnings.warn(f"{name}: LUKS2 {why1 or why2}; using the "
+        problem = p1 or p2
+        assert problem is not None
+        warnings.warn(f"{name}: LUKS2 {problem.message}; using the "
                       f"{'primary' if use_primary else 'secondary'} header", stacklevel=2)
     return hdr
 
 
+@dataclass(frozen=True)
+class Payload:
+    """Where the data segment is and how it is encrypted."""
+
+    cipher_name: str
+    cipher_mode: str
+    key_bytes: int
+    offset: int
+    size: int
+    sector_size: int
+
+
 # -- the header in memory -----------------------------------------------------------------------
-
-@dataclass
-class Keyslot:
-    id: int
-    key_size: int
-    kdf: SlotKdf
-    salt: bytes
-    af_hash: str
-    stripes: int
-    area_offset: int
-    area_size: int
-    encryption: str
-    area_key_size: int
-    priority: int = 1
-
-    def material_size(self) -> int:
-        return -(-self.key_size * self.stripes // SECTOR) * SECTOR
-
-
-@dataclass
-class Digest:
-    id: int
-    hash: str
-    iterations: int
-    salt: bytes
-    digest: bytes
-    keyslots: list[int]
-    segments: list[int]
-
-    def matches(self, key: bytes | bytearray) -> bool:
-        d = pbkdf2(self.hash, key, self.salt, self.iterations, len(self.digest))
-        try:
-            return hmac.compare_digest(bytes(d), self.digest)
-        finally:
-            wipe(d)
-
 
 def _b64(value: str, what: str, size: int | None = None) -> bytes:
     try:
@@ -240,11 +259,21 @@ def _b64(value: str, what: str, size: int | None = None) -> bytes:
 
 
 class Luks2Header:
+    """One LUKS2 header: the binary header and JSON in use, and how each copy was found."""
+
+    version = 2
+
     def __init__(self, b: BinaryHeader, j: dict[str, Any], *, salt1: bytes | None = None,
-                 salt2: bytes | None = None, status: tuple[str, str] = ("ok", "ok")) -> None:
-        self.bin, self.json, self.status = b, j, status
+                 salt2: bytes | None = None,
+                 problems: tuple[CopyProblem | None, CopyProblem | None] = (None, None)) -> None:
+        self.bin, self.json, self.problems = b, j, problems
         self.salts = (salt1 or secrets.token_bytes(HDR_SALT_SIZE),
                       salt2 or secrets.token_bytes(HDR_SALT_SIZE))
+
+    @property
+    def status(self) -> tuple[str, str]:
+        """Each copy's state in words: "ok" or why it is not used."""
+        return tuple(p.message if p else "ok" for p in self.problems)  # type: ignore[return-value]
 
     @property
     def hdr_size(self) -> int:
@@ -329,7 +358,7 @@ class Luks2Header:
         if not 1 <= iterations <= lj.U32_MAX:
             raise FormatError(f"{where} iterations {iterations} is outside 1..{lj.U32_MAX}")
         return Digest(int(key), hash_name, iterations, salt, raw,
-                      [int(k) for k in d["keyslots"]], [int(s) for s in d["segments"]])
+                      tuple(int(k) for k in d["keyslots"]), tuple(int(s) for s in d["segments"]))
 
     def segment_digest(self, name: str = "image") -> Digest:
         for key, d in self.json["digests"].items():
@@ -354,32 +383,71 @@ class Luks2Header:
         prio = {k: lj.priority(self.json["keyslots"][k]) for k in bound}
         return [k for p in (2, 1) for k in sorted(bound, key=int) if prio[k] == p]
 
-    # unlocking
-    def unlock(self, read_at, passphrase: bytes | bytearray, name: str = "image") -> bytearray:
-        key, _slot = self.unlock_slot(read_at, passphrase, name)
-        return key
-
-    def unlock_slot(self, read_at, passphrase: bytes | bytearray, name: str = "image"
-                    ) -> tuple[bytearray, int]:
-        """(volume key, keyslot) that passphrase opens; WrongKeyError when none does."""
+    # the LUKS2 model (metadata.py) and the LuksHeader protocol (volume.py)
+    def metadata(self, name: str = "image") -> Metadata:
+        """Keyslots that can open segment 0 in cryptsetup's order; those lukspack cannot try
+        are listed with the reason."""
         self.segment(name)
-        digest = self.segment_digest(name)
-        skipped: list[str] = []
+        slots, skipped = [], []
         for k in self.active_keyslots():
             try:
-                ks = self.keyslot(k, name)
+                slots.append(self.keyslot(k, name))
             except LukspackError as e:
                 skipped.append(str(e).split(": ", 1)[-1])
-                continue
-            key = open_keyslot(ks, read_at, passphrase, name)
-            if digest.matches(key):
-                return key, ks.id
-            wipe(key)
-        more = f" ({'; '.join(skipped)}: not tried)" if skipped else ""
-        raise WrongKeyError(f"{name}: no key slot opens with this key file{more}")
+        return Metadata(tuple(slots), self.segment_digest(name), tuple(skipped))
 
-    def digest_matches(self, key: bytes | bytearray) -> bool:
-        return self.segment_digest().matches(key)
+    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
+        """(volume key, keyslot) that passphrase opens; WrongKeyError when none does."""
+        return unlock(self.metadata(name), read_at, passphrase, name, cache)
+
+    def unlock(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+               cache: KdfCache | None = None) -> bytearray:
+        return self.unlock_slot(read_at, passphrase, name, cache)[0]
+
+    def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
+        return self.segment_digest().matches(key, cache)
+
+    def payload(self, size: int, name: str = "image") -> Payload:
+        """The data segment lukspack can decrypt, in a file of `size` bytes; UnsupportedError or
+        FormatError saying why not (the header itself may still be valid: luksDump shows it)."""
+        seg = self.segment(name)
+        cipher_name, mode = split_cipher_spec(seg["encryption"])
+        key_size = self.volume_key_size(name)
+        try:
+            check_cipher(cipher_name, mode, key_size)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{name}: LUKS2 segment 0 encryption: {e}") from None
+        offset = int(seg["offset"])
+        sector = seg["sector_size"]
+        if offset > size:
+            raise FormatError(f"{name}: LUKS2 segment offset {offset} is past the end of the "
+                              f"file (size {size})")
+        if seg["size"] == "dynamic":
+            length = (size - offset) // sector * sector
+        else:
+            length = int(seg["size"])
+            if offset + length > size:
+                raise FormatError(f"{name}: LUKS2 segment (offset {offset}, size {length}) ends "
+                                  f"past the end of the file (size {size})")
+        return Payload(cipher_name, mode, key_size, offset, length, sector)
+
+    def payload_guess(self, size: int) -> Payload:
+        """What segment 0 says, unchecked, for `info` on a header whose payload cannot be
+        opened (zeros where it says nothing usable; the JSON itself is valid)."""
+        seg = self.json["segments"].get("0", {})
+        cipher_name, _, mode = str(seg.get("encryption", "")).partition("-")
+        try:
+            key_size = self.volume_key_size()
+        except LukspackError:
+            key_size = 0
+        offset = int(seg["offset"])
+        sector = seg.get("sector_size") if isinstance(seg.get("sector_size"), int) else 512
+        if seg["size"] == "dynamic":
+            length = max(0, (size - offset) // (sector or 512) * (sector or 512))
+        else:
+            length = int(seg["size"])
+        return Payload(cipher_name, mode, key_size, offset, length, sector)
 
     def pack(self, seqid: int) -> tuple[bytes, bytes]:
         """Both header copies (each hdr_size bytes) of this header with this seqid."""
@@ -389,7 +457,8 @@ class Luks2Header:
         return primary, pack_copy(b, self.json, True)
 
     def dump(self) -> dict[str, Any]:
-        from lukspack.luks.luks2_dump import dump
+        """What `cryptsetup luksDump` shows (luks2_dump.py), never key material."""
+        from lukspack.luks.luks2_dump import dump  # noqa: PLC0415 - only info needs it
 
         return dump(self)
 
@@ -399,48 +468,3 @@ def _hash(name: str, where: str) -> str:
         return check_hash(name)
     except UnsupportedError as e:
         raise UnsupportedError(f"{where}: {e}") from None
-
-
-def open_keyslot(ks: Keyslot, read_at, passphrase: bytes | bytearray, name: str) -> bytearray:
-    """Derive the slot key, decrypt the AF material and merge it (the caller checks the digest)."""
-    material = bytearray(read_at(ks.area_offset, ks.material_size()))
-    if len(material) != ks.material_size():
-        raise FormatError(f"{name}: LUKS2 keyslot {ks.id} material is truncated")
-    slot_key = ks.kdf.derive(passphrase, ks.salt, ks.area_key_size)
-    try:
-        c = make_sector_cipher(*split_cipher_spec(ks.encryption), slot_key)
-        c.decrypt(material, 0)
-        c.close()
-    finally:
-        wipe(slot_key)
-    try:
-        return af.merge(material, ks.key_size, ks.stripes, ks.af_hash)
-    finally:
-        wipe(material)
-
-
-def open_volume(path: str, read_at, size: int):
-    """A LuksVolume for volume.open_luks: header, cipher, payload offset and size."""
-    from lukspack.luks.volume import LuksVolume
-
-    hdr = read_header(read_at, size, path)
-    seg = hdr.segment(path)
-    name, mode = split_cipher_spec(seg["encryption"])
-    key_size = hdr.volume_key_size(path)
-    try:
-        check_cipher(name, mode, key_size)
-    except UnsupportedError as e:
-        raise UnsupportedError(f"{path}: LUKS2 segment 0 encryption: {e}") from None
-    offset = int(seg["offset"])
-    sector = seg["sector_size"]
-    if offset > size:
-        raise FormatError(f"{path}: LUKS2 segment offset {offset} is past the end of the file "
-                          f"(size {size})")
-    if seg["size"] == "dynamic":
-        payload = (size - offset) // sector * sector
-    else:
-        payload = int(seg["size"])
-        if offset + payload > size:
-            raise FormatError(f"{path}: LUKS2 segment (offset {offset}, size {payload}) ends past "
-                              f"the end of the file (size {size})")
-    return LuksVolume(path, 2, hdr, name, mode, key_size, offset, payload, sector, read_at)

@@ -12,52 +12,43 @@ import secrets
 import uuid as uuidlib
 from typing import Any
 
-from lukspack.crypto.sector import check_cipher, make_sector_cipher, split_cipher_spec
+from lukspack.crypto.sector import check_cipher, split_cipher_spec
 from lukspack.errors import LukspackError
 from lukspack.keys import wipe
-from lukspack.luks import af
 from lukspack.luks import luks2_json as lj
-from lukspack.luks.kdf import SlotKdf, pbkdf2
+from lukspack.luks.kdf import U32_MAX, KdfCache, SlotKdf, pbkdf2
 from lukspack.luks.luks2 import (
     BIN_LEN,
     DEFAULT_DATA_OFFSET,
     DEFAULT_METADATA_SIZE,
     HDR_SALT_SIZE,
     SALT_SIZE,
-    SECTOR,
     STRIPES,
     BinaryHeader,
     pack_copy,
 )
+from lukspack.luks.metadata import Keyslot, seal_keyslot
 
 
-def seal_keyslot(volume_key: bytes | bytearray, passphrase: bytes | bytearray, kdf: SlotKdf,
-                 salt: bytes, encryption: str, area_key_size: int) -> bytes:
-    """The encrypted AF material of a new key slot (key_size * 4000 bytes, whole sectors)."""
-    slot_key = kdf.derive(passphrase, salt, area_key_size)
-    material = af.split(volume_key, STRIPES, kdf.hash)
-    material += bytes(-len(material) % SECTOR)
-    try:
-        c = make_sector_cipher(*split_cipher_spec(encryption), slot_key)
-        c.encrypt(material, 0)
-        c.close()
-    finally:
-        wipe(slot_key)
-    return bytes(material)
+def new_keyslot(index: int, key_size: int, kdf: SlotKdf, area_offset: int, area_size: int,
+                encryption: str, area_key_size: int) -> Keyslot:
+    """A new LUKS2 key slot (fresh salt; AF hash = the KDF's hash, as cryptsetup)."""
+    return Keyslot(index, key_size, kdf, secrets.token_bytes(SALT_SIZE), kdf.hash, STRIPES,
+                   area_offset, area_size, encryption, area_key_size)
 
 
-def keyslot_json(key_size: int, kdf: SlotKdf, salt: bytes, area_offset: int, area_size: int,
-                 encryption: str, area_key_size: int) -> dict[str, Any]:
+def keyslot_json(slot: Keyslot) -> dict[str, Any]:
     """A keyslot object with cryptsetup's field order."""
+    kdf = slot.kdf
     if kdf.type == "pbkdf2":
         k: dict[str, Any] = {"type": "pbkdf2", "hash": kdf.hash, "iterations": kdf.iterations}
     else:
         k = {"type": kdf.type, "time": kdf.iterations, "memory": kdf.memory, "cpus": kdf.parallel}
-    k["salt"] = base64.b64encode(salt).decode()
-    return {"type": "luks2", "key_size": key_size,
-            "af": {"type": "luks1", "stripes": STRIPES, "hash": kdf.hash},
-            "area": {"type": "raw", "offset": str(area_offset), "size": str(area_size),
-                     "encryption": encryption, "key_size": area_key_size},
+    k["salt"] = base64.b64encode(slot.salt).decode()
+    return {"type": "luks2", "key_size": slot.key_size,
+            "af": {"type": "luks1", "stripes": slot.stripes, "hash": slot.af_hash},
+            "area": {"type": "raw", "offset": str(slot.area_offset), "size": str(slot.area_size),
+                     "encryption": slot.encryption, "key_size": slot.area_key_size},
             "kdf": k}
 
 
@@ -68,7 +59,8 @@ def keyslot_area_size(key_size: int) -> int:
 def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, kdf: SlotKdf, *,
                  digest_iterations: int, cipher: str = "aes-xts-plain64", sector_size: int = 512,
                  metadata_size: int = DEFAULT_METADATA_SIZE,
-                 data_offset: int = DEFAULT_DATA_OFFSET, uuid: str | None = None) -> bytes:
+                 data_offset: int = DEFAULT_DATA_OFFSET, uuid: str | None = None,
+                 cache: KdfCache | None = None) -> bytes:
     """The whole area before the data segment: both headers, keyslots area (random bytes with
     keyslot 0), as `cryptsetup luksFormat --type luks2` writes it."""
     key_size = len(volume_key)
@@ -83,12 +75,14 @@ def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, k
     if area_size > keyslots_size:
         raise LukspackError(f"LUKS2 keyslots area ({keyslots_size} bytes) is too small")
     digest_salt = secrets.token_bytes(SALT_SIZE)
+    if not 1 <= digest_iterations <= U32_MAX:
+        raise LukspackError(f"LUKS2 digest iterations {digest_iterations} are outside "
+                            f"1..{U32_MAX}")
     d = pbkdf2(kdf.hash, volume_key, digest_salt, digest_iterations,
-               hashlib.new(kdf.hash).digest_size)
-    slot_salt = secrets.token_bytes(SALT_SIZE)
+               hashlib.new(kdf.hash).digest_size, cache)
+    slot = new_keyslot(0, key_size, kdf, area_offset, area_size, cipher, key_size)
     j: dict[str, Any] = {
-        "keyslots": {"0": keyslot_json(key_size, kdf, slot_salt, area_offset, area_size, cipher,
-                                       key_size)},
+        "keyslots": {"0": keyslot_json(slot)},
         "tokens": {},
         "segments": {"0": {"type": "crypt", "offset": str(data_offset), "size": "dynamic",
                            "iv_tweak": "0", "encryption": cipher, "sector_size": sector_size}},
@@ -103,7 +97,7 @@ def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, k
     b = BinaryHeader(hdr_size=metadata_size, seqid=1, uuid=uuid or str(uuidlib.uuid4()))
     out = bytearray(data_offset)
     out[area_offset : area_offset + keyslots_size] = secrets.token_bytes(keyslots_size)
-    material = seal_keyslot(volume_key, passphrase, kdf, slot_salt, cipher, key_size)
+    material = seal_keyslot(slot, volume_key, passphrase, cache)
     out[area_offset : area_offset + len(material)] = material
     out[:metadata_size] = pack_copy(b, j, False)
     b.salt = secrets.token_bytes(HDR_SALT_SIZE)

@@ -1,7 +1,15 @@
 """An existing LUKS container of any version, opened read-only: header, payload, unlock.
 
-`open_luks` reads and validates the header, and gives one view of LUKS1 and LUKS2 containers to
-`verify`, `decrypt` and `info`: where the payload is, which cipher, and how to unlock a slot.
+`LuksVolume` gives one view of LUKS1 and LUKS2 containers to `verify`, `decrypt`, `info` and the
+engine's header check: where the payload is, which cipher, and how to unlock a slot. The header
+behind it is any `LuksHeader` (luks1.Luks1Header, luks2.Luks2Header). This module is a leaf: it
+imports neither version; `lukspack.luks.open_luks` (open.py) reads the magic and version once and
+builds the volume.
+
+A header cryptsetup loads may still describe a payload lukspack cannot decrypt (a segment of an
+unknown type, two segments in a reencryption, a segment longer than the file): it opens, dumps
+and unlocks nothing; `payload_problem` says why and `check_payload()` raises it, for verify and
+decrypt to refuse the payload with the reason.
 """
 
 from __future__ import annotations
@@ -9,23 +17,43 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lukspack.crypto.sector import SectorCipher, make_sector_cipher
 from lukspack.errors import FormatError, LukspackError
 from lukspack.keys import wipe
-from lukspack.luks import luks1
+from lukspack.luks.kdf import KdfCache
+from lukspack.luks.metadata import ReadAt
 
-ReadAt = Callable[[int, int], bytes]
+__all__ = ["LuksHeader", "LuksVolume", "ReadAt", "bytes_reader", "dump_header", "file_reader"]
+
+
+class LuksHeader(Protocol):
+    """What a parsed header of either version offers (luks1.Luks1Header, luks2.Luks2Header)."""
+
+    version: int
+
+    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
+        """(volume key, key slot) that passphrase opens; WrongKeyError when none does."""
+        ...
+
+    def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
+        """Whether key is the volume key (the header's digest of it matches)."""
+        ...
+
+    def dump(self) -> dict[str, Any]:
+        """What `cryptsetup luksDump` shows, never key material."""
+        ...
 
 
 @dataclass
 class LuksVolume:
     path: str
     version: int
-    header: Any
+    header: LuksHeader
     cipher_name: str
     cipher_mode: str
     key_bytes: int
@@ -33,38 +61,62 @@ class LuksVolume:
     payload_size: int  # bytes
     sector_size: int
     read_at: ReadAt
+    payload_error: LukspackError | None = None  # why the payload cannot be decrypted
 
     @property
     def cipher(self) -> str:
         return f"{self.cipher_name}-{self.cipher_mode}"
 
-    def unlock(self, passphrase: bytes | bytearray) -> bytearray:
+    @property
+    def payload_problem(self) -> str | None:
+        """Why lukspack cannot decrypt the payload (one line), or None when it can."""
+        return None if self.payload_error is None else str(self.payload_error)
+
+    def check_payload(self) -> None:
+        """Raise the reason the payload cannot be decrypted (UnsupportedError or FormatError)."""
+        if self.payload_error is not None:
+            raise self.payload_error
+
+    def unlock_slot(self, passphrase: bytes | bytearray,
+                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
+        """(volume key, key slot) that passphrase opens; WrongKeyError when none does."""
+        self.check_payload()
+        return self.header.unlock_slot(self.read_at, passphrase, self.path, cache)
+
+    def unlock(self, passphrase: bytes | bytearray, cache: KdfCache | None = None) -> bytearray:
         """The volume key that passphrase opens; WrongKeyError when none does."""
-        return self.header.unlock(self.read_at, passphrase, self.path)
+        return self.unlock_slot(passphrase, cache)[0]
 
     @contextlib.contextmanager
-    def unlocked(self, passphrase: bytes | bytearray) -> Iterator[bytearray]:
+    def unlocked(self, passphrase: bytes | bytearray,
+                 cache: KdfCache | None = None) -> Iterator[bytearray]:
         """The volume key for the length of a with-block, wiped after it."""
-        key = self.unlock(passphrase)
+        key = self.unlock(passphrase, cache)
         try:
             yield key
         finally:
             wipe(key)
 
-    def opens_with(self, passphrase: bytes | bytearray, volume_key: bytes | bytearray) -> bool:
+    def opens_with(self, passphrase: bytes | bytearray, volume_key: bytes | bytearray,
+                   cache: KdfCache | None = None) -> bool:
         """Whether passphrase opens exactly this volume key (constant-time comparison)."""
-        with self.unlocked(passphrase) as key:
+        with self.unlocked(passphrase, cache) as key:
             return hmac.compare_digest(bytes(key), bytes(volume_key))
 
-    def check_key(self, key: bytes | bytearray) -> bool:
-        return self.header.digest_matches(key)
+    def check_key(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
+        return self.header.digest_matches(key, cache)
 
     def sector_cipher(self, key: bytes | bytearray) -> SectorCipher:
+        self.check_payload()
         return make_sector_cipher(self.cipher_name, self.cipher_mode, key, self.sector_size)
 
     def dump(self) -> dict[str, Any]:
         """What `cryptsetup luksDump` shows, never key material."""
-        return dump_header(self)
+        return self.header.dump()
+
+
+def dump_header(vol: LuksVolume) -> dict[str, Any]:
+    return vol.dump()
 
 
 def file_reader(fd: int, name: str) -> ReadAt:
@@ -82,68 +134,15 @@ def file_reader(fd: int, name: str) -> ReadAt:
     return read_at
 
 
-def open_luks(path: str, fd: int, read_at: ReadAt | None = None,
-              size: int | None = None) -> LuksVolume:
-    """Parse the LUKS header of an open file (or of a region given by read_at and size)."""
-    read_at = read_at or file_reader(fd, path)
-    size = os.lseek(fd, 0, os.SEEK_END) if size is None else size
-    if size < 1024:
-        raise FormatError(f"{path}: too small for a LUKS header ({size} bytes)")
-    head = read_at(0, 8)
-    version = int.from_bytes(head[6:8], "big")
-    if head[:6] != luks1.MAGIC:
-        from lukspack.luks import luks2  # noqa: PLC0415
+def bytes_reader(data: bytes | bytearray | memoryview, name: str) -> ReadAt:
+    """read_at over a header held in memory."""
+    view = memoryview(data).toreadonly()
 
-        if luks2.find_secondary(read_at, size) is None:  # a LUKS2 image with its primary lost?
-            raise FormatError(f"{path}: not a LUKS container (magic {head[:6]!r})")
-        version = 2
-    if version == 1:
-        hdr = luks1.Luks1Header.unpack(read_at(0, luks1.HEADER_SIZE), path)
-        offset = hdr.payload_offset * luks1.SECTOR
-        if offset > size:
-            raise FormatError(f"{path}: LUKS1 payloadOffset {hdr.payload_offset} is past the end "
-                              f"of the image (size {size})")
-        return LuksVolume(path, 1, hdr, hdr.cipher_name, hdr.cipher_mode, hdr.key_bytes,
-                          offset, size - offset, luks1.SECTOR, read_at)
-    if version == 2:
-        from lukspack.luks import luks2  # noqa: PLC0415
+    def read_at(offset: int, size: int) -> bytes:
+        if offset < 0 or offset + size > len(view):
+            raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end of the "
+                              f"header ({len(view)} bytes)")
+        return bytes(view[offset : offset + size])
 
-        return luks2.open_volume(path, read_at, size)
-    raise FormatError(f"{path}: unknown LUKS version {version}")
+    return read_at
 
-
-def dump_header(vol: LuksVolume) -> dict[str, Any]:
-    h = vol.header
-    if vol.version != 1:
-        return h.dump()
-    return {
-        "version": 1,
-        "cipher_name": h.cipher_name,
-        "cipher_mode": h.cipher_mode,
-        "hash_spec": h.hash_spec,
-        "payload_offset": h.payload_offset,
-        "mk_bits": h.key_bytes * 8,
-        "mk_digest": h.mk_digest.hex(),
-        "mk_salt": h.mk_digest_salt.hex(),
-        "mk_iterations": h.mk_digest_iterations,
-        "uuid": h.uuid,
-        "key_slots": [
-            {"slot": i, "enabled": s.enabled, "iterations": s.iterations, "salt": s.salt.hex(),
-             "key_material_offset": s.key_material_offset, "af_stripes": s.stripes}
-            if s.enabled else {"slot": i, "enabled": False}
-            for i, s in enumerate(h.slots)
-        ],
-    }
-
-
-def open_luks_path(path: str) -> tuple[int, LuksVolume]:
-    """Open path read-only and parse its LUKS header; the caller closes the fd."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        return fd, open_luks(path, fd)
-    except BaseException:
-        os.close(fd)
-        raise

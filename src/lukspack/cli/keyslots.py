@@ -1,0 +1,70 @@
+"""Key slot commands: add-key and remove-key, as cryptsetup's luksAddKey and luksRemoveKey."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from lukspack.cli import KEY_FILE_HELP, emit, key_from
+from lukspack.cli.options import batch_option, check_kdf_usage, json_option, kdf_options, keyfile_options
+
+
+@click.command(name="add-key")
+@click.argument("image")
+@click.option("--key-file", required=True, help=KEY_FILE_HELP + " It must open a key slot.")
+@keyfile_options
+@click.option("--new-key-file", required=True, help="File holding the new key; '-' reads stdin.")
+@click.option("--key-slot", "-S", type=click.IntRange(min=0), default=None,
+              help="Slot to fill [default: the first free one].")
+@click.option("--hash", "hash_", default=None,
+              help="PBKDF2 and AF hash [LUKS2 default: sha256; LUKS1: the header's].")
+@kdf_options
+@json_option
+@batch_option
+def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
+            new_key_file: str, key_slot: int | None, hash_: str | None, pbkdf: str | None,
+            iter_time: int, pbkdf_memory: int | None, pbkdf_parallel: int | None,
+            pbkdf_force_iterations: int | None, as_json: bool, batch_mode: bool) -> None:
+    """Add a key slot to IMAGE (LUKS1, LUKS2 or qcow2+LUKS, in place), as luksAddKey."""
+    from lukspack.keys import dek_rule_broken
+    from lukspack.luks.format import KdfOptions
+    from lukspack.luks.keyslots import add_key as do_add
+
+    if key_file == "-" and new_key_file == "-":
+        raise click.UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
+    check_kdf_usage("luks2", hash_, None)
+    kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
+                     pbkdf_parallel)
+    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
+            key_from(new_key_file, dek_rules=False) as new:
+        r = do_add(image, key, new, kdf, key_slot=key_slot)
+        rule = dek_rule_broken(new)
+    if rule is not None:
+        warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
+                      f"IBM Cloud data encryption key: {rule}", stacklevel=1)
+    emit(r, as_json, [f"{image}: added key slot {r['added_slot']} ({r['pbkdf']}), opened with "
+                      f"slot {r['opened_slot']}; active slots: "
+                      f"{', '.join(map(str, r['active_slots']))}"])
+
+
+@click.command(name="remove-key")
+@click.argument("image")
+@click.option("--key-file", required=True, help=KEY_FILE_HELP + " Its slot is removed.")
+@keyfile_options
+@json_option
+@batch_option
+def remove_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
+               as_json: bool, batch_mode: bool) -> None:
+    """Remove the key slot that --key-file opens, as luksRemoveKey; never the last one."""
+    from lukspack.luks.keyslots import remove_key as do_remove
+
+    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key:
+        r = do_remove(image, key)
+    emit(r, as_json, [f"{image}: removed key slot {r['removed_slot']}; active slots: "
+                      f"{', '.join(map(str, r['active_slots']))}"])
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(add_key)
+    cli.add_command(remove_key)

@@ -1,0 +1,68 @@
+"""Options shared by several commands, spelled as cryptsetup and qemu-img spell them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+INPUT_FORMATS = ["raw", "vhd", "qcow2", "vmdk", "vhdx", "ova"]
+HASHES = ("sha1", "sha256", "sha512")
+
+input_format_option = click.option(
+    "--input-format", "-f", type=click.Choice(INPUT_FORMATS), default=None,
+    help="Input container format (default: detected from the content).")
+
+progress_option = click.option(
+    "--progress/--no-progress", "-p", default=None,
+    help="Progress on stderr [default: on a terminal; -p also prints a line every few seconds "
+         "when stderr is not a terminal].")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+
+force_option = click.option("--force", is_flag=True,
+                            help="Replace an existing OUTPUT (a block device: write onto it).")
+
+batch_option = click.option("--batch-mode", "-q", is_flag=True, hidden=False,
+                            help="Accepted for cryptsetup users: lukspack never asks.")
+
+
+def keyfile_options(f: Any) -> Any:
+    """cryptsetup's --keyfile-size/-l and --keyfile-offset, for commands that open an image."""
+    f = click.option("--keyfile-offset", type=click.IntRange(min=0), default=0,
+                     help="Skip this many bytes at the start of the key file.")(f)
+    return click.option("--keyfile-size", "-l", type=click.IntRange(min=1), default=None,
+                        help="Read at most this many bytes of the key file.")(f)
+
+
+def kdf_options(f: Any) -> Any:
+    """The key slot KDF options of `encrypt` and `add-key`, as cryptsetup spells them."""
+    for opt in reversed([
+        click.option("--pbkdf", type=click.Choice(["argon2id", "argon2i", "pbkdf2"]), default=None,
+                     help="Key slot KDF [default: argon2id for LUKS2, pbkdf2 for LUKS1]."),
+        click.option("--iter-time", "-i", type=click.IntRange(min=1), default=2000,
+                     show_default=True,
+                     help="Milliseconds of KDF to unlock, calibrated as cryptsetup does."),
+        click.option("--pbkdf-memory", type=click.IntRange(min=1), default=None,
+                     help="Argon2 memory cost in KiB [default: 1048576, at most half the RAM]."),
+        click.option("--pbkdf-parallel", type=click.IntRange(min=1), default=None,
+                     help="Argon2 threads [default: 4, at most the CPUs]."),
+        click.option("--pbkdf-force-iterations", type=click.IntRange(min=1), default=None,
+                     help="Use this iteration count (Argon2: time cost) instead of calibrating."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def check_kdf_usage(luks_type: str, hash_: str | None, pbkdf: str | None) -> None:
+    """Option combinations that cannot work are usage errors (exit 2), before any I/O."""
+    if hash_ is not None:
+        import hashlib
+
+        try:
+            hashlib.new(hash_)
+        except (ValueError, TypeError):
+            raise click.UsageError(f"--hash {hash_} is not a known hash (use one of "
+                                   f"{', '.join(HASHES)})") from None
+    if luks_type == "luks1" and pbkdf not in (None, "pbkdf2"):
+        raise click.UsageError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")

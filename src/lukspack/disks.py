@@ -1,0 +1,106 @@
+"""Open any disk image lukspack reads, plain or encrypted, as one DiskImage.
+
+`open_disk(path, passphrase)` detects the format by content (images.detect_format) and returns a
+plain reader, or for an encrypted image (LUKS RAW, qcow2+LUKS, the vhd-util encrypted VHD) a
+reader whose read_into decrypts: `verify`, `decrypt`, `check` and the boot test read every input
+through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from lukspack.errors import LukspackError
+from lukspack.images import DiskImage, detect_format, open_image
+from lukspack.images.encrypted import (
+    EncryptedImage,
+    LuksRawImage,
+    Qcow2LuksImage,
+    open_luks_raw,
+    open_qcow2_luks,
+)
+from lukspack.keys import wipe
+
+
+def _open_fd(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+
+
+def _lost_luks2_primary(fd: int) -> bool:
+    """A LUKS2 image whose primary header is damaged but whose secondary is intact."""
+    from lukspack.luks.luks2 import find_secondary
+
+    size = os.fstat(fd).st_size
+    return size >= 1024 and find_secondary(lambda o, n: os.pread(fd, n, o), size) is not None
+
+
+def encryption_of(path: str, fmt: str | None = None) -> str | None:
+    """'luks', 'qcow2-luks' (or 'vhd-crypt') when the image is encrypted, else None."""
+    fd = _open_fd(path)
+    try:
+        found = fmt or detect_format(path, fd)
+        if found == "luks" or (fmt is None and _lost_luks2_primary(fd)):
+            return "luks"
+        if found == "vhd":
+            from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+            return "vhd-crypt" if is_encrypted_vhd(fd) else None
+        if found == "qcow2":
+            from lukspack.images.qcow2_header import CRYPT_LUKS
+
+            head = os.pread(fd, 36, 0)
+            if len(head) >= 36 and int.from_bytes(head[32:36], "big") == CRYPT_LUKS:
+                return "qcow2-luks"
+        return None
+    finally:
+        os.close(fd)
+
+
+def open_encrypted(path: str, passphrase: bytes | bytearray,
+                   fmt: str | None = None) -> EncryptedImage:
+    """Unlock an encrypted image with the key file; the reader decrypts."""
+    kind = encryption_of(path, fmt)
+    if kind == "vhd-crypt":
+        from lukspack.images.vhd_crypt import open_encrypted_vhd
+
+        return open_encrypted_vhd(path, passphrase)  # the key hash is checked before anything
+    fd = _open_fd(path)
+    try:
+        if kind in ("luks", None):  # not recognised: LUKS parsing says why it is not LUKS
+            vol = open_luks_raw(path, fd)
+            return LuksRawImage(path, fd, vol, vol.unlock(passphrase))
+        qcow, vol = open_qcow2_luks(path, fd)
+        return Qcow2LuksImage(qcow, vol, vol.unlock(passphrase))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_disk(path: str, passphrase: bytes | bytearray | None = None,
+              fmt: str | None = None) -> DiskImage:
+    """A plain image as it is; an encrypted one unlocked with passphrase (required)."""
+    kind = encryption_of(path, fmt)
+    if kind is None:
+        return open_image(path, fmt)
+    if passphrase is None:
+        raise LukspackError(f"{path}: is encrypted ({kind}); give its --key-file")
+    return open_encrypted(path, passphrase, fmt)
+
+
+@contextlib.contextmanager
+def unlocked_disk(path: str, passphrase: bytes | bytearray | None,
+                  fmt: str | None = None) -> Iterator[DiskImage]:
+    """open_disk for a with-block: the reader is closed and the volume key wiped after it."""
+    image = open_disk(path, passphrase, fmt)
+    try:
+        yield image
+    finally:
+        key = getattr(image, "key", None)
+        image.close()
+        if isinstance(key, bytearray):
+            wipe(key)

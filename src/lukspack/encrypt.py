@@ -1,0 +1,63 @@
+"""`lukspack encrypt`: pick the container from the output format and the sink from the output's
+location, then run the one engine (engine.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lukspack.containers.base import Container
+from lukspack.containers.qcow2_luks import Qcow2Luks
+from lukspack.containers.raw_luks import RawLuks
+from lukspack.engine import ProgressFn, encrypt_image
+from lukspack.images import DiskImage, open_image, source_files
+from lukspack.luks.kdf import KdfCache
+from lukspack.options import EncryptOptions, output_format
+from lukspack.sinks.base import Sink
+from lukspack.sinks.file import open_file_output
+
+OBJECT_SCHEME = "cos://"
+
+
+def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Container:
+    """The container for the output format; bad options fail here, before any output exists."""
+    fmt = output_format(output, opts.output_format)
+    name = output
+    if fmt == "qcow2":
+        if opts.key_bytes != 64:
+            from lukspack.errors import UnsupportedError
+
+            raise UnsupportedError("qcow2+LUKS output has a 512-bit key (aes-xts-plain64 with two "
+                                   f"AES-256 keys, as qemu writes it), not {opts.key_bytes * 8}")
+        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name)
+    if fmt == "vhd":
+        from lukspack.containers.encrypted_vhd import EncryptedVhd
+
+        return EncryptedVhd(image.virtual_size, name=name)  # type: ignore[return-value]
+    return RawLuks(image.virtual_size, opts.luks_type, opts.kdf, sector_size=opts.sector_size,
+                   key_bytes=opts.key_bytes, name=name)
+
+
+def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
+              protected: tuple[tuple[str, str], ...] = ()) -> Sink:
+    if output.startswith(OBJECT_SCHEME):
+        from lukspack.sinks.object import open_object_sink
+
+        return open_object_sink(output, opts.sink_options)
+    return open_file_output(output, force=opts.force,
+                            protected=tuple(("source", s) for s in sources) + protected,
+                            direct=not opts.stream.verify)
+
+
+def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
+            progress: ProgressFn | None = None, *, sink: Sink | None = None,
+            key_material: bytes | None = None,
+            protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Encrypt a disk image into output (a path, a block device or cos://REGION/BUCKET/OBJECT);
+    returns a summary. protected: (what, path) of files the output must not be (key files)."""
+    with open_image(source, opts.input_format) as image:
+        container = make_container(image, output, opts)
+        if sink is None:
+            sink = make_sink(output, opts, source_files(image), protected)
+        with KdfCache() as cache:  # this encryption's: the header check reuses the build's
+            return encrypt_image(image, container, sink, passphrase, opts.stream, progress,
+                                 key_material=key_material, cache=cache)

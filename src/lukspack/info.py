@@ -1,0 +1,53 @@
+"""`lukspack info`: describe any image: a LUKS header as `cryptsetup luksDump` shows it, a
+qcow2+LUKS image's layout with its LUKS header, or a disk image's layout."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lukspack.disks import encryption_of
+from lukspack.errors import LukspackError
+from lukspack.images import open_image
+from lukspack.images.encrypted import open_qcow2_luks
+from lukspack.luks import open_luks
+from lukspack.luks.volume import dump_header
+
+
+def _fd(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+
+
+def info(path: str, input_format: str | None = None) -> dict[str, Any]:
+    kind = encryption_of(path, input_format)
+    if kind == "vhd-crypt":
+        from lukspack.images.vhd_crypt import encrypted_vhd_info
+
+        return encrypted_vhd_info(path)
+    if kind == "luks":
+        fd = _fd(path)
+        try:
+            vol = open_luks(path, fd)
+            return {"format": f"luks{vol.version}", "file_size": os.fstat(fd).st_size,
+                    "payload_offset": vol.payload_offset, "payload_bytes": vol.payload_size,
+                    "sector_size": vol.sector_size, "luks": vol.dump()}
+        finally:
+            os.close(fd)
+    if kind == "qcow2-luks":
+        fd = _fd(path)
+        qcow = None
+        try:
+            qcow, vol = open_qcow2_luks(path, fd)
+            d = qcow.info()
+            d["encryption"] = {"format": "luks", **dump_header(vol)}
+            return d
+        finally:
+            if qcow is not None:
+                qcow.close()
+            else:
+                os.close(fd)
+    with open_image(path, input_format) as image:
+        return image.info()

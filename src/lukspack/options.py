@@ -1,0 +1,61 @@
+"""Options of the commands, as small typed parts: the KDF, the stream, the output.
+
+`EncryptOptions` holds a `KdfOptions` (the key slot KDF, as cryptsetup spells it) and a
+`StreamOptions` (chunking, threads, verification, digests) rather than copies of their fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lukspack.luks.format import KdfOptions
+from lukspack.pipeline import CHUNK_SIZE, WORKERS
+
+OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    chunk_size: int = CHUNK_SIZE
+    workers: int = WORKERS
+    verify: bool = True
+    # SHA-256 of the disk while it streams (0.7 s per GiB here), for --json; verification
+    # compares a faster digest of its own (digest.py)
+    plaintext_digest: bool = True
+    output_digest: bool = False  # SHA-256 of the whole output, for --json
+
+
+@dataclass(frozen=True)
+class EncryptOptions:
+    luks_type: str = "luks1"
+    kdf: KdfOptions = field(default_factory=KdfOptions)
+    sector_size: int = 512
+    key_bytes: int = 64  # volume key (aes-xts-plain64: 64 = two AES-256 keys)
+    key_slot: int = 0
+    uuid: str | None = None  # LUKS: the header UUID (random when None)
+    label: str | None = None  # LUKS2 only
+    subsystem: str | None = None  # LUKS2 only
+    output_format: str | None = None  # raw | qcow2 | vhd; None: from the output's name
+    input_format: str | None = None
+    disk: int | None = None  # which disk of an OVA
+    force: bool = False
+    stream: StreamOptions = field(default_factory=StreamOptions)
+    sink_options: Any = None  # options of a non-file sink (object storage)
+
+
+def output_format(output: str, requested: str | None) -> str:
+    """The output container: --output-format when given, else from the name's suffix."""
+    if requested is None:
+        low = output.lower()
+        if low.endswith((".qcow2", ".qcow")):
+            return "qcow2"
+        if low.endswith(".vhd"):
+            return "vhd"
+        return "raw"
+    if requested not in OUTPUT_FORMATS:
+        from lukspack.errors import LukspackError
+
+        raise LukspackError(f"--output-format {requested} is not supported "
+                            f"(use {', '.join(OUTPUT_FORMATS)})")
+    return requested

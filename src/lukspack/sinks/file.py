@@ -1,0 +1,292 @@
+"""File and block-device sinks.
+
+FileSink: a temporary file beside the destination (free-space check, O_DIRECT payload writes
+when nothing reads them back, write-back started every 256 MiB so the final fsync is short),
+fsynced, then published by rename: with --force over the old file, without it by link(2), which
+fails if the name appeared meanwhile (two runs to one new name never silently replace each
+other). Any failure or signal before commit() removes the temporary file.
+
+BlockDeviceSink: a block device is written in place, as `dd of=/dev/sdX` (needs --force;
+checks the device is large enough before writing; never renames; fsyncs; reads back for
+verification). A failed run leaves the device's content undefined, as dd does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import threading
+import warnings
+from collections.abc import Iterable
+
+from lukspack.errors import FormatError, OutputError
+from lukspack.sinks.base import ReadAt
+from lukspack.sinks.paths import (
+    check_not_protected,
+    os_error,
+    output_kind,
+    remove_stale_temps,
+    temp_name,
+)
+
+DIRECT_ALIGN = 4096  # O_DIRECT alignment that suits 512 and 4096-byte logical blocks
+FLUSH_EVERY = 256 << 20
+
+
+def _quiet_fdatasync(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the final fsync reports errors
+        os.fdatasync(fd)
+
+
+class _Descriptor:
+    """Positional writes and reads on one descriptor, an optional O_DIRECT twin for aligned
+    payload writes, and background write-back."""
+
+    concurrent_writes = False
+
+    def __init__(self, location: str, fd: int, write_path: str, direct: bool) -> None:
+        self.location = self.path = location
+        self.fd = fd
+        self.direct_fd = -1
+        self._direct_ok = False  # cleared, never closed early: other threads may be writing
+        if direct and hasattr(os, "O_DIRECT") and not os.environ.get("LUKSPACK_NO_DIRECT_IO"):
+            try:
+                self.direct_fd = os.open(write_path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+                self._direct_ok = True
+                self.concurrent_writes = True  # several direct writes in flight
+            except OSError:
+                pass
+        self._pending = 0
+        self._flusher: threading.Thread | None = None
+        self.prefix_size = 0
+        self.size = 0  # the output's size, once finished
+
+    @property
+    def direct(self) -> bool:
+        return self.direct_fd >= 0 and self._direct_ok
+
+    # -- the Sink interface --------------------------------------------------------------------
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        if self._direct_ok and not (offset | len(data)) & (DIRECT_ALIGN - 1):
+            view = memoryview(data).cast("B")
+            try:
+                while view:
+                    n = os.pwrite(self.direct_fd, view, offset)
+                    view, offset = view[n:], offset + n
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise os_error(self.location, e, "writing") from None
+                self._direct_ok = False  # the filesystem refuses direct I/O: buffered from now
+                data = view
+        self.pwrite(offset, data)
+        self._wrote(len(data))
+
+    def write_prefix(self, offset: int, data: bytes) -> None:
+        self.pwrite(offset, data)
+
+    def keep_key_material(self, data: bytes) -> None:
+        pass  # a file is not resumed: a new run starts over
+
+    def read_back(self) -> ReadAt | None:
+        fd, name = self.fd, self.location
+
+        def read_at(offset: int, size: int) -> bytes:
+            data = os.pread(fd, size, offset)
+            if len(data) != size:
+                raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end")
+            return data
+
+        return read_at
+
+    # -- helpers -------------------------------------------------------------------------------
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            raise os_error(self.location, e, "writing") from None
+
+    def _wrote(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= FLUSH_EVERY and (self._flusher is None or
+                                             not self._flusher.is_alive()):
+            self._pending = 0
+            self._flusher = threading.Thread(target=_quiet_fdatasync, args=(self.fd,), daemon=True)
+            self._flusher.start()
+
+    def start_writeback(self) -> None:
+        """The stream is done: start writing back the rest now, while checks run."""
+        self._pending = FLUSH_EVERY
+        self._wrote(0)
+
+    def fsync(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise os_error(self.location, e, "flushing to disk") from None
+
+    def output_sha256(self) -> str:
+        """SHA-256 of everything written (after finish), read back from the descriptor."""
+        from lukspack.pipeline import run_stream
+
+        h = hashlib.sha256()
+        fd = self.fd
+
+        def read(offset: int, view: memoryview) -> None:
+            os.preadv(fd, [view], offset)
+
+        run_stream(self.size, read, lambda o, d, m: None, in_hash=h)
+        return h.hexdigest()
+
+    def _close(self) -> None:
+        self._direct_ok = False
+        for attr in ("direct_fd", "fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+    def __enter__(self):  # noqa: ANN204
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class FileSink(_Descriptor):
+    """A new regular file: a temporary file beside the destination until commit()."""
+
+    def __init__(self, path: str, *, force: bool = False, mode: int = 0o666,
+                 direct: bool = False) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OutputError(f"{path}: directory {directory} does not exist")
+        for stale, allocated in remove_stale_temps(path):
+            warnings.warn(f"removed {stale} ({allocated} bytes allocated), a temporary file "
+                          "left by an earlier run that was killed", stacklevel=2)
+        self.tmp = temp_name(path)
+        self.force = force
+        try:
+            fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError as e:
+            raise os_error(path, e, "creating the output") from None
+        self.committed = False
+        super().__init__(path, fd, self.tmp, direct)
+
+    def begin(self, prefix_size: int, size_hint: int) -> None:
+        """Fail now, not midway, when the filesystem lacks room for size_hint bytes.
+
+        A check of the free space rather than posix_fallocate: writing into fallocated
+        (unwritten) extents measured 0.3-0.4 s slower per GiB on ext4 here."""
+        self.prefix_size = prefix_size
+        try:
+            st = os.fstatvfs(self.fd)
+        except OSError:
+            st = None
+        if st is not None and st.f_frsize and st.f_bavail * st.f_frsize < size_hint:
+            free = st.f_bavail * st.f_frsize
+            raise OutputError(f"{self.location}: no space left on device: the image needs "
+                              f"{size_hint} bytes, the filesystem has {free} free")
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise os_error(self.location, e, f"sizing the output to {size} bytes") from None
+
+    def finish(self, total_size: int) -> None:
+        self.truncate(total_size)
+        self.size = total_size
+        self.fsync()
+
+    def commit(self) -> str:
+        """Publish: rename over the old file (--force) or link to the new name (fails when the
+        name appeared meanwhile); then fsync the directory."""
+        self.fsync()
+        self._close()
+        try:
+            if self.force:
+                os.replace(self.tmp, self.location)
+            else:
+                os.link(self.tmp, self.location)
+                os.unlink(self.tmp)
+        except FileExistsError:
+            raise OutputError(f"{self.location}: appeared while lukspack was writing it (another "
+                              "run?); use --force to replace it") from None
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV) and not self.force and \
+                    not os.path.lexists(self.location):  # no hard links here: rename
+                os.replace(self.tmp, self.location)
+            else:
+                raise os_error(self.location, e, "putting the finished output in place") from None
+        self.committed = True
+        with contextlib.suppress(OSError):
+            dfd = os.open(os.path.dirname(os.path.abspath(self.location)), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return self.location
+
+    def abort(self) -> None:
+        self._close()
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+
+
+class BlockDeviceSink(_Descriptor):
+    """A block device, written in place."""
+
+    def __init__(self, path: str, *, direct: bool = False) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise os_error(path, e, "opening the block device") from None
+        super().__init__(path, fd, path, direct)
+        self.device_size = os.lseek(fd, 0, os.SEEK_END)
+
+    def begin(self, prefix_size: int, size_hint: int) -> None:
+        self.prefix_size = prefix_size
+        if self.device_size < size_hint:
+            raise OutputError(f"{self.location}: the device has {self.device_size} bytes, the "
+                              f"image needs {size_hint}")
+
+    def truncate(self, size: int) -> None:
+        if size > self.device_size:
+            raise OutputError(f"{self.location}: the device has {self.device_size} bytes, the "
+                              f"image needs {size}")
+
+    def finish(self, total_size: int) -> None:
+        self.truncate(total_size)
+        self.size = total_size
+        self.fsync()
+
+    def commit(self) -> str:
+        self.fsync()
+        self._close()
+        return self.location
+
+    def abort(self) -> None:
+        self._close()
+
+
+def open_file_output(path: str, *, force: bool = False,
+                     protected: Iterable[tuple[str, str]] = (), mode: int = 0o666,
+                     direct: bool = False) -> FileSink | BlockDeviceSink:
+    """The sink for a path: checks the rules in sinks/paths.py, then a FileSink or, for a block
+    device given with --force, a BlockDeviceSink."""
+    check_not_protected(path, protected)
+    if output_kind(path, force) == "block":
+        return BlockDeviceSink(path, direct=direct)
+    return FileSink(path, force=force, mode=mode, direct=direct)
