@@ -190,6 +190,25 @@ def upload_exists(client: Any, loc: CosLocation, upload_id: str) -> bool:
     return True
 
 
+class BufferPool:
+    """Part buffers, reused: after the first few parts no allocation happens, so the heap does
+    not fragment (fresh 16 MiB objects per part grew the RSS to several times what was live)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, buf: bytes | bytearray | memoryview) -> None:
+        if isinstance(buf, bytearray) and len(buf) == self.size:
+            with self._lock:
+                self._free.append(buf)
+
+
 class PartSender:
     """Sends numbered parts of one multipart upload from a pool of threads; submit() blocks while
     `concurrency` parts are in flight, so memory stays at part size times concurrency."""
@@ -219,21 +238,22 @@ class PartSender:
         if self._progress is not None:
             self._progress(self._phase, done_bytes, self._total)
 
-    def submit(self, n: int, data: bytes | bytearray | memoryview) -> None:
+    def submit(self, n: int, data: bytes | bytearray, release: BufferPool | None = None) -> None:
+        """Send part n; `release` gets the buffer back once it is sent (or failed)."""
         self.raise_error()
         self._slots.acquire()
         try:
-            fut = self._pool.submit(self._send, n, data)
+            fut = self._pool.submit(self._send, n, data, release)
         except BaseException:
             self._slots.release()
             raise
         fut.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(fut)
 
-    def _send(self, n: int, data: bytes | bytearray | memoryview) -> None:
-        if self._error is not None:
-            return
+    def _send(self, n: int, data: bytes | bytearray, release: BufferPool | None) -> None:
         try:
+            if self._error is not None:
+                return
             md5 = hashlib.md5(data)
             sha = hashlib.sha256(data).hexdigest() if self.part_sha256 else ""
             etag = self.send_part(n, data, md5.digest())
@@ -242,11 +262,14 @@ class PartSender:
             with self._lock:
                 if self._error is None:
                     self._error = e
+        finally:
+            if release is not None:
+                release.give(data)
 
-    def send_part(self, n: int, data: bytes | bytearray | memoryview, md5: bytes) -> str:
+    def send_part(self, n: int, data: bytes | bytearray, md5: bytes) -> str:
         """One part, Content-MD5 checked by the server; sent again when refused in transit."""
         content_md5 = base64.b64encode(md5).decode()
-        body = bytes(data) if not isinstance(data, bytes) else data
+        body = data
         for attempt in range(1, PART_ATTEMPTS + 1):
             try:
                 r = self.client.upload_part(Bucket=self.loc.bucket, Key=self.loc.key,

@@ -27,6 +27,7 @@ from lukspack.cloud.multipart import (
     DEFAULT_PART_SIZE,
     PART_ATTEMPTS,
     SHA256_METADATA,
+    BufferPool,
     Journal,
     MiB,
     PartRecord,
@@ -257,20 +258,22 @@ def _send_parts(path: str, size: int, part_size: int, sender: PartSender, journa
     """Submit every part the server does not already hold intact; returns how many it held."""
     server = list_server_parts(client, loc, journal.upload["upload_id"]) if resumed else {}
     kept = 0
+    buffers = BufferPool(part_size)
     with open(path, "rb") as f:
         fd = f.fileno()
         for n, off, ln in _ranges(size, part_size):
-            data = os.pread(fd, ln, off)
-            if len(data) != ln:
+            data = buffers.take() if ln == part_size else bytearray(ln)
+            if os.preadv(fd, [data], off) != ln:
                 raise CloudError(f"{path}: changed size while being uploaded")
             if n in server and server[n][0] == ln:
                 md5 = hashlib.md5(data).hexdigest()
                 rec = journal.parts.get(n)
                 if md5 == server[n][1] or (rec and rec.etag == server[n][1] and rec.md5 == md5):
                     sender.done(n, PartRecord(ln, server[n][1], md5, ""))
+                    buffers.give(data)
                     kept += 1
                     continue
-            sender.submit(n, data)
+            sender.submit(n, data, buffers)
     return kept
 
 

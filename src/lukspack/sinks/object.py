@@ -31,6 +31,7 @@ from typing import Any
 
 from lukspack.cloud.errors import CloudError
 from lukspack.cloud.multipart import (
+    BufferPool,
     Journal,
     PartRecord,
     PartSender,
@@ -75,6 +76,8 @@ class ObjectSink:
         self._server: dict[int, tuple[int, str]] = {}
         self._held: dict[int, bytearray] = {}
         self._cur = bytearray()
+        self._fill = 0  # bytes of _cur in use
+        self._buffers: BufferPool | None = None
         self._cur_n = 1
         self._pos = 0
         self._prefix_size = 0
@@ -150,9 +153,11 @@ class ObjectSink:
                                   self._journal, opts.concurrency)
         self._prefix_size = self._pos = prefix_size
         self._cur_n = prefix_size // ps + 1
+        self._buffers = BufferPool(ps)
         for n in range(1, self._cur_n):  # parts wholly inside the prefix
             self._held[n] = bytearray(ps)
-        self._cur = bytearray(prefix_size - (self._cur_n - 1) * ps)
+        self._cur = self._buffers.take()
+        self._fill = prefix_size - (self._cur_n - 1) * ps
 
     def write(self, offset: int, data: memoryview | bytes) -> None:
         if offset < self._pos:
@@ -193,9 +198,9 @@ class ObjectSink:
         if self._prefix_filled < self._prefix_size:
             raise CloudError(f"{self.location}: only {self._prefix_filled} of the "
                              f"{self._prefix_size} prefix bytes were written")
-        if self._cur:
-            self._full(self._cur_n, self._cur)
-            self._cur = bytearray()
+        if self._fill:  # the last part, shorter
+            self._full(self._cur_n, self._cur[: self._fill])
+            self._cur, self._fill = bytearray(), 0
         for n in sorted(self._held):
             self._send(n, self._held.pop(n))
         assert self._sender is not None
@@ -253,15 +258,17 @@ class ObjectSink:
 
     def _append(self, view: memoryview) -> None:
         ps = self._part_size
+        assert self._buffers is not None
         while view:
-            take = min(len(view), ps - len(self._cur))
-            self._cur += view[:take]
+            take = min(len(view), ps - self._fill)
+            self._cur[self._fill : self._fill + take] = view[:take]
             view = view[take:]
             self._pos += take
-            if len(self._cur) == ps:
+            self._fill += take
+            if self._fill == ps:
                 self._full(self._cur_n, self._cur)
                 self._cur_n += 1
-                self._cur = bytearray()
+                self._cur, self._fill = self._buffers.take(), 0
 
     def _full(self, n: int, buf: bytearray) -> None:
         if (n - 1) * self._part_size < self._prefix_size:
@@ -279,8 +286,10 @@ class ObjectSink:
                 self._sender.done(n, PartRecord(len(buf), kept[1], md5,
                                                 hashlib.sha256(buf).hexdigest()))
                 self.kept_parts += 1
+                if self._buffers is not None:
+                    self._buffers.give(buf)
                 return
-        self._sender.submit(n, bytes(buf))
+        self._sender.submit(n, buf, self._buffers)
 
 
 def open_object_sink(location: str, options: ObjectSinkOptions | None = None) -> ObjectSink:
