@@ -86,3 +86,43 @@ def test_streamed_encryption_uses_sink_options(cos_env, s3, disk, keyfile, tmp_p
     data = fetch(s3, loc, tmp_path / "o.qcow2").read_bytes()
     assert sink.output_sha256() == hashlib.sha256(data).hexdigest()
     assert len(data) == s["total_bytes"]
+
+
+def test_open_streamed_resumes_an_interrupted_encryption(cos_env, s3, disk, keyfile,
+                                                          tmp_path) -> None:
+    """What `encrypt --resume` does with the sink: the engine, interrupted part way, keeps the
+    upload; a second run recovers the volume key from the saved header and sends the rest."""
+    from lukspack.encrypt import encrypt
+    from lukspack.errors import Interrupted
+    from lukspack.luks.format import KdfOptions
+    from lukspack.options import EncryptOptions
+    from lukspack.sinks.object import ObjectSink, ObjectSinkOptions, open_streamed
+
+    loc = f"cos://{s3server.REGION}/{s3server.BUCKET}/stream/resumed.qcow2"
+    opts = EncryptOptions(kdf=KdfOptions(force_iterations=1000))
+    sink_opts = ObjectSinkOptions(part_size=5 * MiB, concurrency=1)
+    fp = {"format": "qcow2"}
+    first = open_streamed(loc, str(disk), sink_opts, fp)
+    real_send = ObjectSink._send
+
+    def send_then_stop(self, n, buf):  # interrupted after the third part went out
+        real_send(self, n, buf)
+        if n == 4:
+            self._sender.wait()
+            raise Interrupted(2)
+
+    ObjectSink._send = send_then_stop  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Interrupted, match="--resume"):
+            encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=first)
+    finally:
+        ObjectSink._send = real_send  # type: ignore[method-assign]
+    sink_opts.resume = True
+    again = open_streamed(loc, str(disk), sink_opts, fp)
+    assert again.saved_key_material
+    encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=again,
+            key_material=again.saved_key_material)
+    assert again.kept_parts == 3  # parts 2-4 were on the server with the same MD5
+    got = fetch(s3, loc, tmp_path / "r.qcow2")
+    run([sys.executable, "-m", "lukspack", "verify", str(got), "--key-file", str(keyfile),
+         "--source", str(disk)], env=cli_env())

@@ -51,6 +51,26 @@ def transfer_options(f: Any) -> Any:
     return f
 
 
+def stream_options(f: Any) -> Any:
+    """The object-storage options of `encrypt SOURCE cos://...` (the lead's encrypt command adds
+    them with this decorator and builds the sink with `object_sink_from`)."""
+    return cos_options(transfer_options(f))
+
+
+def object_sink_from(source: str, output: str, fingerprint: dict[str, Any], *,
+                     endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
+                     iam_url: str | None, part_size: int, concurrency: int, resume: bool,
+                     state_dir: str | None, verify_remote: bool) -> Any:
+    """The ObjectSink for a streamed encryption, from stream_options' values."""
+    from lukspack.sinks.object import ObjectSinkOptions, open_streamed
+
+    opts = ObjectSinkOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
+                             credentials_file=credentials_file, iam_url=iam_url,
+                             part_size=part_size * MiB, concurrency=concurrency, resume=resume,
+                             state_dir=state_dir, verify_remote=verify_remote)
+    return open_streamed(output, source, opts, fingerprint)
+
+
 def kms_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--region", required=True, help="Key Protect region (us-south, eu-de...)."),

@@ -298,3 +298,17 @@ def open_object_sink(location: str, options: ObjectSinkOptions | None = None) ->
                          f"{type(options).__name__}")
     return ObjectSink(location, options)
 
+
+
+def open_streamed(location: str, source: str, options: ObjectSinkOptions | None = None,
+                  fingerprint: dict[str, Any] | None = None) -> ObjectSink:
+    """The sink for `encrypt SOURCE cos://...`: records the source's identity and the output
+    options' fingerprint so that a resume finds them unchanged. With options.resume, pass
+    `sink.saved_key_material` to the engine (`encrypt(..., sink=sink, key_material=...)`)."""
+    from dataclasses import replace
+
+    from lukspack.cloud.multipart import source_identity
+
+    opts = replace(options or ObjectSinkOptions(), source_identity=source_identity(source),
+                   fingerprint=fingerprint)
+    return ObjectSink(location, opts)
