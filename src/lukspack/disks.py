@@ -1,6 +1,6 @@
 """Open any disk image lukspack reads, plain or encrypted, as one DiskImage.
 
-`open_disk(path, passphrase)` detects the format by content (images.detect_format) and returns a
+`open_disk(path, passphrase)` detects the format by content (images.sniff_file) and returns a
 plain reader, or for an encrypted image (LUKS RAW, qcow2+LUKS, the vhd-util encrypted VHD) a
 reader whose read_into decrypts: `verify`, `decrypt`, `check` and the boot test read every input
 through it.
@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 
 from lukspack.errors import LukspackError
-from lukspack.images import DiskImage, detect_format, open_image
+from lukspack.images import DiskImage, open_image, open_source, sniff_file
 from lukspack.images.encrypted import (
     EncryptedImage,
     LuksRawImage,
@@ -21,41 +21,30 @@ from lukspack.images.encrypted import (
     open_luks_raw,
     open_qcow2_luks,
 )
+from lukspack.images.qcow2_header import CRYPT_LUKS
 from lukspack.keys import wipe
 
 
 def _open_fd(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
-
-
-def _lost_luks2_primary(fd: int) -> bool:
-    """A LUKS2 image whose primary header is damaged but whose secondary is intact."""
-    from lukspack.luks.luks2 import find_secondary
-
-    size = os.fstat(fd).st_size
-    return size >= 1024 and find_secondary(lambda o, n: os.pread(fd, n, o), size) is not None
+    return open_source(path)  # FIFOs, sockets and character devices refused before opening
 
 
 def encryption_of(path: str, fmt: str | None = None) -> str | None:
-    """'luks', 'qcow2-luks' (or 'vhd-crypt') when the image is encrypted, else None."""
+    """'luks', 'qcow2-luks' or 'vhd-crypt' when the image is encrypted, else None."""
+    if fmt not in (None, "qcow2", "vhd"):
+        return None
     fd = _open_fd(path)
     try:
-        found = fmt or detect_format(path, fd)
-        if found == "luks" or (fmt is None and _lost_luks2_primary(fd)):
+        found = sniff_file(path, fd) if fmt in (None, "qcow2") else None
+        kind = fmt or (found.format if found else None)
+        if kind == "luks":  # a LUKS2 image with only its secondary header included
             return "luks"
-        if found == "vhd":
+        if kind == "vhd":
             from lukspack.images.vhd_crypt import is_encrypted_vhd
 
             return "vhd-crypt" if is_encrypted_vhd(fd) else None
-        if found == "qcow2":
-            from lukspack.images.qcow2_header import CRYPT_LUKS
-
-            head = os.pread(fd, 36, 0)
-            if len(head) >= 36 and int.from_bytes(head[32:36], "big") == CRYPT_LUKS:
-                return "qcow2-luks"
+        if kind == "qcow2" and found is not None and found.qcow2_crypt_method == CRYPT_LUKS:
+            return "qcow2-luks"
         return None
     finally:
         os.close(fd)

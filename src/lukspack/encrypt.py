@@ -28,13 +28,14 @@ def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Conta
 
             raise UnsupportedError("qcow2+LUKS output has a 512-bit key (aes-xts-plain64 with two "
                                    f"AES-256 keys, as qemu writes it), not {opts.key_bytes * 8}")
-        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name)
+        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
+                         fields=opts.fields)
     if fmt == "vhd":
         from lukspack.containers.encrypted_vhd import EncryptedVhd
 
         return EncryptedVhd(image.virtual_size, name=name)  # type: ignore[return-value]
     return RawLuks(image.virtual_size, opts.luks_type, opts.kdf, sector_size=opts.sector_size,
-                   key_bytes=opts.key_bytes, name=name)
+                   key_bytes=opts.key_bytes, name=name, fields=opts.fields)
 
 
 def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
@@ -54,7 +55,7 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Encrypt a disk image into output (a path, a block device or cos://REGION/BUCKET/OBJECT);
     returns a summary. protected: (what, path) of files the output must not be (key files)."""
-    with open_image(source, opts.input_format) as image:
+    with open_image(source, opts.input_format, opts.disk) as image:
         container = make_container(image, output, opts)
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)

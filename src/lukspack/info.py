@@ -7,18 +7,14 @@ import os
 from typing import Any
 
 from lukspack.disks import encryption_of
-from lukspack.errors import LukspackError
-from lukspack.images import open_image
+from lukspack.images import open_image, open_source
 from lukspack.images.encrypted import open_qcow2_luks
 from lukspack.luks import open_luks
 from lukspack.luks.volume import dump_header
 
 
 def _fd(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+    return open_source(path)
 
 
 def info(path: str, input_format: str | None = None) -> dict[str, Any]:
@@ -31,9 +27,12 @@ def info(path: str, input_format: str | None = None) -> dict[str, Any]:
         fd = _fd(path)
         try:
             vol = open_luks(path, fd)
-            return {"format": f"luks{vol.version}", "file_size": os.fstat(fd).st_size,
-                    "payload_offset": vol.payload_offset, "payload_bytes": vol.payload_size,
-                    "sector_size": vol.sector_size, "luks": vol.dump()}
+            d = {"format": f"luks{vol.version}", "file_size": os.fstat(fd).st_size,
+                 "payload_offset": vol.payload_offset, "payload_bytes": vol.payload_size,
+                 "sector_size": vol.sector_size, "luks": vol.dump()}
+            if vol.payload_problem:  # cryptsetup loads it; lukspack cannot open the payload
+                d["notes"] = [f"verify and decrypt refuse this image: {vol.payload_problem}"]
+            return d
         finally:
             os.close(fd)
     if kind == "qcow2-luks":

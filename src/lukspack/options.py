@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lukspack.luks.format import KdfOptions
+from lukspack.luks.format import HeaderFields, KdfOptions
 from lukspack.pipeline import CHUNK_SIZE, WORKERS
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
@@ -32,10 +32,7 @@ class EncryptOptions:
     kdf: KdfOptions = field(default_factory=KdfOptions)
     sector_size: int = 512
     key_bytes: int = 64  # volume key (aes-xts-plain64: 64 = two AES-256 keys)
-    key_slot: int = 0
-    uuid: str | None = None  # LUKS: the header UUID (random when None)
-    label: str | None = None  # LUKS2 only
-    subsystem: str | None = None  # LUKS2 only
+    fields: HeaderFields = field(default_factory=HeaderFields)  # --uuid, --label, --key-slot
     output_format: str | None = None  # raw | qcow2 | vhd; None: from the output's name
     input_format: str | None = None
     disk: int | None = None  # which disk of an OVA

@@ -9,11 +9,10 @@ from typing import Any
 
 def info_lines(d: dict[str, Any], indent: str = "") -> Iterator[str]:
     luks = d.get("luks")
-    if luks and luks.get("version") == 1:
-        yield from _luks1_dump(luks)
-        return
-    if luks and luks.get("version") == 2:
-        yield from _luks2_dump(luks)
+    if luks and luks.get("version") in (1, 2):
+        yield from _luks1_dump(luks) if luks["version"] == 1 else _luks2_dump(luks)
+        for note in d.get("notes", []):
+            yield f"note: {note}"
         return
     for k, v in d.items():
         if k == "encryption" and isinstance(v, dict) and v.get("version") in (1, 2):

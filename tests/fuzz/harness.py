@@ -73,6 +73,13 @@ def make_seed(fmt: str, directory: Path) -> bytes:
               f"secret,id=s0,file={key}", "-o",
               "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
               str(raw), str(out)])
+    elif fmt == "ova":  # a VMware-style OVA: OVF descriptor, manifest, streamOptimized VMDK
+        from tests.images.ova_files import make_ova, ovf
+
+        disk = directory / "seed-disk1.vmdk"
+        _run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o",
+              "subformat=streamOptimized", str(raw), str(disk)])
+        make_ova(out, ovf([(disk.name, 3 * MiB)]), [disk])
     elif fmt == "vhd-crypt":
         return _vhd_crypt_seed(raw, out, directory)
     elif fmt == "luks1":
@@ -186,6 +193,7 @@ def _max_cost(vol) -> int:  # noqa: ANN001
 EXERCISE: dict[str, Callable[[str], None]] = {
     "vhd": exercise_image,
     "vhd-fixed": exercise_image,
+    "ova": exercise_image,  # the tar member lookup and the OVF parser, then the VMDK inside
     "vhd-crypt": exercise_vhd_crypt,
     "luks1": exercise_luks,
     "luks2": exercise_luks,

@@ -107,7 +107,7 @@ def vhd_cases(c: Corpus) -> None:
         for at in (0, len(d) - 512):
             d[at + 64] ^= 0x55
 
-    case("footer-checksum", both_footers, "VHD footer checksum", fix=False)
+    case("footer-checksum", both_footers, "is a damaged VHD: its footer checksum", fix=False)
     case("dyn-header-checksum", lambda d: d.__setitem__(512 + 36, d[512 + 36] ^ 1),
          "VHD dynamic header checksum", fix=False)
     case("dyn-header-cookie", lambda d: d.__setitem__(slice(512, 520), b"cxspars!"),
@@ -570,8 +570,10 @@ def main() -> None:
     OUT.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as work:
         c = Corpus(Path(work))
+        from tests.tools.make_malformed_inputs import input_cases
+
         for make in (vhd_cases, vhd_crypt_cases, qcow2_cases, vmdk_cases, vhdx_cases,
-                     luks1_cases, luks2_cases):
+                     luks1_cases, luks2_cases, input_cases):
             make(c)
     for command in ("info", "encrypt", "verify"):
         c.add(f"raw-zero-length-{command}.img", b"", command,

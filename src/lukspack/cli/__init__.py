@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         code = e.exit_code
     except LukspackError as e:
-        click.echo(f"lukspack: error: {e}", err=True)
+        kind = "usage error" if e.exit_code == 2 else "error"  # errors.UsageError: exit 2
+        click.echo(f"lukspack: {kind}: {e}", err=True)
         code = e.exit_code
     except BrokenPipeError:
         code = 1

@@ -58,6 +58,11 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @kdf_options
 @click.option("--sector-size", type=click.Choice(["512", "4096"]), default="512",
               show_default=True, help="LUKS2 encryption sector size (LUKS1: 512 only).")
+@click.option("--uuid", default=None, help="The LUKS header's UUID [default: random].")
+@click.option("--label", default=None, help="LUKS2 header label.")
+@click.option("--subsystem", default=None, help="LUKS2 header subsystem.")
+@click.option("--key-slot", "-S", type=int, default=0, show_default=True,
+              help="The key slot the key file opens.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the header with the key file and the payload against the source.")
 @force_option
@@ -73,13 +78,14 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 def encrypt(source: str, output: str, key_file: str, luks_type: str, output_format: str | None,
             cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
-            pbkdf_force_iterations: int | None, sector_size: str, verify: bool, force: bool,
+            pbkdf_force_iterations: int | None, sector_size: str, uuid: str | None,
+            label: str | None, subsystem: str | None, key_slot: int, verify: bool, force: bool,
             as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
             input_format: str | None, disk: int | None) -> None:
     """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA) into OUTPUT: LUKS1 or LUKS2 RAW,
     qcow2 with LUKS inside (IBM Cloud VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt
-    from lukspack.luks.format import KdfOptions
+    from lukspack.luks.format import HeaderFields, KdfOptions
     from lukspack.options import EncryptOptions
 
     check_kdf_usage(luks_type, hash_, pbkdf)
@@ -88,6 +94,7 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
                      pbkdf_parallel)
     opts = EncryptOptions(luks_type=luks_type, kdf=kdf, sector_size=int(sector_size),
                           key_bytes=key_size // 8,
+                          fields=HeaderFields(uuid, label, subsystem, key_slot),
                           output_format=output_format, input_format=input_format, disk=disk,
                           force=force, stream=_stream(verify, as_json, not no_digest))
     from lukspack.options import output_format as format_of

@@ -19,7 +19,7 @@ from lukspack.errors import UnsupportedError, VerifyError
 from lukspack.images.qcow2_header import CRYPT_LUKS, EXT_CRYPTO_HEADER, parse_header
 from lukspack.images.qcow2_write import Qcow2Writer
 from lukspack.luks import luks1
-from lukspack.luks.format import KdfOptions
+from lukspack.luks.format import HeaderFields, KdfOptions
 from lukspack.luks.kdf import Pbkdf2Cost, calibrate_before_stream, pbkdf2_cost
 
 KEY_BYTES = 64  # aes-xts-plain64 with two AES-256 keys, as qemu's default
@@ -35,10 +35,12 @@ class Qcow2Luks:
     sector_size = 512
 
     def __init__(self, virtual_size: int, kdf: KdfOptions, *, luks_type: str = "luks1",
-                 name: str = "output") -> None:
+                 name: str = "output", fields: HeaderFields | None = None) -> None:
         if luks_type != "luks1":
             raise UnsupportedError(f"qcow2 output holds a LUKS1 header (as qemu writes it), not "
                                    f"{luks_type}: use --type luks1, or a RAW output")
+        self.fields = fields or HeaderFields()
+        self.fields.check("luks1")
         # bad KDF options (an Argon2 --pbkdf too: qemu's LUKS1 has PBKDF2 slots) fail now
         kdf.slot_kdf("luks1", KEY_BYTES, check_only=True)
         self.kdf = kdf
@@ -73,7 +75,8 @@ class Qcow2Luks:
         cost = self._cost or pbkdf2_cost(k.hash, KEY_BYTES, k.iter_time_ms, k.force_iterations)
         return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                   digest_iterations=cost.digest_iterations, hash_spec=k.hash,
-                                  payload_align=luks1.ALIGN_KEYSLOTS, cache=cache)
+                                  payload_align=luks1.ALIGN_KEYSLOTS, uuid=self.fields.uuid,
+                                  key_slot=self.fields.key_slot, cache=cache)
 
     def plan(self, offset: int, view: memoryview | None, allocated: bool) -> ChunkPlan:
         return self.writer.plan(offset, view, allocated)

@@ -16,7 +16,7 @@ from typing import Any
 from lukspack.containers.base import ChunkPlan, Finished, Run
 from lukspack.errors import VerifyError
 from lukspack.luks import open_luks_bytes
-from lukspack.luks.format import HeaderPlan, KdfOptions, plan_header
+from lukspack.luks.format import HeaderFields, HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.kdf import KdfCache
 from lukspack.luks.volume import LuksVolume
 
@@ -53,9 +53,10 @@ class RawLuks:
     sparse = False
 
     def __init__(self, virtual_size: int, luks_type: str, kdf: KdfOptions, *,
-                 sector_size: int = 512, key_bytes: int = 64, name: str = "output") -> None:
+                 sector_size: int = 512, key_bytes: int = 64, name: str = "output",
+                 fields: HeaderFields | None = None) -> None:
         self.plan_: HeaderPlan = plan_header(luks_type, kdf, key_bytes=key_bytes,
-                                             sector_size=sector_size)
+                                             sector_size=sector_size, fields=fields)
         p = self.plan_
         self.name = p.luks_type
         self.label = name

@@ -1,4 +1,5 @@
-"""Input images: format detection by content and the one reader interface (see base.DiskImage)."""
+"""Input images: format detection by content (sniff.py) and the one reader interface
+(base.DiskImage). `open_image` is the only way the rest of lukspack opens a source."""
 
 from __future__ import annotations
 
@@ -7,62 +8,109 @@ import stat
 
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.images.base import DiskImage, Extent
-from lukspack.images.raw import RawImage
-from lukspack.images.vhd import FOOTER_COOKIE, FOOTER_SIZE, VhdImage, parse_footer
+from lukspack.images.sniff import FORMATS, ReadAt, Sniffed, sniff
 
-__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "source_files", "FORMATS"]
+__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "sniff_file", "source_files",
+           "check_source_type", "open_source", "FORMATS", "Sniffed"]
 
-FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx")
-_RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd")
+Window = tuple[int, int] | None
 
-_SIGNATURES = (
-    (b"QFI\xfb", "qcow2"),
-    (b"KDMV", "vmdk"),
-    (b"COWD", "vmdk"),
-    (b"# Disk DescriptorFile", "vmdk"),
-    (b"vhdxfile", "vhdx"),
-    (FOOTER_COOKIE, "vhd"),
-    (b"LUKS\xba\xbe", "luks"),
-)
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISDIR, "a directory"))
+
+
+def _reader_at(fd: int, base: int = 0) -> ReadAt:
+    return lambda offset, size: os.pread(fd, size, base + offset)
+
+
+def sniff_file(path: str, fd: int) -> Sniffed:
+    """What the open file is (format, and for qcow2 its crypt_method); see sniff.sniff."""
+    return sniff(path, _reader_at(fd), os.lseek(fd, 0, os.SEEK_END))
 
 
 def detect_format(path: str, fd: int) -> str:
-    """Name the container format from the file's content; the name only breaks the raw/VHD tie."""
-    size = os.fstat(fd).st_size
-    head = os.pread(fd, 64, 0)
-    for magic, name in _SIGNATURES:
-        if head.startswith(magic):
-            return name
-    if size >= FOOTER_SIZE:
-        footer = parse_footer(os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE))
-        if footer is not None and footer["checksum_ok"]:
-            # a raw file whose last sector is a VHD footer (what `qemu-img convert -O raw`
-            # makes of a fixed VHD without -f vpc): the name says which the user means
-            if path.lower().endswith(_RAW_SUFFIXES):
-                return "raw"
-            return "vhd"
-    return "raw"
+    """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, ova or luks (a LUKS2
+    image whose primary header is lost included). UnsupportedError for compressed files."""
+    return sniff_file(path, fd).format
 
 
-def _qcow2(path: str, fd: int) -> DiskImage:
-    from lukspack.images.qcow2 import Qcow2Image
-
-    return Qcow2Image(path, fd)
-
-
-def _vmdk(path: str, fd: int) -> DiskImage:
-    from lukspack.images.vmdk import VmdkImage
-
-    return VmdkImage(path, fd)
+def check_source_type(path: str, st: os.stat_result) -> None:
+    """Refuse what is not a regular file or a block device, in one line, before reading it."""
+    for test, what in _SPECIAL:
+        if test(st.st_mode):
+            raise LukspackError(f"{path}: is {what}, not a disk image (lukspack reads regular "
+                                "files and block devices)")
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+        raise LukspackError(f"{path}: is not a regular file or block device")
 
 
-def _vhdx(path: str, fd: int) -> DiskImage:
-    from lukspack.images.vhdx import VhdxImage
+def open_source(path: str) -> int:
+    """A read-only descriptor of a regular file or block device; anything else is refused
+    before it is opened (opening a FIFO for reading blocks until a writer comes)."""
+    try:
+        check_source_type(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        check_source_type(path, os.fstat(fd))  # replaced between stat and open?
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
-    return VhdxImage(path, fd)
+
+def _reader(found: str, path: str, fd: int, window: Window) -> DiskImage:
+    if found == "raw":
+        from lukspack.images.raw import RawImage
+
+        return RawImage(path, fd, window)
+    if found == "vhd":
+        from lukspack.images.vhd import VhdImage
+        from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+        if window is None and is_encrypted_vhd(fd):  # its blocks are ciphertext: never a source
+            raise UnsupportedError(f"{path}: is already an encrypted VHD (vhd-util); decrypt "
+                                   "it first or use it as it is")
+        return VhdImage(path, fd, window)
+    if found == "qcow2":
+        from lukspack.images.qcow2 import Qcow2Image
+
+        return Qcow2Image(path, fd, window)
+    if found == "vmdk":
+        from lukspack.images.vmdk import VmdkImage
+
+        return VmdkImage(path, fd, window)
+    if found == "vhdx":
+        from lukspack.images.vhdx import VhdxImage
+
+        return VhdxImage(path, fd, window)
+    if found == "luks":
+        raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
+                               "use it as it is")
+    raise UnsupportedError(f"{path}: {found} images are not supported")
 
 
-_READERS = {"qcow2": _qcow2, "vmdk": _vmdk, "vhdx": _vhdx}
+def _open_ova(path: str, fd: int, disk: int | None) -> DiskImage:
+    from lukspack.images.ova import ova_disks, pick_disk
+
+    size = os.lseek(fd, 0, os.SEEK_END)
+    disks = ova_disks(path, _reader_at(fd), size)
+    index = pick_disk(path, disks, disk)
+    member = disks[index]
+    found = sniff(f"{path}: disk {member.name}", _reader_at(fd, member.offset), member.size,
+                  in_archive=True)
+    if found.format in ("luks", "ova"):
+        raise UnsupportedError(f"{path}: disk {member.name} is a {found.format} image, not a "
+                               "plain disk")
+    if not member.size:
+        raise FormatError(f"{path}: disk {member.name} is empty (0 bytes)")
+    image = _reader(found.format, path, fd, (member.offset, member.size))
+    image.archive = {"format": "ova", "disk": member.name, "index": index,
+                     "disks": [m.name for m in disks], "offset": member.offset,
+                     "size": member.size}
+    return image
 
 
 def source_files(image: DiskImage) -> tuple[str, ...]:
@@ -70,36 +118,21 @@ def source_files(image: DiskImage) -> tuple[str, ...]:
     return tuple(getattr(image, "files", (image.path,)))
 
 
-def open_image(path: str, fmt: str | None = None) -> DiskImage:
-    """Open a disk image read-only, detecting its format unless fmt names it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise LukspackError(f"{path}: cannot open: {e.strerror}") from None
+def open_image(path: str, fmt: str | None = None, disk: int | None = None) -> DiskImage:
+    """Open a disk image read-only, detecting its format unless fmt names it; `disk` picks a
+    disk of an OVA by its index (0 is the first, as --disk counts)."""
+    fd = open_source(path)
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise LukspackError(f"{path}: is a directory, not a disk image")
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
-            raise LukspackError(f"{path}: is not a regular file or block device")
         if st.st_size == 0 and stat.S_ISREG(st.st_mode):
             raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
         found = fmt or detect_format(path, fd)
-        if found == "raw":
-            return RawImage(path, fd)
-        if found == "vhd":
-            from lukspack.images.vhd_crypt import is_encrypted_vhd
-
-            if is_encrypted_vhd(fd):  # its blocks are ciphertext: never a plain source
-                raise UnsupportedError(f"{path}: is already an encrypted VHD (vhd-util); decrypt "
-                                       "it first or use it as it is")
-            return VhdImage(path, fd)
-        if found in _READERS:
-            return _READERS[found](path, fd)
-        if found == "luks":
-            raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
-                                   "use it as it is")
-        raise UnsupportedError(f"{path}: {found} images are not supported yet")
+        if disk is not None and found != "ova":
+            raise UnsupportedError(f"{path}: is a {found} image, not an OVA; a disk index "
+                                   f"(--disk {disk}) applies only to OVA archives")
+        if found == "ova":
+            return _open_ova(path, fd, disk)
+        return _reader(found, path, fd, None)
     except BaseException:
         os.close(fd)
         raise

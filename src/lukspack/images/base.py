@@ -4,14 +4,22 @@ A DiskImage is the virtual disk a container describes: `virtual_size` bytes, rea
 `read_into(offset, buf)`, which fills buf completely (unallocated ranges read as zeros without
 touching the file). `extents()` lists which ranges hold data, so sparse sources cost what their
 data costs. The pipeline never knows which format it reads.
+
+A reader may be given a `window` (offset, size): the image is then that byte range of the file (a
+disk inside an OVA tar, read in place); every file offset a reader uses is relative to it.
+`warnings` holds one-line notes about the source that are not errors (a RAW file with no partition
+table); the CLI prints them.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from lukspack.errors import FormatError
 
@@ -23,17 +31,46 @@ class Extent:
     allocated: bool  # False: reads as zeros and costs no I/O
 
 
+class BlockRuns:
+    """Runs of equally allocated fixed-size blocks (a VHD or VHDX BAT), found once with numpy;
+    extents(start, end) then costs a bisect and one step per run it crosses."""
+
+    def __init__(self, allocated: np.ndarray, block_size: int) -> None:
+        self.block_size = block_size
+        cuts = np.flatnonzero(allocated[1:] != allocated[:-1]) + 1
+        self.starts: list[int] = [0, *cuts.tolist()]  # first block of each run
+        self.first_allocated = bool(allocated[0]) if len(allocated) else False
+        self.blocks = len(allocated)
+
+    def extents(self, start: int, end: int) -> Iterator[Extent]:
+        bs, starts = self.block_size, self.starts
+        i = bisect.bisect_right(starts, start // bs) - 1
+        pos = start
+        while pos < end and i < len(starts):
+            nxt = starts[i + 1] * bs if i + 1 < len(starts) else max(end, self.blocks * bs)
+            stop = min(end, nxt)
+            yield Extent(pos, stop - pos, self.first_allocated ^ bool(i & 1))
+            pos, i = stop, i + 1
+
+
 class DiskImage:
     """Base class; subclasses set format_name, virtual_size and implement _read_allocated."""
 
     format_name = "?"
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
         self.path = path
         self.fd = fd
-        self.file_size = os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+        self.windowed = window is not None
+        if window is None:
+            self.base = 0
+            self.file_size = os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+        else:
+            self.base, self.file_size = window
         self.virtual_size = 0
         self.bytes_read = 0  # what actually came from the file: proves holes cost nothing
+        self.warnings: list[str] = []
+        self.archive: dict[str, Any] | None = None  # set when the image is a member of an OVA
 
     # -- the interface -------------------------------------------------------------------------
     def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
@@ -66,12 +103,15 @@ class DiskImage:
         return sum(e.length for e in self.extents() if e.allocated)
 
     def info(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": self.format_name,
             "virtual_size": self.virtual_size,
             "allocated_size": self.allocated_size(),
             "file_size": self.file_size,
         }
+        if self.archive is not None:
+            out["ova"] = dict(self.archive)
+        return out
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -92,8 +132,11 @@ class DiskImage:
     def pread_exact(self, file_offset: int, view: memoryview, what: str = "data") -> None:
         """Read len(view) bytes of the file at file_offset or raise a FormatError naming them."""
         got = 0
+        if self.windowed and file_offset + len(view) > self.file_size:  # never past an OVA member
+            raise FormatError(f"{self.path}: {what} at offset {file_offset} is past the end of "
+                              f"the disk in the archive (size {self.file_size})")
         while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], file_offset + got)
+            n = os.preadv(self.fd, [view[got:]], self.base + file_offset + got)
             if n == 0:
                 raise FormatError(f"{self.path}: {what} at offset {file_offset + got} is past the "
                                   f"end of the file (size {self.file_size})")

@@ -51,8 +51,9 @@ class Qcow2Image(DiskImage):
 
     format_name = "qcow2"
 
-    def __init__(self, path: str, fd: int, *, allow_encrypted: bool = False) -> None:
-        super().__init__(path, fd)
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None, *,
+                 allow_encrypted: bool = False) -> None:
+        super().__init__(path, fd, window)
         head = self.pread(0, min(self.file_size, 1 << 16), "header")
         if len(head) >= 24:
             bits = int.from_bytes(head[20:24], "big")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
-from lukspack.images.base import DiskImage, Extent
+from lukspack.images.base import BlockRuns, DiskImage, Extent
 
 FOOTER_COOKIE = b"conectix"
 DYNAMIC_COOKIE = b"cxsparse"
@@ -108,8 +108,8 @@ def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
 class VhdImage(DiskImage):
     format_name = "vhd"
 
-    def __init__(self, path: str, fd: int) -> None:
-        super().__init__(path, fd)
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+        super().__init__(path, fd, window)
         self.notes: list[str] = []
         footer = None
         if self.file_size >= FOOTER_SIZE:
@@ -119,9 +119,12 @@ class VhdImage(DiskImage):
                 if self.file_size >= FOOTER_SIZE else None
             if copy is None or not copy["checksum_ok"]:
                 if footer is not None:
+                    computed = vhd_checksum(self.pread(self.file_size - FOOTER_SIZE, FOOTER_SIZE),
+                                            _CHECKSUM_AT_FOOTER)
                     raise FormatError(
-                        f"{path}: VHD footer checksum 0x{footer['checksum']:08x} is wrong "
-                        f"(computed 0x{vhd_checksum(self.pread(self.file_size - 512, 512), 64):08x})")
+                        f"{path}: is a damaged VHD: its footer checksum 0x{footer['checksum']:08x} "
+                        f"is wrong (computed 0x{computed:08x}); if it is a RAW disk, say "
+                        "--input-format raw")
                 raise FormatError(f"{path}: no valid VHD footer (cookie 'conectix') found")
             self.notes.append("the footer at the end is missing or damaged; used the copy at 0")
             footer = copy
@@ -139,6 +142,7 @@ class VhdImage(DiskImage):
             raise FormatError(f"{path}: VHD current_size {self.virtual_size} is absurd (more "
                               f"than {MAX_VIRTUAL_SIZE} bytes)")
         self.bat: np.ndarray | None = None
+        self._runs: BlockRuns | None = None
         self.block_size = 0
         if self.disk_type == DISK_FIXED:
             if self.file_size < self.virtual_size + FOOTER_SIZE:
@@ -206,21 +210,11 @@ class VhdImage(DiskImage):
         if self.bat is None:
             yield from super().extents(start, end)
             return
-        bs = self.block_size
-        pos = start
-        run_start, run_alloc = start, None
-        while pos < end:
-            i = pos // bs
-            nxt = min((i + 1) * bs, end)
-            alloc = bool(self.bat[i] != BAT_UNUSED)
-            if run_alloc is None:
-                run_alloc = alloc
-            elif alloc != run_alloc:
-                yield Extent(run_start, pos - run_start, run_alloc)
-                run_start, run_alloc = pos, alloc
-            pos = nxt
-        if run_alloc is not None:
-            yield Extent(run_start, end - run_start, run_alloc)
+        if start >= end:
+            return
+        if self._runs is None:
+            self._runs = BlockRuns(self.bat != BAT_UNUSED, self.block_size)
+        yield from self._runs.extents(start, end)
 
     def _read_allocated(self, offset: int, view: memoryview) -> None:
         if self.bat is None:

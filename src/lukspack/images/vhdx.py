@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
-from lukspack.images.base import DiskImage, Extent
+from lukspack.images.base import BlockRuns, DiskImage, Extent
 from lukspack.images.crc32c import crc32c_zeroed
 from lukspack.images.vhdx_log import Replay, active_sequence, replay
 
@@ -76,8 +76,8 @@ def _name(guid: bytes) -> str:
 class VhdxImage(DiskImage):
     format_name = "vhdx"
 
-    def __init__(self, path: str, fd: int) -> None:
-        super().__init__(path, fd)
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+        super().__init__(path, fd, window)
         self._real_size = self.file_size
         self.replay: Replay | None = None
         if self.file_size < 1 * MiB:
@@ -276,19 +276,16 @@ class VhdxImage(DiskImage):
             raise FormatError(f"{self.path}: VHDX block {i} at offset {int(self.offsets[i])} is "
                               f"outside the file (size {self.file_size})")
         self.present = present
+        self._runs: BlockRuns | None = None
 
     # -- reading -------------------------------------------------------------------------------
     def extents(self, start: int = 0, end: int | None = None) -> Iterator[Extent]:
         end = self.virtual_size if end is None else min(end, self.virtual_size)
         if start >= end:
             return
-        bs = self.block_size
-        a, b = start // bs, -(-end // bs)
-        alloc = self.present[a:b]
-        cuts = [0, *(np.flatnonzero(alloc[1:] != alloc[:-1]) + 1).tolist(), b - a]
-        for lo, hi in zip(cuts, cuts[1:], strict=False):
-            s, e = max(start, (a + lo) * bs), min(end, (a + hi) * bs)
-            yield Extent(s, e - s, bool(alloc[lo]))
+        if self._runs is None:
+            self._runs = BlockRuns(self.present, self.block_size)
+        yield from self._runs.extents(start, end)
 
     def _read_allocated(self, offset: int, view: memoryview) -> None:
         bs, done = self.block_size, 0

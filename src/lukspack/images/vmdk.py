@@ -97,8 +97,8 @@ class VmdkImage(DiskImage):
 
     format_name = "vmdk"
 
-    def __init__(self, path: str, fd: int) -> None:
-        super().__init__(path, fd)
+    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+        super().__init__(path, fd, window)
         self._fds: list[int] = []
         self.parts: list[tuple[int, Any]] = []  # (disk offset, extent)
         self.descriptor = Descriptor()
@@ -149,7 +149,7 @@ class VmdkImage(DiskImage):
             if h[3] == 0:  # a descriptor stored in a sparse file, naming other extents
                 self._open_descriptor(self.descriptor)
                 return
-        f = File(self, self.path, self.fd)
+        f = File(self, self.path, self.fd, self.base, self.file_size)
         ext = SparseExtent(f, h)
         self.parts.append((0, ext))
         if not self.descriptor.create_type:
@@ -159,6 +159,9 @@ class VmdkImage(DiskImage):
     def _open_descriptor(self, d: Descriptor) -> None:
         self.descriptor = d
         self._check_parent(d)
+        if self.windowed:
+            raise UnsupportedError(f"{self.path}: the VMDK in the archive is a descriptor naming "
+                                   "extent files; extract the archive first")
         if not d.extents:
             raise FormatError(f"{self.path}: VMDK descriptor lists no extents")
         base = os.path.dirname(os.path.abspath(self.path))

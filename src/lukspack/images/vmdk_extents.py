@@ -45,14 +45,18 @@ GT_CACHE_BYTES = 16 << 20
 class File:
     """An open extent file; reads count into the owning image's bytes_read."""
 
-    def __init__(self, image: DiskImage, path: str, fd: int) -> None:
-        self.image, self.path, self.fd = image, path, fd
-        self.size = os.lseek(fd, 0, os.SEEK_END)
+    def __init__(self, image: DiskImage, path: str, fd: int, base: int = 0,
+                 size: int | None = None) -> None:
+        self.image, self.path, self.fd, self.base = image, path, fd, base  # base: in an OVA
+        self.size = os.lseek(fd, 0, os.SEEK_END) if size is None else size
 
     def pread_into(self, offset: int, view: memoryview, what: str) -> None:
         got = 0
+        if offset + len(view) > self.size:  # never past the file, nor past an OVA member
+            raise FormatError(f"{self.path}: {what} at offset {offset} is past the end of the "
+                              f"file (size {self.size})")
         while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], offset + got)
+            n = os.preadv(self.fd, [view[got:]], self.base + offset + got)
             if n == 0:
                 raise FormatError(f"{self.path}: {what} at offset {offset + got} is past the end "
                                   f"of the file (size {self.size})")

@@ -122,12 +122,42 @@ def check_header(name: str, header: bytes, passphrase: bytes | bytearray,
     return vol
 
 
+@dataclass(frozen=True)
+class HeaderFields:
+    """What `cryptsetup luksFormat` takes besides the KDF: --uuid, --label and --subsystem
+    (LUKS2 only), --key-slot (the slot the key file opens)."""
+
+    uuid: str | None = None
+    label: str | None = None
+    subsystem: str | None = None
+    key_slot: int = 0
+
+    def check(self, luks_type: str) -> None:
+        import uuid as uuidlib
+
+        if self.uuid is not None:
+            try:
+                uuidlib.UUID(self.uuid)
+            except ValueError:
+                raise UsageError(f"--uuid {self.uuid} is not a UUID") from None
+        if luks_type == "luks1" and (self.label or self.subsystem):
+            raise UsageError("--label and --subsystem are LUKS2 header fields (use --type luks2)")
+        for name, value in (("label", self.label), ("subsystem", self.subsystem)):
+            if value is not None and len(value.encode()) > 47:
+                raise UsageError(f"--{name} is longer than LUKS2's 47 bytes")
+        top = 7 if luks_type == "luks1" else 31
+        if not 0 <= self.key_slot <= top:
+            raise UsageError(f"--key-slot {self.key_slot} is outside 0..{top} for {luks_type}")
+
+
 def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
-                sector_size: int = 512) -> HeaderPlan:
+                sector_size: int = 512, fields: HeaderFields | None = None) -> HeaderPlan:
+    fields = fields or HeaderFields()
     if luks_type in LUKS_TYPES:
         kdf.check(luks_type, key_bytes)  # bad options fail before any I/O
+        fields.check(luks_type)
     if luks_type == "luks2":
-        return _plan_luks2(kdf, key_bytes, sector_size)
+        return _plan_luks2(kdf, key_bytes, sector_size, fields)
     if luks_type == "luks1":
         if sector_size != 512:
             raise UnsupportedError(f"LUKS1 has 512-byte sectors only, not --sector-size "
@@ -145,7 +175,7 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
             cost = costs[0]
             return luks1.format_luks1(volume_key, passphrase, slot_iterations=cost.slot_iterations,
                                       digest_iterations=cost.digest_iterations, hash_spec=kdf.hash,
-                                      cache=cache)
+                                      uuid=fields.uuid, key_slot=fields.key_slot, cache=cache)
 
         first = calibrate_before_stream(kdf.force_iterations)
         return HeaderPlan("luks1", luks1.header_bytes(key_bytes), "aes", "xts-plain64", key_bytes,
@@ -153,7 +183,8 @@ def plan_header(luks_type: str, kdf: KdfOptions, *, key_bytes: int = 64,
     raise UsageError(f"--type {luks_type} is not supported (use {', '.join(LUKS_TYPES)})")
 
 
-def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan:
+def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int,
+                fields: HeaderFields) -> HeaderPlan:
     """Argon2 calibrates in prepare(), before the payload streams, on an idle CPU as cryptsetup
     does (its wall-clock benchmark run beside the encryption threads would pick a weaker cost);
     PBKDF2 and forced costs need no idle CPU and are worked out in build(), in the background."""
@@ -172,7 +203,9 @@ def _plan_luks2(kdf: KdfOptions, key_bytes: int, sector_size: int) -> HeaderPlan
             prepare()
         return luks2_format.format_luks2(volume_key, passphrase, cost["slot"],
                                          digest_iterations=cost["digest"], sector_size=sector_size,
-                                         cache=cache)
+                                         uuid=fields.uuid, label=fields.label or "",
+                                         subsystem=fields.subsystem or "",
+                                         key_slot=fields.key_slot, cache=cache)
 
     argon2 = (kdf.pbkdf or "argon2id") != "pbkdf2"
     first = (argon2 and kdf.force_iterations is None) or calibrate_before_stream(

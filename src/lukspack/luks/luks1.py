@@ -248,8 +248,9 @@ def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *
                  slot_iterations: int, digest_iterations: int, hash_spec: str = "sha256",
                  cipher_name: str = "aes", cipher_mode: str = "xts-plain64",
                  uuid: str | None = None, payload_align: int = ALIGN_PAYLOAD,
-                 cache: KdfCache | None = None) -> bytes:
-    """The whole header area (header + 8 slot areas, slot 0 active), payloadOffset*512 bytes."""
+                 key_slot: int = 0, cache: KdfCache | None = None) -> bytes:
+    """The whole header area (header + 8 slot areas, slot `key_slot` active),
+    payloadOffset*512 bytes."""
     key_bytes = len(volume_key)
     check_cipher(cipher_name, cipher_mode, key_bytes)
     hash_spec = check_hash(hash_spec)
@@ -268,7 +269,7 @@ def format_luks1(volume_key: bytes | bytearray, passphrase: bytes | bytearray, *
         slots=[KeySlot(key_material_offset=o) for o in offsets],
     )
     area = bytearray(payload * SECTOR)
-    set_slot(hdr, area, 0, volume_key, passphrase, slot_iterations, cache)
+    set_slot(hdr, area, key_slot, volume_key, passphrase, slot_iterations, cache)
     return bytes(area)
 
 

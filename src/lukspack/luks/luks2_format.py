@@ -60,6 +60,7 @@ def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, k
                  digest_iterations: int, cipher: str = "aes-xts-plain64", sector_size: int = 512,
                  metadata_size: int = DEFAULT_METADATA_SIZE,
                  data_offset: int = DEFAULT_DATA_OFFSET, uuid: str | None = None,
+                 label: str = "", subsystem: str = "", key_slot: int = 0,
                  cache: KdfCache | None = None) -> bytes:
     """The whole area before the data segment: both headers, keyslots area (random bytes with
     keyslot 0), as `cryptsetup luksFormat --type luks2` writes it."""
@@ -80,13 +81,13 @@ def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, k
                             f"1..{U32_MAX}")
     d = pbkdf2(kdf.hash, volume_key, digest_salt, digest_iterations,
                hashlib.new(kdf.hash).digest_size, cache)
-    slot = new_keyslot(0, key_size, kdf, area_offset, area_size, cipher, key_size)
+    slot = new_keyslot(key_slot, key_size, kdf, area_offset, area_size, cipher, key_size)
     j: dict[str, Any] = {
-        "keyslots": {"0": keyslot_json(slot)},
+        "keyslots": {str(key_slot): keyslot_json(slot)},
         "tokens": {},
         "segments": {"0": {"type": "crypt", "offset": str(data_offset), "size": "dynamic",
                            "iv_tweak": "0", "encryption": cipher, "sector_size": sector_size}},
-        "digests": {"0": {"type": "pbkdf2", "keyslots": ["0"], "segments": ["0"],
+        "digests": {"0": {"type": "pbkdf2", "keyslots": [str(key_slot)], "segments": ["0"],
                           "hash": kdf.hash, "iterations": digest_iterations,
                           "salt": base64.b64encode(digest_salt).decode(),
                           "digest": base64.b64encode(d).decode()}},
@@ -94,7 +95,8 @@ def format_luks2(volume_key: bytes | bytearray, passphrase: bytes | bytearray, k
     }
     wipe(d)
     lj.validate(j, metadata_size - BIN_LEN)
-    b = BinaryHeader(hdr_size=metadata_size, seqid=1, uuid=uuid or str(uuidlib.uuid4()))
+    b = BinaryHeader(hdr_size=metadata_size, seqid=1, uuid=uuid or str(uuidlib.uuid4()),
+                     label=label, subsystem=subsystem)
     out = bytearray(data_offset)
     out[area_offset : area_offset + keyslots_size] = secrets.token_bytes(keyslots_size)
     material = seal_keyslot(slot, volume_key, passphrase, cache)
