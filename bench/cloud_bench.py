@@ -34,16 +34,25 @@ with open(sys.argv[2], "rb") as f:
 """
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{cmd[:4]} failed: {p.stderr.read().decode() if p.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB) of one process. Measured through GNU time when it is there:
+    Linux carries the forking process's RSS over exec into the child's ru_maxrss, and this
+    process holds boto3 (~50 MiB), which would be the floor of every row."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        wrap = [GNU_TIME, "-f", "%M", "-o", rss.name] if os.path.exists(GNU_TIME) else []
+        t0 = time.perf_counter()
+        p = subprocess.Popen(wrap + cmd, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            raise SystemExit(f"{cmd[:4]} failed: {p.stderr.read().decode() if p.stderr else ''}")
+        kib = int(rss.read().split()[-1]) if wrap else usage.ru_maxrss
+    return wall, kib / 1024
 
 
 def _env(server_env: dict[str, str]) -> dict[str, str]:
