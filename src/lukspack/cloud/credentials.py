@@ -53,13 +53,6 @@ class Credentials:
             self._tokens = TokenSource(self.api_key, self.iam_url)
         return self._tokens
 
-    def secrets(self) -> list[str]:
-        """Every secret string, for redaction."""
-        out = [s for s in (self.api_key,) if s]
-        if self.hmac:
-            out.append(self.hmac.secret_access_key)
-        return out
-
 
 def _read_file(path: str) -> tuple[HmacKeys | None, str | None]:
     from lukspack.keys import check_permissions
