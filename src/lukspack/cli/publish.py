@@ -1,0 +1,103 @@
+"""`lukspack publish`: one command from a disk image to an imported, encrypted custom image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from lukspack.cli import emit, progress_bar
+from lukspack.cli.cloud import cos_options
+
+MiB = 1 << 20
+
+
+@click.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--to", "target", type=click.Choice(["vpc", "classic"]), required=True)
+@click.option("--cos", "cos", required=True, help="cos://REGION/BUCKET[/OBJECT]")
+@click.option("--root-key-crn", required=True)
+@click.option("--kms-instance", required=True, help="Key Protect instance GUID.")
+@click.option("--name", required=True, help="Image name.")
+@click.option("--os", "os_name", required=True,
+              help="VPC: operating system name; classic: operatingSystemReferenceCode.")
+@click.option("--key-file", default=None, help="Existing key file (what encrypts the image).")
+@click.option("--new-key-file", type=click.Path(dir_okay=False), default=None,
+              help="Write a new key here (mode 0600) before anything is uploaded.")
+@click.option("--output-format", type=click.Choice(["qcow2", "vhd", "raw"]), default=None,
+              help="VPC: qcow2; classic: vhd (encrypted VHD) or raw (the 2018 LUKS RAW).")
+@click.option("--resource-group", default=None, help="VPC resource group ID.")
+@click.option("--note", default="", help="Classic: the image template's note.")
+@click.option("--cloud-init/--no-cloud-init", default=True, show_default=True)
+@click.option("--byol", is_flag=True)
+@click.option("--kms-url", default=None)
+@click.option("--private-kms", is_flag=True, help="private.REGION.kms.cloud.ibm.com")
+@click.option("--api-url", default=None, help="VPC or SoftLayer API endpoint.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted publish.")
+@click.option("--part-size", type=click.IntRange(min=5, max=5120), default=16, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option("--pbkdf-force-iterations", type=click.IntRange(min=1000), default=None,
+              help="Key slot iterations instead of calibrating.")
+@cos_options
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=True)
+def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance: str, name: str,
+            os_name: str, key_file: str | None, new_key_file: str | None,
+            output_format: str | None, resource_group: str | None, note: str, cloud_init: bool,
+            byol: bool, kms_url: str | None, private_kms: bool, api_url: str | None, wait: bool,
+            resume: bool, part_size: int, concurrency: int, pbkdf_force_iterations: int | None,
+            endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
+            iam_url: str | None, as_json: bool, progress: bool) -> None:
+    """Check, encrypt SOURCE straight into the bucket, wrap the key, import, wait, compare."""
+    from lukspack.cloud import publish as pub
+    from lukspack.cloud.upload import CosOptions
+    from lukspack.keys import wipe
+    from lukspack.luks.format import KdfOptions
+    from lukspack.options import EncryptOptions
+
+    if (key_file is None) == (new_key_file is None):
+        raise click.UsageError("give one of --key-file and --new-key-file")
+    cos_opts = CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
+                          credentials_file=credentials_file, iam_url=iam_url,
+                          part_size=part_size * MiB, concurrency=concurrency, resume=resume)
+    plan = pub.PublishPlan(target, cos, root_key_crn, kms_instance, name, os_name,
+                           output_format=output_format, resource_group=resource_group, note=note,
+                           cloud_init=cloud_init, byol=byol, kms_url=kms_url,
+                           private_kms=private_kms, api_url=api_url, wait=wait, resume=resume,
+                           cos_options=cos_opts)
+    enc = EncryptOptions(kdf=KdfOptions(force_iterations=pbkdf_force_iterations),
+                         luks_type="luks1")
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    if new_key_file is not None:
+        checked = pub.preflight(plan, say)  # before the key is written: nothing to clean up
+        key = pub.new_key(new_key_file, target)
+        say(f"wrote a new key to {new_key_file} (mode 0600)")
+        try:
+            with progress_bar(progress) as bar:
+                r = pub.publish(source, plan, key, enc, bar, say, checked)
+        finally:
+            wipe(key)
+    else:
+        from lukspack.cli import key_from
+
+        assert key_file is not None
+        with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
+            r = pub.publish(source, plan, key, enc, bar, say)
+    img: dict[str, Any] = r.get("image") or {}
+    lines = [f"{r['object']}: {r['format']}, sha256 {r['sha256']}",
+             f"image {img.get('name')}: id {img.get('id')}"
+             + (f", status {img.get('status')}" if img.get("status") else "")
+             + (f", crn {img['crn']}" if img.get("crn") else "")]
+    if img.get("checksum_match"):
+        lines.append("file.checksums.sha256 matches the uploaded object")
+    elif img.get("checksum_note"):
+        lines.append(img["checksum_note"])
+    emit(r, as_json, lines)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(publish)

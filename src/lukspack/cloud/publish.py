@@ -1,0 +1,276 @@
+"""`lukspack publish`: encrypt straight into the bucket, wrap the key, import, wait, compare.
+
+Before any byte is uploaded it checks what it can: the names and locations (the import's own
+rules), the credentials (an IAM token), the bucket (HEAD at the region's endpoint), the root
+key (wrap and unwrap a random test value), and it lists the service authorizations the import
+needs (https://cloud.ibm.com/docs/vpc?topic=vpc-create-encrypted-custom-image: Cloud Block
+Storage -> Key Protect, Reader; VPC Image Service -> Cloud Object Storage, Reader); a new key
+is written (mode 0600) before the upload starts. Then: the engine encrypts into an ObjectSink
+(VPC: qcow2+LUKS; classic: the encrypted VHD, or the 2018 LUKS RAW), the key is wrapped as the
+target needs it, the image is imported and (VPC) waited for, and its file.checksums.sha256
+compared with the SHA-256 of the object as read back.
+
+Interrupted, `publish --resume` continues: the object sink resumes its multipart upload, and a
+small publish state (in the user's cache directory) remembers a finished upload and a created
+image, so neither is done twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lukspack.cloud import imports
+from lukspack.cloud.credentials import Credentials, load_credentials
+from lukspack.cloud.errors import CloudError
+from lukspack.cloud.iam import TokenSource
+from lukspack.cloud.kms import KeyProtect, kms_url, parse_key_crn, wrap_key
+from lukspack.cloud.location import CosLocation, parse_cos
+from lukspack.cloud.multipart import SHA256_METADATA, cache_dir, source_identity, state_name
+from lukspack.cloud.s3 import cloud_error
+from lukspack.cloud.upload import CosOptions, connect
+
+AUTHORIZATIONS = {
+    "vpc": ["Cloud Block Storage -> Key Protect (or Hyper Protect Crypto Services): Reader",
+            "VPC Infrastructure Services, Image Service for VPC -> Cloud Object Storage: Reader"],
+    "classic": ["the API key's identity: Reader on the bucket (Cloud Object Storage) and on the "
+                "Key Protect instance (classic imports with the ibmApiKey it is given)"],
+}
+Say = Callable[[str], None]
+
+
+@dataclass
+class PublishPlan:
+    target: str  # vpc | classic
+    cos: str  # cos://REGION/BUCKET[/OBJECT]
+    root_key_crn: str
+    kms_instance: str
+    name: str
+    os_name: str
+    output_format: str | None = None  # classic: vhd (default) or raw
+    resource_group: str | None = None
+    note: str = ""
+    cloud_init: bool = True
+    byol: bool = False
+    kms_url: str | None = None
+    private_kms: bool = False
+    api_url: str | None = None  # VPC or SoftLayer endpoint
+    wait: bool = True
+    resume: bool = False
+    cos_options: CosOptions = field(default_factory=CosOptions)
+
+    @property
+    def format(self) -> str:
+        if self.target == "vpc":
+            return "qcow2"
+        return self.output_format or "vhd"
+
+    @property
+    def wrap_target(self) -> str:
+        return "vpc" if self.target == "vpc" else ("classic" if self.format == "vhd" else "luks-raw")
+
+
+def object_location(plan: PublishPlan) -> CosLocation:
+    loc = parse_cos(plan.cos, need_key=False)
+    if loc.key:
+        return loc
+    suffix = {"qcow2": ".qcow2", "vhd": ".vhd-0.vhd", "raw": ".raw"}[plan.format]
+    return loc.with_key(plan.name + suffix)
+
+
+def import_request(plan: PublishPlan, loc: CosLocation, wdek: str, api_key: str
+                   ) -> imports.ApiRequest:
+    if plan.target == "vpc":
+        return imports.vpc_image_request(name=plan.name, file=str(loc), os_name=plan.os_name,
+                                         root_key_crn=plan.root_key_crn, wdek=wdek,
+                                         resource_group=plan.resource_group, api_url=plan.api_url)
+    return imports.classic_image_request(name=plan.name, uri=str(loc), os_code=plan.os_name,
+                                         root_key_crn=plan.root_key_crn, wdek=wdek,
+                                         api_key=api_key, note=plan.note,
+                                         cloud_init=plan.cloud_init, byol=plan.byol,
+                                         image_format=plan.format, api_url=plan.api_url)
+
+
+def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, KeyProtect]:
+    """Every check that needs no upload; raises at the first failure."""
+    if plan.target not in ("vpc", "classic"):
+        raise CloudError(f"--to {plan.target!r} must be vpc or classic")
+    if plan.target == "vpc" and plan.output_format not in (None, "qcow2"):
+        raise CloudError("VPC imports qcow2+LUKS: --output-format must be qcow2")
+    if plan.target == "classic" and plan.format not in ("vhd", "raw"):
+        raise CloudError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
+                         "vhd or raw")
+    loc = object_location(plan)
+    crn = parse_key_crn(plan.root_key_crn)
+    if crn.instance_id != plan.kms_instance:
+        raise CloudError(f"--kms-instance {plan.kms_instance} is not the instance of the root key "
+                         f"CRN ({crn.instance_id})")
+    import_request(plan, loc, "placeholder-wdek", "placeholder-key")  # names, URIs, codes
+    say(f"checked: name {plan.name!r}, object {loc}, root key {crn.key_id}")
+    creds = load_credentials(plan.cos_options.credentials_file, iam_url=plan.cos_options.iam_url)
+    creds.tokens().token()
+    say("checked: IAM token from the API key")
+    _, _, client = connect(str(loc), plan.cos_options)
+    try:
+        client.head_bucket(Bucket=loc.bucket)
+    except Exception as e:
+        raise cloud_error(e, f"cos://{loc.region}/{loc.bucket}: bucket check") from None
+    say(f"checked: bucket {loc.bucket} answers at the {loc.region} endpoint")
+    kp = KeyProtect(kms_url(crn.region, plan.private_kms, plan.kms_url), plan.kms_instance,
+                    creds.tokens())
+    test_value = base64.b64encode(secrets.token_bytes(32))
+    wrap_key(kp, crn.key_id, test_value, "luks-raw", check=True, name="test value")
+    say(f"checked: root key {crn.key_id} wraps and unwraps a test value")
+    for line in AUTHORIZATIONS[plan.target]:
+        say(f"needs service authorization: {line}")
+    return loc, creds, kp
+
+
+class PublishState:
+    """What a publish finished (upload, image), for --resume; in the user's cache directory."""
+
+    def __init__(self, loc: CosLocation) -> None:
+        self.path = os.path.join(cache_dir(), f"{state_name(loc)}.publish.json")
+        self.data: dict[str, Any] = {}
+
+    def load(self) -> None:
+        try:
+            with open(self.path) as f:
+                self.data = json.load(f)
+        except FileNotFoundError:
+            self.data = {}
+        except (OSError, ValueError):
+            raise CloudError(f"{self.path}: publish state is unreadable; remove it") from None
+
+    def save(self, **kv: Any) -> None:
+        self.data.update(kv)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def object_sha256_metadata(location: str, opts: CosOptions | None = None) -> str | None:
+    """The sha256 metadata `lukspack upload` stored on the object, or None."""
+    try:
+        loc, _, client = connect(location, opts or CosOptions())
+        meta = client.head_object(Bucket=loc.bucket, Key=loc.key).get("Metadata") or {}
+    except Exception:
+        return None
+    sha = meta.get(SHA256_METADATA)
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+
+def vpc_import_and_wait(req: imports.ApiRequest, tokens: TokenSource, *, wait: bool,
+                        expected_sha256: str | None, api_url: str | None = None,
+                        on_status: Say | None = None, created: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    image = created or imports.send(req, tokens, "VPC image create")
+    if created is None and on_status is not None:
+        on_status(str(image.get("status")))
+    out = {k: image.get(k) for k in ("id", "crn", "name", "status")}
+    if not wait:
+        return out
+    region = parse_cos(req.body["file"]["href"]).region
+    image = imports.wait_vpc_image(region, str(image["id"]), tokens, api_url=api_url,
+                                   interval_s=float(os.environ.get("LUKSPACK_POLL_S", "15")),
+                                   on_status=on_status)
+    out.update({k: image.get(k) for k in ("id", "crn", "name", "status")})
+    out["sha256"] = imports.image_sha256(image)
+    match = imports.compare_checksum(image, expected_sha256)
+    out["checksum_match"] = match
+    if match is None:
+        out["checksum_note"] = ("checksum not compared: " +
+                                ("the image reports none" if out["sha256"] is None else
+                                 "the object's SHA-256 is not known (upload with lukspack, or "
+                                 "--expect-sha256)"))
+    return out
+
+
+def new_key(path: str, target: str) -> bytearray:
+    """A new key written (mode 0600) before anything is uploaded: 32 random bytes as base64 text,
+    printable with no newline, which serves as a VPC passphrase and as a DEK."""
+    from lukspack.keys import generate_dek, write_key_file
+
+    key = generate_dek(32)
+    write_key_file(path, key)
+    return key
+
+
+def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any,
+            progress: Any = None, say: Say = lambda _m: None,
+            checked: tuple[CosLocation, Credentials, KeyProtect] | None = None) -> dict[str, Any]:
+    """Run a publish; key is the key file's content (already written when new); checked is
+    what preflight() returned when the caller ran it already."""
+    import dataclasses
+
+    from lukspack.encrypt import encrypt
+    from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
+
+    loc, creds, kp = checked or preflight(plan, say)
+    state = PublishState(loc)
+    if plan.resume:
+        state.load()
+    else:
+        state.remove()
+    ident = source_identity(source)
+    if state.data and state.data.get("source") != {k: ident[k] for k in ("size", "mtime_ns",
+                                                                            "head_sha256")}:
+        raise CloudError(f"{source}: not the source of the publish being resumed")
+    summary: dict[str, Any] = {"target": plan.target, "object": str(loc), "format": plan.format}
+    if "uploaded" not in state.data:
+        sink_opts = ObjectSinkOptions(**{f.name: getattr(plan.cos_options, f.name)
+                                         for f in dataclasses.fields(CosOptions)})
+        sink_opts.resume, sink_opts.verify_remote = plan.resume, True
+        sink_opts.source_identity = ident
+        sink_opts.fingerprint = {"format": plan.format, "luks_type": encrypt_options.luks_type}
+        sink = open_object_sink(str(loc), sink_opts)
+        opts = dataclasses.replace(encrypt_options, output_format=plan.format,
+                                   sink_options=sink_opts)
+        s = encrypt(source, str(loc), key, opts, progress, sink=sink,
+                    key_material=sink.saved_key_material)
+        sha = sink.output_sha256()
+        summary["resumed_parts"] = sink.kept_parts
+        state.save(source={k: ident[k] for k in ("size", "mtime_ns", "head_sha256")},
+                   uploaded={"sha256": sha, "bytes": s.get("total_bytes")})
+        say(f"uploaded {loc}: {s.get('total_bytes')} bytes, sha256 {sha}")
+        summary["encrypt"] = s
+    summary["sha256"] = state.data["uploaded"]["sha256"]
+    crn = parse_key_crn(plan.root_key_crn)
+    wrapped = wrap_key(kp, crn.key_id, key, plan.wrap_target, check=True)
+    summary["wdek_sha256"] = hashlib.sha256(wrapped["wdek"].encode()).hexdigest()
+    say(f"wrapped the key for {plan.wrap_target}, unwrapped once and compared")
+    req = import_request(plan, loc, wrapped["wdek"] if "image" not in state.data
+                         else "unused", creds.api_key or "")
+    if plan.target == "classic":
+        image = state.data.get("image") or imports.send(req, creds.tokens(),
+                                                        "SoftLayer createFromIcos")
+        state.save(image=image)
+        summary["image"] = {k: image.get(k) for k in ("id", "globalIdentifier", "name")}
+    else:
+        created = state.data.get("image")
+        if created is None:
+            created = imports.send(req, creds.tokens(), "VPC image create")
+            state.save(image=created)
+            say(f"image {created.get('id')} created, status {created.get('status')}")
+        summary["image"] = vpc_import_and_wait(
+            req, creds.tokens(), wait=plan.wait, expected_sha256=summary["sha256"],
+            api_url=plan.api_url, on_status=lambda st: say(f"image status: {st}"),
+            created=created)
+    state.remove()
+    summary["authorizations"] = AUTHORIZATIONS[plan.target]
+    return summary

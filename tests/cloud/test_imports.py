@@ -1,0 +1,138 @@
+"""import vpc / import classic: dry runs print the exact request with secrets redacted; real
+requests against the VPC and SoftLayer stand-ins, which read the object from the S3 server."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from lukspack.cloud.errors import CloudError
+from lukspack.cloud.iam import TokenSource
+from lukspack.cloud.imports import check_vpc_name, classic_image_request
+from lukspack.cloud.kms import KeyProtect, wrap_key
+from tests.cloud import s3server
+from tests.cloud.conftest import API_KEY, INSTANCE, ROOT_KEY
+from tests.cloud.test_kms import run_cli
+from tests.cloud.test_upload import make_file
+
+DEK = base64.b64encode(bytes(range(32)))
+
+
+def wdek_file(cloud, tmp_path: Path, key: bytes, target: str) -> Path:
+    kp = KeyProtect(cloud.kp.url, INSTANCE, TokenSource(API_KEY, cloud.iam_url))
+    p = tmp_path / "wdek"
+    p.write_text(wrap_key(kp, ROOT_KEY, key, target)["wdek"])
+    return p
+
+
+def uploaded(capsys, tmp_path: Path, name: str, size: int = 6 * 1024 * 1024) -> str:
+    src = make_file(tmp_path / "img", size, seed=len(name))
+    loc = f"cos://{s3server.REGION}/{s3server.BUCKET}/{name}"
+    code, _, err = run_cli(["upload", str(src), loc, "--part-size", "5", "--no-progress"], capsys)
+    assert code == 0, err
+    return loc
+
+
+def test_vpc_names() -> None:
+    check_vpc_name("my-image-1")
+    for bad in ("ibm-ubuntu", "My-Image", "1image", "image-", "a--b", "x" * 64, "img_1"):
+        with pytest.raises(CloudError, match="image name"):
+            check_vpc_name(bad)
+
+
+def test_vpc_dry_run_prints_the_request_without_secrets(cloud, tmp_path, capsys) -> None:
+    w = wdek_file(cloud, tmp_path, b"abc123", "vpc")
+    iam_before = len(cloud.iam.requests)
+    code, out, err = run_cli(["import", "vpc", "--name", "my-image", "--file",
+                              "cos://us-south/bucket1/my.qcow2", "--os", "debian-12-amd64",
+                              "--root-key-crn", cloud.root_key_crn, "--wdek-file", str(w),
+                              "--resource-group", "rg1", "--dry-run", "--api-url",
+                              cloud.vpc.url], capsys)
+    assert code == 0, err
+    req = json.loads(out)
+    assert req["method"] == "POST" and req["url"] == f"{cloud.vpc.url}/v1/images"
+    assert req["params"]["generation"] == "2" and len(req["params"]["version"]) == 10
+    assert req["json"] == {"name": "my-image", "file": {"href": "cos://us-south/bucket1/my.qcow2"},
+                           "operating_system": {"name": "debian-12-amd64"},
+                           "encryption_key": {"crn": cloud.root_key_crn},
+                           "encrypted_data_key": w.read_text(), "resource_group": {"id": "rg1"}}
+    assert req["headers"]["authorization"] == "Bearer <redacted>"
+    assert API_KEY not in out
+    assert not cloud.vpc.requests and len(cloud.iam.requests) == iam_before  # nothing sent
+
+
+def test_classic_dry_run_redacts_the_api_key(cloud, tmp_path, capsys) -> None:
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    args = ["import", "classic", "--name", "my image", "--file",
+            "cos://us-south/bucket1/my.vhd-0.vhd", "--os-code", "UBUNTU_22_64",
+            "--root-key-crn", cloud.root_key_crn, "--wdek-file", str(w), "--dry-run"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    req = json.loads(out)
+    assert req["url"].endswith("/SoftLayer_Virtual_Guest_Block_Device_Template_Group/"
+                               "createFromIcos.json")
+    (cfg,) = req["json"]["parameters"]
+    assert set(cfg) == {"name", "note", "operatingSystemReferenceCode", "uri", "ibmApiKey",
+                        "crkCrn", "wrappedDek", "cloudInit", "byol", "isEncrypted"}
+    assert cfg["ibmApiKey"] == "<redacted>" and API_KEY not in out
+    assert cfg["isEncrypted"] is True and cfg["cloudInit"] is True and cfg["byol"] is False
+    bad = [a.replace("my.vhd-0.vhd", "my.vhd") for a in args]
+    code, _, err = run_cli(bad, capsys)
+    assert code == 1 and "NAME.vhd-0.vhd" in err
+    code, _, err = run_cli([a.replace("cos://us-south", "cos://us") for a in args], capsys)
+    assert code == 1 and "regional buckets" in err
+
+
+def test_classic_request_refuses_cross_region() -> None:
+    with pytest.raises(CloudError, match="regional"):
+        classic_image_request(name="n", uri="cos://eu/b1x/n.vhd-0.vhd", os_code="UBUNTU_22_64",
+                              root_key_crn="crn:v1:bluemix:public:kms:us-south:a/ab:"
+                                           "7c3d1b2a-0000-4000-8000-00000000abcd:key:k",
+                              wdek="w", api_key="k")
+
+
+def test_vpc_import_waits_and_compares_the_real_checksum(cloud, tmp_path, capsys) -> None:
+    loc = uploaded(capsys, tmp_path, "vpc/one.qcow2")
+    w = wdek_file(cloud, tmp_path, b"abc123", "vpc")
+    code, out, err = run_cli(["import", "vpc", "--name", "one", "--file", loc, "--os",
+                              "debian-12-amd64", "--root-key-crn", cloud.root_key_crn,
+                              "--wdek-file", str(w), "--wait", "--api-url", cloud.vpc.url,
+                              "--iam-url", cloud.iam_url, "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["status"] == "available" and r["checksum_match"] is True
+    assert "image status: pending" in err and "image status: available" in err
+    assert not cloud.vpc.refusals
+    # a wrong expectation is reported, not hidden
+    code, out, err = run_cli(["import", "vpc", "--name", "two", "--file", loc, "--os",
+                              "debian-12-amd64", "--root-key-crn", cloud.root_key_crn,
+                              "--wdek-file", str(w), "--wait", "--api-url", cloud.vpc.url,
+                              "--iam-url", cloud.iam_url, "--expect-sha256", "0" * 64], capsys)
+    assert code == 1 and "file.checksums.sha256 is" in err
+
+
+def test_vpc_import_failed_shows_status_reasons(cloud, tmp_path, capsys) -> None:
+    w = tmp_path / "wdek"
+    w.write_text(base64.b64encode(b"not wrapped by this key at all").decode())
+    loc = uploaded(capsys, tmp_path, "vpc/bad.qcow2", 1000)
+    code, _, err = run_cli(["import", "vpc", "--name", "bad", "--file", loc, "--os",
+                            "debian-12-amd64", "--root-key-crn", cloud.root_key_crn,
+                            "--wdek-file", str(w), "--wait", "--api-url", cloud.vpc.url,
+                            "--iam-url", cloud.iam_url], capsys)
+    assert code == 1 and "failed to import: encrypted_data_key_invalid" in err
+
+
+def test_classic_import_against_softlayer(cloud, tmp_path, capsys) -> None:
+    loc = uploaded(capsys, tmp_path, "classic/img.vhd-0.vhd", 3000)
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    code, out, err = run_cli(["import", "classic", "--name", "img", "--file", loc, "--os-code",
+                              "UBUNTU_22_64", "--root-key-crn", cloud.root_key_crn,
+                              "--wdek-file", str(w), "--api-url", f"{cloud.sl.url}/rest/v3.1",
+                              "--iam-url", cloud.iam_url, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["id"] == 4000000 and not cloud.sl.refusals
+    sent = cloud.sl.created[0]["_cfg"]
+    assert sent["ibmApiKey"] == API_KEY and sent["uri"] == loc  # the real request carries it
