@@ -3,6 +3,7 @@ location, then run the one engine (engine.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lukspack.containers.base import Container
@@ -50,11 +51,14 @@ def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
 
 
 def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
-            progress: ProgressFn | None = None, *, sink: Sink | None = None,
+            progress: ProgressFn | None = None, *, sink: Sink | Callable[[], Sink] | None = None,
             key_material: bytes | None = None,
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Encrypt a disk image into output (a path, a block device or cos://REGION/BUCKET/OBJECT);
-    returns a summary. protected: (what, path) of files the output must not be (key files)."""
+    returns a summary. protected: (what, path) of files the output must not be (key files).
+    sink: a sink, or a function that makes one once the options have been checked (nothing is
+    created for a run that fails its checks); a resumable sink's saved key material is used
+    when key_material is not given."""
     with open_image(source, opts.input_format, opts.disk) as image:
         container = make_container(image, output, opts)
         report = None
@@ -64,6 +68,10 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
             report = ensure_fit(image, opts.target)  # CheckFailed names the failures
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
+        elif callable(sink) and not hasattr(sink, "write"):
+            sink = sink()
+        if key_material is None:
+            key_material = getattr(sink, "saved_key_material", None)
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)

@@ -282,9 +282,10 @@ class _Run:
                                       "differently")
         self.direct = bool(getattr(sink, "direct", False))
         sink.finish(fin.total_size)
+        location = sink.commit()
+        # after commit: an object's bytes are in order only once the upload is complete
         out_sha = sink.output_sha256() if opts.output_digest and \
             hasattr(sink, "output_sha256") else None
-        location = sink.commit()
         return self._summary(location, fin.total_size, out_sha)
 
     def _mismatch_message(self, m: Mismatch) -> str:

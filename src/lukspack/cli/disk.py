@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from lukspack.cli import KEY_FILE_HELP, emit, human, key_from, progress_bar
+from lukspack.cli.cloud import stream_options
 from lukspack.cli.options import (
     batch_option,
     check_kdf_usage,
@@ -75,6 +76,7 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @batch_option
 @input_format_option
 @disk_option
+@stream_options
 @click.option("--target", type=click.Choice(["vpc", "classic"]), default=None,
               help="IBM Cloud target: check the image first (lukspack check) and write its "
                    "format (vpc: qcow2+LUKS, classic: encrypted VHD) unless -O says otherwise.")
@@ -87,7 +89,7 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
             label: str | None, subsystem: str | None, key_slot: int, verify: bool, force: bool,
             as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
             input_format: str | None, disk: int | None, target: str | None,
-            skip_check: bool) -> None:
+            skip_check: bool, **cloud: Any) -> None:
     """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA) into OUTPUT: LUKS1 or LUKS2 RAW,
     qcow2 with LUKS inside (IBM Cloud VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt
@@ -108,8 +110,17 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
 
     # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
     dek_rules = format_of(output, output_format, target) != "vhd"
+    sink = None
+    if output.startswith("cos://"):  # streamed into a multipart upload: no local copy
+        from lukspack.cli.cloud import object_sink_from
+
+        fingerprint = {"format": format_of(output, output_format, target), "luks_type": luks_type}
+
+        def sink() -> Any:
+            return object_sink_from(source, output, fingerprint, **cloud)
     with key_from(key_file, dek_rules=dek_rules) as key, progress_bar(progress) as bar:
-        s = do_encrypt(source, output, key, opts, bar, protected=(("key file", key_file),))
+        s = do_encrypt(source, output, key, opts, bar, sink=sink,
+                       protected=(("key file", key_file),))
     kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
                                                                s["type"].upper())
     emit(s, as_json, [
