@@ -132,7 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
-    ap.add_argument("--quick", action="store_true", help="skip the 16 GiB sparse run")
+    ap.add_argument("--quick", action="store_true", help="skip the 16 and 40 GiB sparse runs")
+    ap.add_argument("--no-cloud", action="store_true", help="skip the object-storage rows")
     args = ap.parse_args()
     work: Path = args.work
     key = work / "dek.key"
@@ -218,6 +219,90 @@ def main() -> None:
     kernel = json.loads(subprocess.run([*LUKSPACK, "benchmark", "--json"], capture_output=True,
                                        check=True, env=ENV).stdout)
     report(results, big, kernel, inputs, read_1g)
+    if not args.quick:
+        sparse_rows(work, key, args.rounds)
+    startup_rows()
+    if not args.no_cloud:
+        cloud_rows(work, key, inputs["vhd"])
+
+
+def sparse_rows(work: Path, key: Path, rounds: int) -> None:
+    """Issue 10: a 42949017600-byte sparse RAW with 22 MiB of data and a 40 GiB dynamic VHD with
+    a few MiB allocated, to qcow2+LUKS, lukspack beside qemu-img (wall, CPU, bytes read)."""
+    raw = work / "sparse40g.raw"
+    if not raw.exists():
+        with open(raw, "wb") as f:
+            f.truncate(42949017600)
+            for i, off in enumerate((0, 10 * GiB, 39 * GiB)):  # 22 MiB of data in all
+                f.seek(off)
+                f.write(os.urandom((8 if i < 2 else 6) * MiB))
+    vhd = work / "sparse40g.vhd"
+    if not vhd.exists():
+        small = work / "sparse40g-src.raw"
+        with open(small, "wb") as f:
+            f.truncate(40 * GiB)
+            for off in (0, 20 * GiB):
+                f.seek(off)
+                f.write(os.urandom(2 * MiB))
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o",
+                        "subformat=dynamic", str(small), str(vhd)], check=True)
+        small.unlink()
+    q = work / "sparse.qcow2"
+    secret = f"secret,id=s0,file={key}"
+    print("\n| 40 GiB sparse source -> qcow2+LUKS | wall s | CPU s | source bytes read |")
+    print("|---|---:|---:|---:|")
+    for name, src, fmt in (("42949017600-byte RAW, 22 MiB data", raw, "raw"),
+                           ("40 GiB dynamic VHD, 4 MiB data", vhd, "vpc")):
+        cases = {
+            "lukspack encrypt (defaults)": [*LUKSPACK, "encrypt", str(src), str(q), "--key-file",
+                                            str(key), "--force", "--no-progress"],
+            "lukspack --no-verify --iter-time 10": [
+                *LUKSPACK, "encrypt", str(src), str(q), "--key-file", str(key), "--force",
+                "--no-progress", "--no-verify", "--iter-time", "10"],
+            "qemu-img convert (defaults)": [
+                "qemu-img", "convert", "-f", fmt, "-O", "qcow2", "--object", secret, "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0", str(src), str(q)],
+            "qemu-img convert (iter-time=10)": [
+                "qemu-img", "convert", "-f", fmt, "-O", "qcow2", "--object", secret, "-o",
+                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(src),
+                str(q)],
+        }
+        got: dict[str, list[Sample]] = {k: [] for k in cases}
+        for _ in range(rounds):
+            for k, cmd in cases.items():
+                if q.exists():
+                    q.unlink()
+                got[k].append(run(cmd, env=ENV))
+        if q.exists():
+            q.unlink()
+        read = run([*cases["lukspack --no-verify --iter-time 10"], "--json", "--no-digest"],
+                   env=ENV, stdout=True).extra.get("source_bytes_read", 0)
+        q.unlink()
+        for k, s in got.items():
+            shown = f"{read / MiB:.1f} MiB" if k.startswith("lukspack") else "(SEEK_DATA: data)"
+            print(f"| {name}: {k} | {med(s, 'wall'):.2f} | {med(s, 'cpu'):.2f} | {shown} |")
+
+
+def startup_rows() -> None:
+    """`lukspack --version` and `--help`, median of 10 runs each (target: under 100 ms)."""
+    for args in (["--version"], ["--help"]):
+        walls = [run([*LUKSPACK, *args], env=ENV).wall for _ in range(10)]
+        print(f"start-up: lukspack {args[0]}: {statistics.median(walls) * 1000:.0f} ms "
+              f"(median of 10; python -m lukspack)")
+
+
+def cloud_rows(work: Path, key: Path, source: Path) -> None:
+    """Issue 12: upload against a single-stream PUT, and a streamed encrypt against
+    encrypt-to-file then upload, against one local SeaweedFS server (bench/cloud_bench.py)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cloud_bench import bench_upload
+
+    rows = bench_upload(work / "cloud", size_mib=256, rounds=1, stream_source=source,
+                        key_file=key)
+    print("\n| object storage (local SeaweedFS, 256 MiB) | wall s | peak RSS MiB |")
+    print("|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['wall_s']:.2f} | {r['maxrss_mib']:.0f} |")
 
 
 def med(samples: list[Sample], attr: str) -> float:

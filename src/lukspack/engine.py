@@ -85,6 +85,7 @@ class ReadBackVerifier:
         self.queue: queue.Queue[tuple[int, ChunkPlan, bytes] | None] = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
         self.cancelled = False  # the run failed or was interrupted: skip what is still queued
+        self.closing = False  # no more chunks come: stop once the queue is empty
         self.thread = threading.Thread(target=self._run, name="lukspack-verify", daemon=True)
         self.thread.start()
 
@@ -92,13 +93,17 @@ class ReadBackVerifier:
         lower_priority()
         cipher = self.new_cipher()
         try:
-            while (item := self.queue.get()) is not None:
+            while True:  # short waits: a signal in the main thread can never leave it asleep
+                try:
+                    item = self.queue.get(timeout=0.1)
+                except queue.Empty:
+                    if self.closing:
+                        return
+                    continue
                 if self.error is None and not self.cancelled:
                     self._check(cipher, *item)
         except BaseException as e:
             self.error = e
-            while self.queue.get() is not None:  # let the writer finish putting
-                pass
 
     def _check(self, cipher: Any, offset: int, plan: ChunkPlan, want: bytes) -> None:
         d = digest.new(digest.VERIFY)
@@ -124,16 +129,10 @@ class ReadBackVerifier:
                     raise self.error or RuntimeError("verifier stopped") from None
 
     def close(self, cancel: bool = False) -> None:
-        """No more chunks: wait for the verifier and raise what it found. cancel: the run is
-        over (an error or a signal); what is still queued is not checked."""
+        """No more chunks: wait for the verifier to check what is queued and raise what it
+        found. cancel: the run is over (an error or a signal); what is queued is not checked."""
         self.cancelled = self.cancelled or cancel
-        with contextlib.suppress(queue.Full):
-            while self.thread.is_alive():
-                try:
-                    self.queue.put(None, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+        self.closing = True
         while self.thread.is_alive():
             self.thread.join(0.1)
         if self.error is not None:

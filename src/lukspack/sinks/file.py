@@ -133,16 +133,21 @@ class _Descriptor:
             raise os_error(self.location, e, "flushing to disk") from None
 
     def output_sha256(self) -> str:
-        """SHA-256 of everything written (after finish), read back from the descriptor."""
+        """SHA-256 of everything written (after finish, or after commit: then read from the
+        published file)."""
         from lukspack.pipeline import run_stream
 
         h = hashlib.sha256()
-        fd = self.fd
+        fd = self.fd if self.fd >= 0 else os.open(self.location, os.O_RDONLY | os.O_CLOEXEC)
 
         def read(offset: int, view: memoryview) -> None:
             os.preadv(fd, [view], offset)
 
-        run_stream(self.size, read, lambda o, d, m: None, in_hash=h)
+        try:
+            run_stream(self.size, read, lambda o, d, m: None, in_hash=h)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
         return h.hexdigest()
 
     def _close(self) -> None:
