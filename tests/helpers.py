@@ -174,3 +174,26 @@ def same_prefix(a: Path, b: Path, size: int | None = None) -> bool:
 def leftovers(directory: Path) -> list[str]:
     """Temporary files lukspack may have left behind."""
     return [p.name for p in directory.iterdir() if "lukspack-tmp" in p.name]
+
+
+def special_file(directory: Path, kind: str) -> Path:
+    """A FIFO, socket, character device (what /dev/null is: 1,3) or directory made in the test's
+    own directory, never in /dev. pytest.skip when mknod is not allowed."""
+    import socket
+    import stat
+
+    p = directory / f"node-{kind}"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(p))
+        s.close()
+    elif kind == "chardev":
+        try:
+            os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("mknod of a character device needs CAP_MKNOD, which this user lacks")
+    else:
+        p.mkdir()
+    return p

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from lukspack.errors import OutputError
 from lukspack.sinks.file import FileSink
-from tests.helpers import FAST, Cli, MiB, cryptsetup, leftovers, pattern_disk
+from tests.helpers import FAST, Cli, MiB, cryptsetup, leftovers, pattern_disk, special_file
 
 
 @pytest.fixture
@@ -24,28 +23,12 @@ def src(tmp_path: Path) -> Path:
     return pattern_disk(tmp_path / "src.raw", 2)
 
 
-def _node(tmp_path: Path, kind: str) -> Path:
-    """A device node, FIFO, socket or directory made in the test's own directory (never /dev)."""
-    p = tmp_path / f"node-{kind}"
-    if kind == "chardev":
-        os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
-    elif kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "socket":
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(p))
-        s.close()
-    else:
-        p.mkdir()
-    return p
-
-
 @pytest.mark.parametrize("kind,what", [("chardev", "a character device"), ("fifo", "a FIFO"),
                                        ("socket", "a socket"), ("dir", "a directory")])
 @pytest.mark.parametrize("command", ["encrypt", "convert", "decrypt"])
 def test_force_never_replaces_a_node(tmp_path: Path, cli: Cli, keyfile: Path, src: Path,
                                      kind: str, what: str, command: str) -> None:
-    node = _node(tmp_path, kind)
+    node = special_file(tmp_path, kind)
     before = os.lstat(node)
     if command == "encrypt":
         args = ["encrypt", src, node, "--key-file", keyfile, "--force", *FAST]

@@ -5,10 +5,7 @@ devices are refused before anything opens them, and one sniffer names every form
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +14,18 @@ import pytest
 
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.images import detect_format, open_image, sniff_file
-from tests.helpers import FAST, Cli, MiB, cli_env, cryptsetup, pattern_disk, qemu_img, run, tool
+from tests.helpers import (
+    FAST,
+    Cli,
+    MiB,
+    cli_env,
+    cryptsetup,
+    pattern_disk,
+    qemu_img,
+    run,
+    special_file,
+    tool,
+)
 
 COMPRESSORS = {  # name in the message: (command writing stdout, the decompressing command)
     "gzip": (["gzip", "-c"], "gunzip"),
@@ -141,29 +149,11 @@ def test_a_damaged_fixed_vhd_is_refused(damaged_fixed_vhd: Path, tmp_path: Path,
         assert img.format_name == "raw" and img.virtual_size == vhd.stat().st_size
 
 
-def _special(tmp_path: Path, kind: str) -> Path | None:
-    p = tmp_path / kind
-    if kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "socket":
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(p))
-        s.close()
-    else:
-        try:
-            os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
-        except PermissionError:
-            return None
-    return p
-
-
 @pytest.mark.parametrize("kind,what", [("fifo", "a FIFO (named pipe)"), ("socket", "a socket"),
                                        ("chardev", "a character device")])
 def test_special_files_are_refused_without_blocking(tmp_path: Path, kind: str, what: str,
                                                     keyfile: Path) -> None:
-    p = _special(tmp_path, kind)
-    if p is None:
-        pytest.skip("mknod of a character device needs CAP_MKNOD, which this user lacks")
+    p = special_file(tmp_path, kind)
     with pytest.raises(LukspackError, match=re.escape(f"is {what}, not a disk image")):
         open_image(str(p))
     link = tmp_path / "link.img"

@@ -17,7 +17,7 @@ from typing import Any
 from lukspack.crypto.sector import check_cipher
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.luks.kdf import U32_MAX, KdfCache, SlotKdf, check_hash, pbkdf2
-from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, seal_keyslot, unlock
+from lukspack.luks.metadata import Digest, Keyslot, Metadata, SlotUnlocking, seal_keyslot
 
 MAGIC = b"LUKS\xba\xbe"
 # cryptsetup-reencrypt (offline LUKS1 reencryption, src/utils_reencrypt_luks1.c NOMAGIC) puts this
@@ -57,7 +57,7 @@ class KeySlot:
 
 
 @dataclass
-class Luks1Header:
+class Luks1Header(SlotUnlocking):
     cipher_name: str
     cipher_mode: str
     hash_spec: str
@@ -171,15 +171,6 @@ class Luks1Header:
         return Metadata(tuple(slots), self.digest(), tuple(skipped))
 
     # -- the LuksHeader protocol (volume.py) --------------------------------------------------
-    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
-                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
-        """(volume key, slot) that passphrase opens; WrongKeyError when none does."""
-        return unlock(self.metadata(name), read_at, passphrase, name, cache)
-
-    def unlock(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
-               cache: KdfCache | None = None) -> bytearray:
-        return self.unlock_slot(read_at, passphrase, name, cache)[0]
-
     def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
         return self.digest().matches(key, cache)
 

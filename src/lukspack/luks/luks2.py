@@ -26,7 +26,7 @@ from lukspack.crypto.sector import check_cipher, split_cipher_spec
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import KdfCache, SlotKdf, check_hash
-from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, unlock
+from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, SlotUnlocking
 
 MAGIC_1ST = b"LUKS\xba\xbe"
 MAGIC_2ND = b"SKUL\xba\xbe"
@@ -258,7 +258,7 @@ def _b64(value: str, what: str, size: int | None = None) -> bytes:
     return raw
 
 
-class Luks2Header:
+class Luks2Header(SlotUnlocking):
     """One LUKS2 header: the binary header and JSON in use, and how each copy was found."""
 
     version = 2
@@ -395,15 +395,6 @@ class Luks2Header:
             except LukspackError as e:
                 skipped.append(str(e).split(": ", 1)[-1])
         return Metadata(tuple(slots), self.segment_digest(name), tuple(skipped))
-
-    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
-                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
-        """(volume key, keyslot) that passphrase opens; WrongKeyError when none does."""
-        return unlock(self.metadata(name), read_at, passphrase, name, cache)
-
-    def unlock(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
-               cache: KdfCache | None = None) -> bytearray:
-        return self.unlock_slot(read_at, passphrase, name, cache)[0]
 
     def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
         return self.segment_digest().matches(key, cache)

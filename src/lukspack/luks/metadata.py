@@ -124,3 +124,20 @@ def unlock(meta: Metadata, read_at: ReadAt, passphrase: bytes | bytearray, name:
         wipe(key)
     more = f" ({'; '.join(meta.skipped)}: not tried)" if meta.skipped else ""
     raise WrongKeyError(f"{name}: no key slot opens with this key file{more}")
+
+
+class SlotUnlocking:
+    """unlock_slot and unlock of the LuksHeader protocol (volume.py), for headers that give
+    their key slots and digest as a Metadata (both LUKS versions)."""
+
+    def metadata(self, name: str = "image") -> Metadata:
+        raise NotImplementedError
+
+    def unlock_slot(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+                    cache: KdfCache | None = None) -> tuple[bytearray, int]:
+        """(volume key, key slot) that passphrase opens; WrongKeyError when none does."""
+        return unlock(self.metadata(name), read_at, passphrase, name, cache)
+
+    def unlock(self, read_at: ReadAt, passphrase: bytes | bytearray, name: str = "image",
+               cache: KdfCache | None = None) -> bytearray:
+        return self.unlock_slot(read_at, passphrase, name, cache)[0]
