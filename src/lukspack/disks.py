@@ -82,10 +82,16 @@ def open_disk(path: str, passphrase: bytes | bytearray | None = None,
 
 
 @contextlib.contextmanager
-def unlocked_disk(path: str, passphrase: bytes | bytearray | None,
-                  fmt: str | None = None) -> Iterator[DiskImage]:
-    """open_disk for a with-block: the reader is closed and the volume key wiped after it."""
-    image = open_disk(path, passphrase, fmt)
+def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | None = None, *,
+                  encrypted: bool = False) -> Iterator[DiskImage]:
+    """open_disk (or, with encrypted=True, open_encrypted) for a with-block: the reader is
+    closed and the volume key wiped after it."""
+    if encrypted:
+        if passphrase is None:
+            raise LukspackError(f"{path}: a key file is needed to open it")
+        image: DiskImage = open_encrypted(path, passphrase, fmt)
+    else:
+        image = open_disk(path, passphrase, fmt)
     try:
         yield image
     finally:

@@ -162,6 +162,25 @@ def encrypt_image(image: DiskImage, container: Container, sink: Sink,
     return summary
 
 
+def space_needed(container: Container, image: DiskImage) -> int:
+    """Bytes the output can take: the container's bound, or for a sparse container one from the
+    source's allocated extents (a 40 GiB disk holding 22 MiB must not ask for 40 GiB free): the
+    container units they touch, 1 % for tables and bitmaps, and a few units of slack."""
+    bound = container.size_hint
+    if not container.sparse:
+        return bound
+    unit = container.chunk_align
+    units, last = 0, -1
+    for e in image.extents():
+        if e.allocated and e.length:
+            first, end = max(e.offset // unit, last + 1), (e.offset + e.length - 1) // unit
+            if end >= first:
+                units += end - first + 1
+                last = end
+    data = units * unit
+    return min(bound, container.prefix_size + data + data // 100 + 4 * unit + (1 << 20))
+
+
 class _Run:
     """One encryption's state: its threads share it, nothing is global."""
 
@@ -238,7 +257,7 @@ class _Run:
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c, sink, opts = self.container, self.sink, self.opts
-        sink.begin(c.prefix_size, c.size_hint)
+        sink.begin(c.prefix_size, space_needed(c, self.image))
         if self.key_material is None:
             c.prepare()  # Argon2 calibration, before the payload threads load the CPU
             self.header = Background(lambda: c.build_key_material(

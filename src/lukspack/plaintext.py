@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from lukspack.disks import open_encrypted
+from lukspack.disks import unlocked_disk
 from lukspack.engine import ProgressFn, phase_progress
 from lukspack.errors import VerifyError
 from lukspack.images import DiskImage, open_image
 from lukspack.images.encrypted import EncryptedImage
-from lukspack.keys import wipe
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
 from lukspack.sinks.file import open_file_output
@@ -109,7 +108,7 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     """Unlock an image and decrypt its whole disk; with source, compare byte for byte."""
     opts = opts or StreamOptions()
     started = time.perf_counter()
-    with _unlocked(image_path, passphrase) as enc:
+    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
         result = _describe(enc)
         if source is None:
             result.update(decrypt_stream(enc, opts, progress, "verify"))
@@ -150,7 +149,7 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Write the decrypted disk as a sparse RAW file (mode 0600: it is plaintext)."""
     opts = opts or StreamOptions()
-    with _unlocked(image_path, passphrase) as enc:
+    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
         sink = open_file_output(output, force=force, mode=0o600,
                                 protected=(("image", image_path), *protected))
         with sink:
@@ -166,19 +165,3 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
             sink.finish(enc.virtual_size)
             sink.commit()
         return {**_describe(enc), "output": output, "bytes": enc.virtual_size, **d, **_notes(enc)}
-
-
-class _unlocked:
-    """open_encrypted for a with-block; wipes the volume key after it."""
-
-    def __init__(self, path: str, passphrase: bytes | bytearray) -> None:
-        self.enc = open_encrypted(path, passphrase)
-
-    def __enter__(self) -> EncryptedImage:
-        return self.enc
-
-    def __exit__(self, *exc: object) -> None:
-        key = getattr(self.enc, "key", None)
-        self.enc.close()
-        if isinstance(key, bytearray):
-            wipe(key)

@@ -67,3 +67,18 @@ def test_read_only_directory(tmp_path: Path, keyfile: Path) -> None:
 def test_keygen_into_a_read_only_directory(tmp_path: Path) -> None:
     p = _in_small_fs(tmp_path, "1m", _lk("keygen", "k.key"), readonly=True)
     assert "cannot create key file" in _one_error_line(p)
+
+
+def test_a_big_sparse_disk_fits_a_small_filesystem(tmp_path: Path, keyfile: Path) -> None:
+    """The free-space check of a sparse output (qcow2+LUKS, encrypted VHD) counts what the source
+    holds, not its virtual size: 8 GiB with 2 MiB of data goes to a 24 MiB filesystem."""
+    src = tmp_path / "sparse.raw"
+    with open(src, "wb") as f:
+        f.truncate(8 << 30)
+        f.seek(3 << 30)
+        f.write(os.urandom(2 << 20))
+    for out in ("out.qcow2", "out.vhd"):
+        p = _in_small_fs(tmp_path, "24m", _lk("encrypt", str(src), out, "--key-file",
+                                               str(keyfile), *FAST))
+        assert p.returncode == 0, p.stderr
+        assert f"LEFT: {out}" in p.stdout
