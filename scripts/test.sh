@@ -8,8 +8,9 @@ need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin
 # source kinds (tests/images/test_input_kinds.py, the corpus generator): compressors, file systems
 need_debs zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdisk fdisk \
   mkfs.ext4 e2fsprogs mkfs.xfs xfsprogs mkfs.vfat dosfstools mkswap util-linux losetup mount
-# check and boot-test (tests/check, tests/boot): build and boot the Debian test images
-need_debs qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mformat mtools \
+# check and boot-test (tests/check, tests/boot): build and boot the Debian test images; rpm and
+# rpmbuild make the real rpm database of tests/check/test_rpmdb.py
+need_debs qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mformat mtools rpmbuild rpm \
   syslinux syslinux cpio cpio
 # syslinux only recommends syslinux-common, which holds the MBR code the test images use
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || need_debs /nonexistent/mbr.bin syslinux-common

@@ -93,12 +93,19 @@ def check_cloud_init(guest: Guest, report: Report, target: str, cmdlines: list[t
     version = dpkg_version(guest, "cloud-init")
     where = f"{DPKG_STATUS}: cloud-init {version}" if version else ""
     if version is None:
+        from lukspack.check.rpmdb import rpm_version
+
+        rpm = rpm_version(guest, "cloud-init")
+        if rpm is not None:
+            where, version = f"{rpm[0]}: cloud-init {rpm[1]}", rpm[1]
+    if version is None:
         found = _version_py(guest)
         if found:
             where, version = f"{found[0]}: __VERSION__ = {found[1]!r}", found[1]
     if version is None:
         report.add("FAIL", area, "installed", "cloud-init is not installed: no cloud-init package in "
-                   f"{DPKG_STATUS} and no cloudinit/version.py (IBM Cloud requires cloud-init)")
+                   f"{DPKG_STATUS} or the rpm database and no cloudinit/version.py (IBM Cloud "
+                   "requires cloud-init)")
         return {"installed": False}
     need = MIN_VERSION[target]
     ok = version_tuple(version) >= need
