@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lukspack import digest
+from lukspack import digest, interrupt
 from lukspack.containers.base import ChunkPlan, Container
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import VerifyError
@@ -62,6 +62,7 @@ class Background:
 
     def join(self) -> Any:
         while self._thread.is_alive():
+            interrupt.check()
             self._thread.join(0.1)  # short waits keep the main thread responsive to signals
         if "error" in self._box:
             raise self._box["error"]
@@ -134,6 +135,8 @@ class ReadBackVerifier:
         self.cancelled = self.cancelled or cancel
         self.closing = True
         while self.thread.is_alive():
+            if not cancel:
+                interrupt.check()
             self.thread.join(0.1)
         if self.error is not None:
             raise self.error
@@ -151,8 +154,9 @@ def encrypt_image(image: DiskImage, container: Container, sink: Sink,
     else:
         volume_key = container.recover_volume_key(key_material, passphrase, cache)
     try:
-        summary = _Run(image, container, sink, passphrase, volume_key, opts, progress,
-                       key_material, cache).run()
+        with interrupt.deferred():
+            summary = _Run(image, container, sink, passphrase, volume_key, opts, progress,
+                           key_material, cache).run()
     except BaseException:
         sink.abort()
         raise

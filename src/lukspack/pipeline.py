@@ -17,8 +17,10 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
+
+from lukspack import interrupt
 
 CHUNK_SIZE = 4 << 20
 WORKERS = 2
@@ -139,33 +141,39 @@ def run_stream(total: int, read: Reader, write: Writer, *,
             errors.append(e)
             stop.set()
 
-    reader = threading.Thread(target=produce, name="lukspack-read", daemon=True)
-    reader.start()
-    done = 0
-    try:
-        while True:
-            try:
-                item = ready.get(timeout=_POLL)
-            except queue.Empty:
-                if errors:
-                    raise errors[0] from None
-                continue
-            if item is None:
-                break
-            offset, view, buf, fut = item
-            meta = fut.result() if isinstance(fut, Future) else fut
-            if out_hash is not None:
-                out_hash.update(view)
-            write(offset, view, meta)
-            done += len(view)
-            free.put(buf)
-            if progress is not None:
-                progress(done)
-        if errors:
-            raise errors[0]
-    finally:
-        stop.set()
-        reader.join()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    with interrupt.deferred():  # signals are raised at the polls below, never inside a lock
+        reader = threading.Thread(target=produce, name="lukspack-read", daemon=True)
+        reader.start()
+        done = 0
+        try:
+            while True:
+                interrupt.check()
+                try:
+                    item = ready.get(timeout=_POLL)
+                except queue.Empty:
+                    if errors:
+                        raise errors[0] from None
+                    continue
+                if item is None:
+                    break
+                offset, view, buf, fut = item
+                while isinstance(fut, Future) and not fut.done():
+                    interrupt.check()
+                    wait([fut], timeout=_POLL)
+                meta = fut.result() if isinstance(fut, Future) else fut
+                if out_hash is not None:
+                    out_hash.update(view)
+                write(offset, view, meta)
+                done += len(view)
+                free.put(buf)
+                if progress is not None:
+                    progress(done)
+            if errors:
+                raise errors[0]
+        finally:
+            stop.set()
+            while reader.is_alive():
+                reader.join(_POLL)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     return done

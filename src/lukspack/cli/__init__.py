@@ -155,11 +155,17 @@ _interrupted = False
 
 def _on_signal(signum: int, _frame: Any) -> None:
     """SIGINT and SIGTERM raise Interrupted in the main thread, once: the `with` blocks on the
-    way out remove temporary outputs; a second signal does not interrupt that cleanup."""
+    way out remove temporary outputs; a second signal does not interrupt that cleanup. Inside the
+    streaming code the signal is recorded and raised at its next safe point (interrupt.py)."""
     global _interrupted
     if _interrupted:
         return
     _interrupted = True
+    from lukspack import interrupt
+
+    if interrupt.deferring():
+        interrupt.request(signum)
+        return
     raise Interrupted(signum)
 
 
