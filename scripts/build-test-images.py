@@ -10,10 +10,14 @@ Images (raw, sparse, MBR, 2 GiB virtual), in CACHE/<hash of this script>/:
   debian12-nocloudinit.raw  the same with cloud-init purged (dpkg --purge)
   debian12-xfs-lvm.raw      partition 1 an LVM2 PV whose VG "vg0" has a linear LV "root"
                             holding an XFS v5 root (the RHEL layout), then the same boot partition
+  debian12-btrfs.raw        partition 1 Btrfs, the root in subvolume @rootfs (as Debian's
+                            installer names it) and /home in @home, zstd-compressed, mounted by
+                            fstab's subvol= and the kernel's rootflags=subvol=; the boot partition
 
 Nothing here needs a loop device, a mount or device-mapper: debootstrap makes the root tree (a
 chroot, as root), `mkfs.ext4 -d DIR -E offset=` writes the ext4 root straight into the disk file,
-`mkfs.xfs -p PROTOFILE` the XFS one, sfdisk writes the partition table into the file, mtools
+`mkfs.xfs -p PROTOFILE` the XFS one, `mkfs.btrfs --rootdir --subvol --compress` (btrfs-progs
+6.11 or later) the Btrfs one, sfdisk writes the partition table into the file, mtools
 (`mformat`/`mcopy -i disk@@offset`) fills the FAT and `syslinux --offset` installs its boot
 sector there; the LVM2 label, metadata area and text metadata are written by this script (the
 on-disk format is LVM2's text format 1, as `pvcreate`/`vgcreate`/`lvcreate` write it).
@@ -53,6 +57,9 @@ ROOT_SIZE = BOOT_START - ROOT_START
 # fixed identities, so the tests know what the check must find
 EXT4_UUID = "5f3c8a1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b"
 XFS_UUID = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+BTRFS_UUID = "3b9c2d4e-5f60-4a71-8b82-9c3d4e5f6a7b"
+BTRFS_FSTAB = (f"UUID={BTRFS_UUID} / btrfs defaults,subvol=@rootfs 0 0\n"
+               f"UUID={BTRFS_UUID} /home btrfs defaults,subvol=@home 0 0\n")
 BOOT_VOLID = "1CE0B007"
 MBR_ID = "0x1ce0d15c"
 HOSTNAME = "lukspack-test"
@@ -352,6 +359,24 @@ def build_xfs_lvm(out: Path, tree: Path, work: Path) -> None:
     lv.unlink()
 
 
+def build_btrfs(out: Path, tree: Path, work: Path) -> None:
+    partition(out, "83")
+    boot_partition(out, tree, f"UUID={BTRFS_UUID} rootflags=subvol=@rootfs")
+    stage, fs = work / "btrfs-stage", work / "btrfs.img"
+    stage.mkdir()
+    (stage / "@home").mkdir()
+    tree.rename(stage / "@rootfs")  # --rootdir takes the directory whose subdirectories become subvolumes
+    try:
+        with open(fs, "wb") as f:
+            f.truncate(ROOT_SIZE)
+        run("mkfs.btrfs", "-q", "-f", "-U", BTRFS_UUID, "-L", "root", "--rootdir", str(stage),
+            "--subvol", "rw:@rootfs", "--subvol", "rw:@home", "--compress", "zstd", str(fs))
+    finally:
+        (stage / "@rootfs").rename(tree)
+    copy_sparse(fs, out, ROOT_START)
+    fs.unlink()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lukspack-test-images"
@@ -384,6 +409,8 @@ def main() -> int:
         build_ext4(tmp_out / "debian12-cloudinit.raw", tree)
         configure(tree, "/dev/mapper/vg0-root / xfs defaults 0 1\n", cloud_init=True)
         build_xfs_lvm(tmp_out / "debian12-xfs-lvm.raw", tree, work)
+        configure(tree, BTRFS_FSTAB, cloud_init=True)
+        build_btrfs(tmp_out / "debian12-btrfs.raw", tree, work)
         purge_cloud_init(tree)
         configure(tree, f"UUID={EXT4_UUID} / ext4 errors=remount-ro 0 1\n", cloud_init=False)
         build_ext4(tmp_out / "debian12-nocloudinit.raw", tree)

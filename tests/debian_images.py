@@ -22,7 +22,7 @@ GOOD = "debian12-cloudinit.raw"
 def debian_images() -> Path:
     if os.geteuid() != 0:
         pytest.skip("building the Debian test images needs root (debootstrap and chroot)")
-    for tool in ("debootstrap", "mkfs.ext4", "mkfs.xfs", "sfdisk", "mformat", "syslinux"):
+    for tool in ("debootstrap", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "sfdisk", "mformat", "syslinux"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} missing (scripts/test.sh installs it)")
     t = time.monotonic()

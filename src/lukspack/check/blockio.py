@@ -11,6 +11,8 @@ import os
 
 from lukspack.images.base import DiskImage
 
+MAX_FILE = 256 << 20  # the largest guest file the check reads (an initramfs)
+
 
 class ReadCounter:
     """Bytes read from the image by every view of it."""

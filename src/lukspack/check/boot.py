@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from lukspack.check.filesystems import GuestFS
+from lukspack.check.btrfs import BtrfsFS
+from lukspack.check.filesystems import FileSystem, open_fs
 from lukspack.check.guest import Guest
 from lukspack.check.inspection import Layout
 from lukspack.check.report import Report
@@ -47,11 +48,11 @@ def kernel_cmdlines(guest: Guest, layout: Layout) -> list[tuple[str, str]]:
             out += _cmdlines_in(text, f"/boot/loader/entries/{entry}")
     mounted = {id(fs.vol) for fs in guest.mounts.values()}
     for vol in layout.volumes:
-        if vol.kind not in ("vfat", "ext2", "ext3", "ext4", "xfs") or id(vol) in mounted \
+        if vol.kind not in ("vfat", "ext2", "ext3", "ext4", "xfs", "btrfs") or id(vol) in mounted \
                 or not vol.partition_number:
             continue
         try:
-            g = Guest(GuestFS(vol))
+            g = Guest(open_fs(vol))
         except (OSError, ValueError):
             continue
         for path in PART_CONFIGS:
@@ -92,3 +93,35 @@ def check_boot(guest: Guest, layout: Layout, report: Report, cmdlines: list[tupl
         p, c = cmdlines[0]
         report.add("WARN", "boot", "serial console",
                    f"{p}: {c!r} has no console=ttyS0 (advised: IBM Cloud's serial console shows nothing)")
+
+
+def check_root_subvolume(root: FileSystem, cmdlines: list[tuple[str, str]], report: Report) -> None:
+    """A Btrfs root in a subvolume boots only if the kernel mounts that subvolume: it is the
+    default one, or each boot entry's rootflags= names it (subvol= or subvolid=)."""
+    if not isinstance(root, BtrfsFS):
+        return
+    btrfs = root.btrfs
+    default = btrfs.default_subvolume()
+    if default == root.subvolume:
+        report.add("PASS", "boot", "root subvolume", f"the root is the Btrfs default {root.description}: "
+                   "the kernel mounts it without rootflags=")
+        return
+    entries = [(p, c) for p, c in cmdlines if re.search(r"(^|\s)root=", c)]
+    if not entries:
+        report.add("WARN", "boot", "root subvolume", f"the root is {root.description}, not the default "
+                   "subvolume, and no boot entry with root= was found to check its rootflags=subvol=")
+        return
+    for path, line in entries:
+        flags = re.search(r"(?:^|\s)rootflags=(\S+)", line)
+        try:
+            got = btrfs.mounted_subvolume(flags.group(1) if flags else "")
+        except OSError as e:
+            got, why = None, str(e)
+        else:
+            why = f"it mounts {btrfs.subvolume_path(got) or 'the top level'} (id {got})"
+        if got != root.subvolume:
+            report.add("FAIL", "boot", "root subvolume", f"{path}: {line!r}: the root is {root.description} "
+                       f"but {why} (add rootflags=subvol={btrfs.subvolume_path(root.subvolume)})")
+            return
+    report.add("PASS", "boot", "root subvolume", f"{entries[0][0]}: rootflags= names the root's "
+               f"{root.description}" + (f" ({len(entries)} boot entries)" if len(entries) > 1 else ""))

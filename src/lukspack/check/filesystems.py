@@ -1,9 +1,7 @@
-"""What a block of the disk holds (superblock magic, UUID, label) and a read-only view of the
-filesystems libyal's bindings read: ext2/3/4 (libfsext), XFS (libfsxfs), FAT (libfsfat).
-
-Btrfs is recognised and its UUID and label read, but not opened: no maintained Btrfs reader is
-published under a licence lukspack can ship (libyal has no libfsbtrfs bindings on PyPI;
-dissect.btrfs is AGPL-3.0).
+"""What a block of the disk holds (superblock magic, UUID, label) and a read-only view of its
+filesystems: ext2/3/4 (libfsext), XFS (libfsxfs), FAT (libfsfat) through libyal's bindings, and
+Btrfs through lukspack's own reader (check/btrfs: no maintained Btrfs reader is published under
+a licence lukspack can ship; libyal has none, dissect.btrfs is AGPL-3.0). `open_fs` opens either.
 """
 
 from __future__ import annotations
@@ -14,19 +12,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lukspack.check.blockio import DiskFile
+from lukspack.check.blockio import MAX_FILE, DiskFile
+from lukspack.check.btrfs import Btrfs, BtrfsFS, BtrfsNode, read_uuid
 
 EXT_SUPER = 1024
 EXT_MAGIC = 0xEF53
 XFS_MAGIC = b"XFSB"
 XFS_INCOMPAT_BIGTIME = 0x8
 XFS_INCOMPAT_NREXT64 = 0x20
-BTRFS_SUPER = 0x10000
-BTRFS_MAGIC = b"_BHRfS_M"
 LVM_LABEL = b"LABELONE"
 LUKS_MAGIC = b"LUKS\xba\xbe"
 SWAP_MAGIC = b"SWAPSPACE2"
-MAX_FILE = 256 << 20  # the largest guest file the check reads (an initramfs)
 
 
 @dataclass
@@ -41,6 +37,7 @@ class Volume:
     detail: str = ""
     partuuid: str = ""
     partition_number: int = 0  # 0: not a partition
+    btrfs: Any = None  # the opened Btrfs (check.btrfs.Btrfs), shared by its subvolumes
 
 
 def probe(vol: Volume) -> None:
@@ -80,11 +77,10 @@ def probe(vol: Volume) -> None:
         vol.label = head[71 if fat32 else 43:][:11].decode(errors="replace").strip()
         vol.detail = "FAT32" if fat32 else head[54:59].decode(errors="replace").strip()
     else:
-        bt = f.pread(BTRFS_SUPER, 512)
-        if bt[64:72] == BTRFS_MAGIC:
+        got = read_uuid(f)
+        if got is not None:
             vol.kind = "btrfs"
-            vol.uuid = str(uuid.UUID(bytes=bt[32:48]))
-            vol.label = bt[299:299 + 256].split(b"\0")[0].decode(errors="replace")
+            vol.uuid, vol.label = got
             vol.detail = "Btrfs"
 
 
@@ -192,5 +188,19 @@ class GuestFS:
             pass
 
 
+FileSystem = GuestFS | BtrfsFS  # what open_fs returns; Guest mounts either
+FileNode = Node | BtrfsNode
+
+
 def readable(vol: Volume) -> bool:
-    return vol.kind in ("ext2", "ext3", "ext4", "xfs", "vfat")
+    return vol.kind in ("ext2", "ext3", "ext4", "xfs", "vfat", "btrfs")
+
+
+def open_fs(vol: Volume, subvolume: int | None = None) -> FileSystem:
+    """The filesystem on vol, read-only; for Btrfs the given subvolume (by id), else the default
+    one, as a mount without subvol= gets. OSError when it cannot be read."""
+    if vol.kind != "btrfs":
+        return GuestFS(vol)
+    if vol.btrfs is None:
+        vol.btrfs = Btrfs(vol.file)
+    return BtrfsFS(vol, vol.btrfs, subvolume)

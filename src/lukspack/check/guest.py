@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import posixpath
 
-from lukspack.check.filesystems import MAX_FILE, GuestFS, Node
+from lukspack.check.filesystems import MAX_FILE, FileNode, FileSystem
 
 MAX_LINKS = 40  # the kernel's limit (ELOOP)
 
 
 class Guest:
-    def __init__(self, root: GuestFS) -> None:
-        self.mounts: dict[str, GuestFS] = {"/": root}
+    def __init__(self, root: FileSystem) -> None:
+        self.mounts: dict[str, FileSystem] = {"/": root}
 
-    def mount(self, where: str, fs: GuestFS) -> None:
+    def mount(self, where: str, fs: FileSystem) -> None:
         self.mounts[posixpath.normpath(where)] = fs
 
-    def resolve(self, path: str, follow: bool = True) -> tuple[str, Node] | None:
+    def resolve(self, path: str, follow: bool = True) -> tuple[str, FileNode] | None:
         """(canonical path, node) of path, or None where a component is missing or loops."""
         stack = [p for p in path.split("/") if p]
-        chain: list[tuple[str, Node]] = [("/", self.mounts["/"].root)]
+        chain: list[tuple[str, FileNode]] = [("/", self.mounts["/"].root)]
         links = 0
         while stack:
             name = stack.pop(0)
@@ -50,7 +50,7 @@ class Guest:
             chain.append((child_path, child))
         return chain[-1]
 
-    def node(self, path: str, follow: bool = True) -> Node | None:
+    def node(self, path: str, follow: bool = True) -> FileNode | None:
         got = self.resolve(path, follow)
         return got[1] if got else None
 

@@ -7,7 +7,8 @@ import posixpath
 from dataclasses import dataclass, field
 
 from lukspack.check.blockio import DiskFile
-from lukspack.check.filesystems import GuestFS, Volume, probe, readable
+from lukspack.check.btrfs import Btrfs, BtrfsFS
+from lukspack.check.filesystems import FileSystem, Volume, open_fs, probe, readable
 from lukspack.check.guest import Guest
 from lukspack.check.partitions import PartitionTable, read_table
 from lukspack.check.report import Report
@@ -110,7 +111,7 @@ def _open_lvm(pv: Volume, layout: Layout, report: Report) -> None:
                    f"{vol.detail or vol.kind}")
 
 
-def looks_like_root(fs: GuestFS) -> bool:
+def looks_like_root(fs: FileSystem) -> bool:
     """libguestfs's rule (inspect-fs.c): /etc a directory, /bin a directory or a link to usr/bin,
     and /etc/fstab or /etc/hosts there."""
     g = Guest(fs)
@@ -127,30 +128,54 @@ def looks_like_root(fs: GuestFS) -> bool:
     return g.exists("/etc/fstab") or g.exists("/etc/hosts")
 
 
-def find_root(layout: Layout, report: Report) -> tuple[Volume, GuestFS] | None:
-    found: list[tuple[Volume, GuestFS]] = []
+def _candidates(vol: Volume, report: Report) -> list[FileSystem]:
+    """The filesystems of vol that could be a root: the filesystem itself, or for Btrfs its default
+    subvolume and then every other subvolume (as libguestfs inspects each one)."""
+    try:
+        first = open_fs(vol)
+    except OSError as e:
+        report.add("WARN", "root", "filesystem", f"{vol.device}: {vol.kind} unreadable: {str(e)[:120]}")
+        return []
+    if not isinstance(first, BtrfsFS):
+        return [first]
+    out: list[FileSystem] = [first]
+    try:
+        subs = vol.btrfs.subvolumes()
+        for sub in subs:
+            if sub.id != first.subvolume:
+                out.append(open_fs(vol, sub.id))
+    except OSError as e:
+        report.add("WARN", "root", "Btrfs subvolumes", f"{vol.device}: {str(e)[:120]}")
+        return out
+    listed = ", ".join(f"{s.path} (id {s.id}{', read-only' if s.readonly else ''})" for s in subs)
+    report.add("INFO", "layout", "Btrfs", f"{vol.device}: default {first.description}; "
+               f"subvolumes: {listed or 'none'}")
+    return out
+
+
+def _describe(vol: Volume, fs: FileSystem) -> str:
+    sub = f", {fs.description}" if isinstance(fs, BtrfsFS) else ""
+    return f"{vol.device} ({vol.detail or vol.kind}, UUID={vol.uuid}{sub})"
+
+
+def find_root(layout: Layout, report: Report) -> tuple[Volume, FileSystem] | None:
+    found: list[tuple[Volume, FileSystem]] = []
     for vol in layout.volumes:
-        if vol.kind == "btrfs":
-            report.add("WARN", "root", "Btrfs",
-                       f"{vol.device}: Btrfs UUID={vol.uuid}; not read (no Btrfs reader under a "
-                       "licence lukspack can ship): a root there is not checked")
-            continue
         if not readable(vol) or vol.kind == "vfat":
             continue
-        try:
-            fs = GuestFS(vol)
-        except OSError as e:
-            report.add("WARN", "root", "filesystem", f"{vol.device}: {vol.kind} unreadable: {str(e)[:120]}")
-            continue
-        if looks_like_root(fs):
-            found.append((vol, fs))
+        roots = [fs for fs in _candidates(vol, report) if looks_like_root(fs)]
+        if roots:
+            found.append((vol, roots[0]))  # Btrfs: the default subvolume if it is one, else the first
+        if len(roots) > 1:
+            report.add("INFO", "root", "root filesystem", f"{vol.device}: also root-like (snapshots?): "
+                       + ", ".join(fs.description for fs in roots[1:]))  # type: ignore[union-attr]
     if not found:
         report.add("FAIL", "root", "root filesystem",
                    "no filesystem has /etc, /bin (or bin -> usr/bin) and /etc/fstab or /etc/hosts")
         return None
     vol, fs = found[0]
-    report.add("PASS", "root", "root filesystem", f"{vol.device} ({vol.detail or vol.kind}, "
-               f"UUID={vol.uuid}): /etc, /bin and /etc/fstab or /etc/hosts present")
+    report.add("PASS", "root", "root filesystem",
+               f"{_describe(vol, fs)}: /etc, /bin and /etc/fstab or /etc/hosts present")
     if len(found) > 1:
         report.add("WARN", "root", "root filesystem",
                    "more than one operating system: " + ", ".join(v.device for v, _ in found))
@@ -215,20 +240,37 @@ def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report) 
             continue
         if note:
             report.add("WARN", "root", "/etc/fstab", note)
+        subvolume, named = None, vol.device
+        if vol.kind == "btrfs" and fstype in ("btrfs", "auto"):
+            try:
+                subvolume = _btrfs(vol).mounted_subvolume(opts)
+                named = f"{vol.device} {_btrfs(vol).subvolume_path(subvolume) or '<top level>'}"
+            except OSError as e:
+                report.add("WARN" if optional else "FAIL", "root", "/etc/fstab",
+                           f"{where}: {spec} ({opts}) on {vol.device}: {str(e)[:120]}")
+                continue
         if where == "/":
-            same = vol is root_vol
+            root = guest.mounts["/"]
+            same = vol is root_vol and (subvolume is None or subvolume == getattr(root, "subvolume", None))
             report.add("PASS" if same else "FAIL", "root", "/etc/fstab",
-                       f"/ is {spec} -> {vol.device}" + ("" if same else
-                                                         f", not the root found ({root_vol.device})"))
+                       f"/ is {spec} -> {named}" + ("" if same else
+                                                    f", not the root found ({_describe(root_vol, root)})"))
             continue
         if vol.kind not in MOUNTABLE or not readable(vol):
             report.add("INFO", "root", "/etc/fstab",
                        f"{where}: {spec} -> {vol.device} ({vol.kind}), not read")
             continue
         try:
-            guest.mount(where, GuestFS(vol))
+            guest.mount(where, open_fs(vol, subvolume))
         except OSError as e:
             report.add("WARN", "root", "/etc/fstab", f"{where}: {vol.device} unreadable: {str(e)[:100]}")
             continue
-        report.add("PASS", "root", "/etc/fstab", f"{where} is {spec} -> {vol.device} ({vol.kind})")
+        report.add("PASS", "root", "/etc/fstab", f"{where} is {spec} -> {named} ({vol.kind})")
     return entries
+
+
+def _btrfs(vol: Volume) -> Btrfs:
+    """The Btrfs of a probed volume, opened once."""
+    if vol.btrfs is None:
+        open_fs(vol)
+    return vol.btrfs

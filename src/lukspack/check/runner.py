@@ -6,7 +6,7 @@ import os
 import time
 
 from lukspack.check.blockio import DiskFile
-from lukspack.check.boot import check_boot, kernel_cmdlines
+from lukspack.check.boot import check_boot, check_root_subvolume, kernel_cmdlines
 from lukspack.check.cloudinit import check_cloud_init
 from lukspack.check.guest import Guest
 from lukspack.check.inspection import Layout, discover, find_root, mount_fstab
@@ -102,6 +102,7 @@ def run_check(image: DiskImage, target: str = "vpc") -> CheckReport:
         cloud = check_cloud_init(guest, report, target, cmdlines)
         check_kernels(guest, report, target)
         check_boot(guest, layout, report, cmdlines)
+        check_root_subvolume(root_fs, cmdlines, report)
         check_network(guest, report, cloud)
         if target == "classic":
             check_classic_layout(guest, layout, report)

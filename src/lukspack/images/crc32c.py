@@ -1,34 +1,19 @@
-"""CRC-32C (Castagnoli), the checksum of VHDX headers, region tables and log entries.
+"""CRC-32C (Castagnoli): the checksum of VHDX headers, region tables and log entries, and of
+Btrfs superblocks, tree blocks and directory name hashes.
 
-Table-driven in pure Python: VHDX checksums cover at most a few hundred KiB per image open, a few
-milliseconds per 64 KiB, so no dependency is worth adding for it.
+google-crc32c (Apache-2.0, Google's C implementation with wheels, its own pure-Python fallback)
+computes it: a Btrfs check verifies hundreds of 16 KiB tree blocks, 0.7 us each there against
+2.4 ms in a table-driven Python loop.
 """
 
 from __future__ import annotations
 
-_POLY = 0x82F63B78  # reflected 0x1EDC6F41
-
-
-def _table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _table()
+import google_crc32c
 
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC-32C of data; crc continues a previous result."""
-    c = crc ^ 0xFFFFFFFF
-    table = _TABLE
-    for b in bytes(data):
-        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
+    return google_crc32c.extend(crc, data if isinstance(data, bytes) else bytes(data))
 
 
 def crc32c_zeroed(data: bytes | bytearray | memoryview, at: int) -> int:
