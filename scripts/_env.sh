@@ -33,3 +33,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
 fi
 export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"
 
+need_btrfs_progs() {  # mkfs.btrfs with --rootdir, --subvol and --compress: btrfs-progs 6.11 or later
+  mkfs.btrfs --help 2>&1 | grep -q -- '--subvol' && return 0
+  local sudo="" target=() list=/etc/apt/sources.list.d/lukspack-bookworm-backports.sources
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Debian 12 ships 6.2; bookworm-backports has 6.14 (Debian 13 ships 6.14 itself)
+  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
+    [ -f "$list" ] || printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
+      "Suites: bookworm-backports" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" | $sudo tee "$list" >/dev/null
+    target=(-t bookworm-backports)
+  fi
+  echo "installing btrfs-progs ${target[*]} ..." >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${target[@]}" btrfs-progs >/dev/null
+}

@@ -12,6 +12,9 @@ need_debs zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdi
 # rpmbuild make the real rpm database of tests/check/test_rpmdb.py
 need_debs qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mformat mtools rpmbuild rpm \
   syslinux syslinux cpio cpio
+# Btrfs test filesystems and the Debian Btrfs image (tests/check/test_btrfs_*.py): mkfs.btrfs
+# --rootdir --subvol --compress, from bookworm-backports on Debian 12
+need_btrfs_progs
 # syslinux only recommends syslinux-common, which holds the MBR code the test images use
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || need_debs /nonexistent/mbr.bin syslinux-common
 ruff check .

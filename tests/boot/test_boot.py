@@ -77,6 +77,28 @@ def test_luks_raw_boots_with_configdrive(encrypted: dict[str, Path], session_key
           file=sys.stderr)
 
 
+def test_btrfs_root_boots_after_encrypt_target_vpc(debian_images: Path, session_keyfile: Path,
+                                                  tmp_path: Path) -> None:
+    """The Btrfs image (/ in subvolume @rootfs, rootflags=subvol=@rootfs): `encrypt --target vpc`
+    checks it (reading the Btrfs) and writes qcow2+LUKS, which boots and runs cloud-init."""
+    from tests.helpers import FAST
+
+    out = tmp_path / "btrfs.qcow2"
+    src = debian_images / "debian12-btrfs.raw"
+    p = subprocess.run([sys.executable, "-m", "lukspack", "encrypt", str(src), str(out),
+                        "--key-file", str(session_keyfile), "--target", "vpc", "--json",
+                        "--no-digest", "--no-verify", "--no-progress", *FAST],
+                       capture_output=True, text=True, env=cli_env())
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["check"]["FAIL"] == 0 and summary["output_format"] == "qcow2"
+    result = boot_test(str(out), passphrase=session_keyfile.read_bytes(), datasource="nocloud",
+                       timeout=BOOT_TIMEOUT, accel=accel())
+    assert result.passed, f"{result.reason}\n" + "\n".join(result.console_tail)
+    print(f"Btrfs root, qcow2+LUKS NoCloud: marker after {result.seconds_to_marker:.0f} s "
+          f"({result.accel})", file=sys.stderr)
+
+
 def test_unbootable_image_fails_within_timeout(tmp_path: Path) -> None:
     disk = tmp_path / "blank.raw"
     with open(disk, "wb") as f:

@@ -17,6 +17,7 @@ from tests.helpers import cli_env
 
 pytestmark = pytest.mark.slow
 GOOD, NO_CLOUD_INIT, XFS_LVM = "debian12-cloudinit.raw", "debian12-nocloudinit.raw", "debian12-xfs-lvm.raw"
+BTRFS = "debian12-btrfs.raw"
 
 
 def check(images: Path, name: str, target: str) -> CheckReport:
@@ -73,6 +74,28 @@ def test_xfs_on_lvm_found_and_classic_refuses_it(debian_images: Path) -> None:
     failed = {f.check: f.evidence for f in classic.failures()}
     assert "IBM Cloud classic does not take LVM on the boot volume" in failed["LVM"]
     assert "/dev/mapper/vg0-root" in failed["/boot"]
+
+
+@pytest.mark.parametrize("target", ["vpc", "classic"])
+def test_btrfs_root_in_a_subvolume_passes(debian_images: Path, target: str) -> None:
+    """The Debian installer's Btrfs layout: / in @rootfs, /home in @home, zstd-compressed by
+    mkfs.btrfs; the whole check runs inside the subvolume."""
+    report = check(debian_images, BTRFS, target)
+    assert not report.failed, "\n".join(report.lines())
+    uuid = "3b9c2d4e-5f60-4a71-8b82-9c3d4e5f6a7b"
+    assert evidence(report, "root filesystem")[1].startswith(
+        f"/dev/vda1 (Btrfs, UUID={uuid}, subvolume @rootfs (id ")
+    fstab = [f.evidence for f in report.findings if f.check == "/etc/fstab"]
+    assert fstab == [f"/ is UUID={uuid} -> /dev/vda1 @rootfs",
+                     f"/home is UUID={uuid} -> /dev/vda1 @home (btrfs)"]
+    status, ev = evidence(report, "root subvolume")
+    assert status == "PASS"
+    assert ev.startswith("/dev/vda2:/syslinux.cfg: rootflags= names the root's subvolume @rootfs")
+    assert evidence(report, "installed")[1].startswith("/var/lib/dpkg/status: cloud-init 22.4")
+    assert "429 entries" in evidence(report, "initramfs")[1]  # 13 MB read out of Btrfs extents
+    if target == "classic":
+        assert evidence(report, "/boot") == ("PASS", "/ (with /boot) is on /dev/vda1, the first partition")
+    assert report.cpu_seconds < 2.0 and report.bytes_read < report.virtual_size // 50
 
 
 def test_cli_json(debian_images: Path, capsys: pytest.CaptureFixture[str]) -> None:

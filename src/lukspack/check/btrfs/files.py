@@ -26,6 +26,7 @@ from lukspack.check.btrfs.ondisk import (
     INODE_MODE_AT,
     INODE_SIZE_AT,
     MAX_KEY,
+    MAX_UNCOMPRESSED,
     ROOT_ITEM_KEY,
     BtrfsError,
     name_hash,
@@ -37,12 +38,16 @@ LZO_LEN = 4  # btrfs's LZO framing: a le32 total length, then per segment a le32
 
 
 def decompress(method: int, data: bytes, ram_bytes: int, sectorsize: int) -> bytes:
-    """One compressed extent's data (at most ram_bytes of it)."""
+    """One compressed extent's data (at most ram_bytes of it, which btrfs keeps to 128 KiB: a
+    larger claim is damage, and no stream is let expand past it)."""
+    if ram_bytes > MAX_UNCOMPRESSED:
+        raise BtrfsError(f"Btrfs compressed extent claims {ram_bytes} bytes, more than btrfs writes")
     try:
         if method == 1:
             return zlib.decompressobj().decompress(data, ram_bytes)
         if method == 3:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)[:ram_bytes]
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                return reader.read(ram_bytes)
         if method == 2:
             return _lzo(data, ram_bytes, sectorsize)
     except (zlib.error, zstandard.ZstdError) as e:

@@ -51,6 +51,7 @@ UNREADABLE_INCOMPAT = {1 << 13: "extent-tree-v2", 1 << 17: "remap-tree"}
 # file extents
 EXTENT_INLINE, EXTENT_REG, EXTENT_PREALLOC = 0, 1, 2
 COMPRESSION = {0: "none", 1: "zlib", 2: "lzo", 3: "zstd"}
+MAX_UNCOMPRESSED = 128 * 1024  # BTRFS_MAX_UNCOMPRESSED: the most a compressed extent holds
 
 Key = tuple[int, int, int]  # (objectid, type, offset): btrfs orders keys exactly like tuples
 
@@ -162,7 +163,7 @@ def parse_chunk(logical: int, data: bytes | memoryview, pos: int = 0) -> tuple[C
         raise BtrfsError("Btrfs chunk item truncated")
     length, _owner, stripe_len, ctype, _align, _width, _sector, nstripes, _sub = CHUNK.unpack_from(data, pos)
     size = CHUNK.size + nstripes * STRIPE.size
-    if nstripes == 0 or len(data) - pos < size or length == 0:
+    if nstripes == 0 or len(data) - pos < size or length == 0 or stripe_len == 0:
         raise BtrfsError(f"Btrfs chunk item at logical {logical} damaged")
     stripes = tuple(STRIPE.unpack_from(data, pos + CHUNK.size + i * STRIPE.size)[:2] for i in range(nstripes))
     return Chunk(logical, length, stripe_len, ctype, stripes), size

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import posixpath
-import struct
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +25,7 @@ from lukspack.check.btrfs.ondisk import (
     INODE_REF_KEY,
     ITEM,
     KEY_PTR,
+    MAGIC,
     MAX_KEY,
     MIRRORED,
     RAID0,
@@ -317,9 +318,9 @@ def _decode(name: bytes) -> str:
 
 
 def read_uuid(dev: Readable) -> tuple[str, str] | None:
-    """(UUID, label) from a Btrfs superblock, without opening the trees; None if there is none."""
-    try:
-        sb = parse_superblock(dev.pread(SUPER_OFFSET, SUPER_SIZE))
-    except (BtrfsError, struct.error):
+    """(UUID, label) of a Btrfs superblock without checking it (as blkid shows a damaged one, so
+    fstab still resolves and opening it says what is wrong); None if there is none."""
+    raw = dev.pread(SUPER_OFFSET, SUPER_SIZE)
+    if raw[64:72] != MAGIC:
         return None
-    return sb.uuid, sb.label
+    return str(uuid.UUID(bytes=raw[32:48])), raw[0x12B:0x22B].split(b"\0")[0].decode(errors="replace")
