@@ -34,7 +34,9 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"
 
 need_btrfs_progs() {  # mkfs.btrfs with --rootdir, --subvol and --compress: btrfs-progs 6.11 or later
-  mkfs.btrfs --help 2>&1 | grep -q -- '--subvol' && return 0
+  local help
+  help="$(mkfs.btrfs --help 2>&1 || true)"  # exits 1 after its usage text; absent: empty
+  [[ "$help" == *--subvol* ]] && return 0
   local sudo="" target=() list=/etc/apt/sources.list.d/lukspack-bookworm-backports.sources
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   # Debian 12 ships 6.2; bookworm-backports has 6.14 (Debian 13 ships 6.14 itself)

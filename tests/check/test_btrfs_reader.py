@@ -15,6 +15,7 @@ import pytest
 
 from lukspack.check.btrfs import Btrfs, BtrfsError, BtrfsFS
 from lukspack.check.btrfs.ondisk import EXTENT_DATA_KEY, FILE_EXTENT
+from tests.check.test_partitions import flip
 
 pytestmark = pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="mkfs.btrfs (btrfs-progs) missing")
 
@@ -193,14 +194,6 @@ def test_a_lookup_reads_only_the_blocks_it_needs(tmp_path: Path) -> None:
     before = dev.bytes
     assert fs.lookup("/big-dir/file-02999").read() == b"2999\n"
     assert dev.bytes - before <= 8 * 16384  # a few tree blocks of a 512 MiB filesystem
-
-
-def flip(img: Path, offset: int) -> None:
-    with open(img, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def test_damage_is_an_error(tmp_path: Path) -> None:

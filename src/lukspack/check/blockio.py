@@ -8,6 +8,7 @@ read. Own parsers (partition tables, superblocks) use `DiskFile.pread`.
 from __future__ import annotations
 
 import os
+import stat
 
 from lukspack.images.base import DiskImage
 
@@ -79,3 +80,19 @@ class DiskFile:
 
     def close(self) -> None:
         pass
+
+
+class FileTypes:
+    """is_dir/is_link/is_file from a `mode` property: what every guest file node shares (the
+    libyal-backed Node of filesystems.py and the Btrfs reader's BtrfsNode)."""
+
+    mode: int
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)

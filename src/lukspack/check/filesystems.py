@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lukspack.check.blockio import MAX_FILE, DiskFile
+from lukspack.check.blockio import MAX_FILE, DiskFile, FileTypes
 from lukspack.check.btrfs import Btrfs, BtrfsFS, BtrfsNode, read_uuid
 
 EXT_SUPER = 1024
@@ -84,7 +84,7 @@ def probe(vol: Volume) -> None:
             vol.detail = "Btrfs"
 
 
-class Node:
+class Node(FileTypes):
     """One file entry of a guest filesystem (never follows links itself)."""
 
     def __init__(self, fs: GuestFS, entry: Any, path: str) -> None:
@@ -104,15 +104,6 @@ class Node:
             flags = self.entry.file_attribute_flags  # None on the root directory
             return (stat.S_IFDIR | 0o755) if flags is None or flags & 0x10 else (stat.S_IFREG | 0o644)
         return self.entry.file_mode or 0
-
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    def is_link(self) -> bool:
-        return stat.S_ISLNK(self.mode)
-
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
 
     @property
     def size(self) -> int:

@@ -7,13 +7,12 @@ the kernel does.
 
 from __future__ import annotations
 
-import stat
 import struct
 import zlib
 
 import zstandard
 
-from lukspack.check.blockio import MAX_FILE
+from lukspack.check.blockio import MAX_FILE, FileTypes
 from lukspack.check.btrfs.ondisk import (
     DIR_INDEX_KEY,
     DIR_ITEM_KEY,
@@ -114,7 +113,7 @@ class BtrfsFS:
         pass
 
 
-class BtrfsNode:
+class BtrfsNode(FileTypes):
     """One inode of a file tree (never follows links itself)."""
 
     def __init__(self, fs: BtrfsFS, tree: Tree, ino: int, path: str) -> None:
@@ -143,15 +142,6 @@ class BtrfsNode:
             return self._stat()[1]
         except OSError:
             return 0
-
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    def is_link(self) -> bool:
-        return stat.S_ISLNK(self.mode)
-
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
 
     def link_target(self) -> str:
         try:
