@@ -9,9 +9,9 @@ need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin
 need_debs zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdisk fdisk \
   mkfs.ext4 e2fsprogs mkfs.xfs xfsprogs mkfs.vfat dosfstools mkswap util-linux losetup mount
 # check and boot-test (tests/check, tests/boot): build and boot the Debian test images; rpm and
-# rpmbuild make the real rpm database of tests/check/test_rpmdb.py
+# rpmbuild make the real rpm database of tests/check/test_rpmdb.py, db5.3_load its Berkeley DB form
 need_debs qemu-system-x86_64 qemu-system-x86 debootstrap debootstrap mformat mtools rpmbuild rpm \
-  syslinux syslinux cpio cpio
+  syslinux syslinux cpio cpio db5.3_load db5.3-util
 # Btrfs test filesystems and the Debian Btrfs image (tests/check/test_btrfs_*.py): mkfs.btrfs
 # --rootdir --subvol --compress, from bookworm-backports on Debian 12
 need_btrfs_progs

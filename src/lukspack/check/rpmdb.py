@@ -7,8 +7,9 @@ tables such as `Name (key, hnum)`. A header blob (rpm's headerImport without the
     be32 il (index entries), be32 dl (data bytes), il x (be32 tag, type, offset, count), data
 
 Tags: 1000 NAME, 1001 VERSION, 1002 RELEASE (STRING, type 6: NUL-terminated), 1003 EPOCH
-(INT32, type 4). The older Berkeley DB (`Packages`) and NDB (`Packages.db`) backends of RHEL 7/8
-are not read: the caller falls back to cloud-init's own version.py there.
+(INT32, type 4). Before 4.16 (RHEL 7 and 8) the headers sit in a Berkeley DB hash database,
+`/var/lib/rpm/Packages`, one record per package keyed by its header number (check/bdb.py reads
+it). SUSE's NDB (`Packages.db`) is not read: the caller falls back to cloud-init's version.py.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import os
 import sqlite3
 import struct
 import tempfile
+from collections.abc import Iterable
 
+from lukspack.check.bdb import BdbError, records
 from lukspack.check.guest import Guest
 
 RPMDB_PATHS = ("/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
+BDB_PATH = "/var/lib/rpm/Packages"
 MAX_DB = 512 << 20
 TAG_NAME, TAG_VERSION, TAG_RELEASE, TAG_EPOCH = 1000, 1001, 1002, 1003
 TYPE_INT32, TYPE_STRING = 4, 6
@@ -59,6 +63,14 @@ def rpm_version(guest: Guest, package: str) -> tuple[str, str] | None:
         found = _query(data, package)
         if found is not None:
             return path, found
+    data = guest.read(BDB_PATH, limit=MAX_DB)
+    if data:
+        try:
+            found = _evr((value for _, value in records(data)), package)
+        except BdbError:
+            found = None
+        if found is not None:
+            return BDB_PATH, found
     return None
 
 
@@ -81,8 +93,13 @@ def _query(data: bytes, package: str) -> str | None:
         return None
     finally:
         os.unlink(tmp)
-    for (blob,) in rows:
-        h = header_fields(bytes(blob))
+    return _evr((bytes(blob) for (blob,) in rows), package)
+
+
+def _evr(blobs: Iterable[bytes], package: str) -> str | None:
+    """"[EPOCH:]VERSION-RELEASE" of the first header blob that is package."""
+    for blob in blobs:
+        h = header_fields(blob)
         if h.get(TAG_NAME) == package and TAG_VERSION in h:
             evr = f"{h[TAG_VERSION]}-{h.get(TAG_RELEASE, '')}".rstrip("-")
             epoch = h.get(TAG_EPOCH)
