@@ -172,6 +172,12 @@ def test_subvolumes_match_the_root_tree(tmp_path: Path) -> None:
     assert btrfs.mounted_subvolume("subvol=/") == 5
     with pytest.raises(BtrfsError, match="names no subvolume"):
         btrfs.mounted_subvolume("subvol=@missing")
+    assert btrfs.mounted_subvolume("subvolid=0") == 5  # the kernel: 0 is the top level
+    with pytest.raises(BtrfsError, match="not a number"):
+        btrfs.mounted_subvolume("subvolid=\u00b2")  # str.isdigit() says yes; int() would fail
+    with pytest.raises(BtrfsError, match="name different subvolumes"):
+        btrfs.mounted_subvolume(f"subvol=home,subvolid={subs['snap'].id}")
+    assert btrfs.mounted_subvolume(f"subvol=home,subvolid={subs['home'].id}") == subs["home"].id
 
 
 def test_default_subvolume(tmp_path: Path) -> None:
@@ -243,6 +249,38 @@ def walk_all(fs: BtrfsFS, limit: int = 400) -> int:
         elif node.is_file():
             node.read(1 << 20)
     return seen
+
+
+def test_damage_the_checksums_do_not_catch(tmp_path: Path) -> None:
+    """Found in review: a root item naming an already-read block at another level, and sizes
+    that would make a read or a decompression unbounded."""
+    import struct
+    import zlib
+
+    from lukspack.check.btrfs.files import decompress
+    from lukspack.check.btrfs.ondisk import checksum
+
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    img = mkfs(src, tmp_path / "fs.img", size_mib=128)
+    btrfs = Btrfs(Dev(img))
+    assert btrfs.root_tree.level == 0
+    leaf = btrfs.block(btrfs.root_tree.bytenr, 0)
+    at, _ = leaf.spans[leaf.keys.index((5, 132, 0))]
+    raw = bytearray(leaf.raw)
+    struct.pack_into("<Q", raw, at + 160 + 16, btrfs.root_tree.bytenr)  # root_item.bytenr: that leaf
+    raw[at + 160 + 78] = 1  # root_item.level
+    raw[:32] = checksum(btrfs.sb.csum_type, bytes(raw[32:]))
+    damaged = Btrfs(Patched(img, {btrfs._map(btrfs.root_tree.bytenr)[0]: bytes(raw)}))
+    assert damaged.tree(5).level == 1  # reading the root item put the leaf in the cache
+    with pytest.raises(BtrfsError, match="is level 0, named as level 1"):
+        damaged.block(damaged.root_tree.bytenr, 1)
+    assert BtrfsFS(None, damaged).lookup("/etc/hosts") is None  # unreadable, as the guest sees it
+    with pytest.raises(BtrfsError, match="claims 0 bytes"):
+        decompress(1, zlib.compress(b"\0" * (64 << 20)), 0, 4096)  # max_length 0 is "no limit"
+    with pytest.raises(BtrfsError, match="claims 1048576 bytes"):
+        decompress(3, b"", 1 << 20, 4096)
 
 
 def test_mutated_metadata_with_valid_checksums_is_refused_cleanly(tmp_path: Path) -> None:

@@ -7,15 +7,16 @@ The layout (Berkeley DB 4.x-5.x, hash version 8-10, as `db_load -t hash` writes 
   version at 16, page size at 20, last page at 32, max_bucket at 72, high_mask at 76,
   low_mask at 80, spares[32] at 96;
 - every page: pgno at 8, prev at 12, next at 16, the number of entries at 20 (u16), hf_offset
-  at 22 (u16), type at 25 (8 hash, 13 unsorted hash, 2 old hash, 7 overflow), entry offsets
+  at 22 (u16), type at 25 (13 P_HASH, 2 P_HASH_UNSORTED, 7 P_OVERFLOW; 8, P_HASHMETA, is
+  taken as a hash page too, as rpm's own reader does), entry offsets
   (u16) from 26; entries pair up, key then value;
 - an entry: type byte 1 (key/data on the page, its length up to the previous entry) or 3
   (off-page: the first overflow page at +4, the total length at +8);
 - bucket b lives on page b + spares[bit length of b], chained through `next`; overflow pages
   hold hf_offset bytes of data from offset 26, chained through `next`.
 
-Read-only, bounded: each page is read once per visit and every chain is bounded by the page
-count, so a damaged file ends the walk instead of looping.
+Read-only, bounded: a chain that comes back to a page it passed is damage, so a damaged file
+ends the walk instead of looping.
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         return p
 
     def overflow(pgno: int, length: int) -> bytes:
-        out, left = [], length
-        for _ in range(last):
-            if left <= 0:
-                break
+        out, left, seen = [], length, set()
+        if length == 0:
+            raise BdbError("off-page entry of 0 bytes")
+        while left > 0:
+            if pgno in seen:
+                raise BdbError(f"overflow chain loops at page {pgno}")
+            seen.add(pgno)
             p = page(pgno, (OVERFLOW_PAGE,))
             n = u16.unpack_from(p, 22)[0]
             if n == 0 or n > min(left, pagesize - PAGE_HEADER):
@@ -72,8 +76,6 @@ def records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             out.append(bytes(p[PAGE_HEADER:PAGE_HEADER + n]))
             left -= n
             pgno = u32.unpack_from(p, 16)[0]
-        if left:
-            raise BdbError("overflow chain ends early")
         return b"".join(out)
 
     def item(p: memoryview, at: int, end: int) -> bytes:
@@ -88,10 +90,11 @@ def records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     if max_bucket > last:
         raise BdbError(f"{max_bucket + 1} buckets in {last} pages")
     for bucket in range(max_bucket + 1):
-        pgno = bucket + spares[bucket.bit_length()]
-        for _ in range(last):
-            if not pgno:
-                break
+        pgno, seen = bucket + spares[bucket.bit_length()], set()
+        while pgno:
+            if pgno in seen:
+                raise BdbError(f"bucket {bucket}'s page chain loops at page {pgno}")
+            seen.add(pgno)
             p = page(pgno, HASH_PAGES)
             n = u16.unpack_from(p, 20)[0]
             if PAGE_HEADER + 2 * n > pagesize:

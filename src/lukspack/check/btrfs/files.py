@@ -19,6 +19,7 @@ from lukspack.check.btrfs.ondisk import (
     EXTENT_DATA_KEY,
     EXTENT_INLINE,
     EXTENT_PREALLOC,
+    EXTENT_REG,
     FILE_EXTENT,
     FILE_EXTENT_REG,
     INODE_ITEM_KEY,
@@ -39,8 +40,8 @@ LZO_LEN = 4  # btrfs's LZO framing: a le32 total length, then per segment a le32
 def decompress(method: int, data: bytes, ram_bytes: int, sectorsize: int) -> bytes:
     """One compressed extent's data (at most ram_bytes of it, which btrfs keeps to 128 KiB: a
     larger claim is damage, and no stream is let expand past it)."""
-    if ram_bytes > MAX_UNCOMPRESSED:
-        raise BtrfsError(f"Btrfs compressed extent claims {ram_bytes} bytes, more than btrfs writes")
+    if not 0 < ram_bytes <= MAX_UNCOMPRESSED:
+        raise BtrfsError(f"Btrfs compressed extent claims {ram_bytes} bytes (btrfs writes 1 to 131072)")
     try:
         if method == 1:
             return zlib.decompressobj().decompress(data, ram_bytes)
@@ -67,12 +68,15 @@ def _lzo(data: bytes, ram_bytes: int, sectorsize: int) -> bytes:
     while pos + LZO_LEN <= total and produced < ram_bytes:
         seg = struct.unpack_from("<I", data, pos)[0]
         pos += LZO_LEN
-        if seg == 0 or pos + seg > total:
+        # a segment is one sector compressed: at most lzo1x_worst_compress(sectorsize) bytes
+        if seg == 0 or pos + seg > total or seg > sectorsize + sectorsize // 16 + 64 + 3:
             raise BtrfsError(f"Btrfs LZO segment of {seg} bytes past the extent's end")
         try:
             plain = lzallright.LZOCompressor.decompress(data[pos:pos + seg], output_size_hint=sectorsize)
         except lzallright.LZOError as e:
             raise BtrfsError(f"Btrfs LZO segment damaged: {e!r}") from None
+        if len(plain) > sectorsize:
+            raise BtrfsError(f"Btrfs LZO segment expands to {len(plain)} bytes, more than a sector")
         out.append(plain)
         produced += len(plain)
         pos += seg
@@ -96,7 +100,10 @@ class BtrfsFS:
     @property
     def description(self) -> str:
         """How the check names this subvolume: "subvolume root (id 256)"."""
-        path = self.btrfs.subvolume_path(self.subvolume)
+        try:
+            path = self.btrfs.subvolume_path(self.subvolume)
+        except OSError:  # a damaged subvolume listing: the id still says which one
+            return f"subvolume id {self.subvolume}"
         return f"subvolume {path} (id {self.subvolume})" if path else \
             f"top-level subvolume (id {self.subvolume})"
 
@@ -207,12 +214,16 @@ class BtrfsNode(FileTypes):
             if len(data) < FILE_EXTENT.size + FILE_EXTENT_REG.size:
                 raise BtrfsError(f"Btrfs file extent of inode {self.ino} truncated")
             disk, disk_len, ext_off, num = FILE_EXTENT_REG.unpack_from(data, FILE_EXTENT.size)
+            if etype not in (EXTENT_REG, EXTENT_PREALLOC):
+                raise BtrfsError(f"Btrfs file extent type {etype} of inode {self.ino} unknown")
             if etype == EXTENT_PREALLOC or disk == 0:
                 continue
             start, stop = max(file_off, offset), min(file_off + num, end)
             if start >= stop:
                 continue
             if comp:
+                if disk_len > MAX_UNCOMPRESSED:  # BTRFS_MAX_COMPRESSED is the same 128 KiB
+                    raise BtrfsError(f"Btrfs compressed extent of {disk_len} bytes, more than btrfs writes")
                 whole = decompress(comp, btrfs.read(disk, disk_len), ram, btrfs.sb.sectorsize)
                 piece = whole[ext_off + start - file_off:ext_off + stop - file_off]
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ class TreeBlock:
                     raise BtrfsError("Btrfs leaf item data past the tree block's end")
                 self.spans.append((HEADER.size + at, size))
             self.keys.append((objectid, ktype, offset))
+        if any(a >= b for a, b in zip(self.keys, self.keys[1:], strict=False)):
+            raise BtrfsError("Btrfs tree block keys out of order")
+        if len(set(self.ptrs)) != len(self.ptrs):  # else a damaged node could multiply a walk
+            raise BtrfsError("Btrfs tree node names a child twice")
 
     def data(self, i: int) -> bytes:
         at, size = self.spans[i]
@@ -177,6 +182,9 @@ class Btrfs:
     def block(self, bytenr: int, level: int) -> TreeBlock:
         cached = self._cache.get(bytenr)
         if cached is not None:
+            if cached.level != level:
+                raise BtrfsError(f"Btrfs tree block at {bytenr} is level {cached.level}, "
+                                 f"named as level {level}")
             return cached
         raw = self.read(bytenr, self.sb.nodesize)
         csum, fsid, at, _flags, _chunk_uuid, _gen, _owner, nritems, got_level = HEADER.unpack_from(raw)
@@ -283,19 +291,22 @@ class Btrfs:
         subvol= (a path from the top level), else the default subvolume; BtrfsError if the
         option names none."""
         opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options.split(",") if o)
-        if opts.get("subvolid", "").isdigit():
-            sub = int(opts["subvolid"])
-            self.tree(sub)  # it exists
-            return sub
+        by_id = by_path = None
+        if "subvolid" in opts:
+            if not re.fullmatch(r"[0-9]{1,20}", opts["subvolid"]):
+                raise BtrfsError(f"subvolid={opts['subvolid']} is not a number")
+            by_id = int(opts["subvolid"]) or FS_TREE_OBJECTID  # the kernel: 0 is the top level
+            self.tree(by_id)  # it exists
         if "subvol" in opts:
             want = posixpath.normpath("/" + opts["subvol"]).strip("/")
-            if want == "":
-                return FS_TREE_OBJECTID
-            for s in self.subvolumes():
-                if s.path == want:
-                    return s.id
-            raise BtrfsError(f"subvol={opts['subvol']} names no subvolume")
-        return self.default_subvolume()
+            by_path = FS_TREE_OBJECTID if want == "" else next(
+                (s.id for s in self.subvolumes() if s.path == want), None)
+            if by_path is None:
+                raise BtrfsError(f"subvol={opts['subvol']} names no subvolume")
+        if by_id is not None and by_path is not None and by_id != by_path:
+            raise BtrfsError(f"subvol={opts['subvol']} and subvolid={opts['subvolid']} name different "
+                             "subvolumes (the kernel refuses the mount)")
+        return by_id if by_id is not None else by_path if by_path is not None else self.default_subvolume()
 
     def dir_path(self, tree: Tree, ino: int) -> str:
         """The path of directory ino within its file tree, from INODE_REF back-references."""
