@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lukspack.check.report import Finding
 from lukspack.check.rpmdb import header_fields
 from tests.check.test_edge_cases import check_tree, finding
 
@@ -47,39 +48,31 @@ def rpm_database(work: Path, packages: list[tuple[str, str, str, int]]) -> Path:
     return db / "rpmdb.sqlite"
 
 
+def installed(tmp_path: Path, db: Path, where: str, target: str = "vpc") -> Finding:
+    """The check's "cloud-init installed" finding for a guest with no dpkg status and db at where."""
+    def rpm_guest(tree: Path) -> None:
+        (tree / "var/lib/dpkg/status").unlink()
+        (tree / where).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(db, tree / where)
+
+    return finding(check_tree(tmp_path, rpm_guest, target=target), "cloud-init", "installed")[0]
+
+
 def test_cloud_init_version_from_the_rpm_database(tmp_path: Path) -> None:
     db = rpm_database(tmp_path, [("bash", "5.1.8", "9.el9", 0), ("cloud-init", "23.4", "7.el9", 0)])
-
-    def rhel(tree: Path) -> None:
-        (tree / "var/lib/dpkg/status").unlink()
-        (tree / "var/lib/rpm").mkdir(parents=True)
-        shutil.copy(db, tree / "var/lib/rpm/rpmdb.sqlite")
-
-    f = finding(check_tree(tmp_path, rhel), "cloud-init", "installed")[0]
+    f = installed(tmp_path, db, "var/lib/rpm/rpmdb.sqlite")
     assert f.status == "PASS" and f.evidence == "/var/lib/rpm/rpmdb.sqlite: cloud-init 23.4-7.el9"
 
 
 def test_an_old_cloud_init_rpm_fails_and_epoch_is_kept(tmp_path: Path) -> None:
     db = rpm_database(tmp_path, [("cloud-init", "0.7.5", "1", 2)])
-
-    def old(tree: Path) -> None:
-        (tree / "var/lib/dpkg/status").unlink()
-        (tree / "usr/lib/sysimage/rpm").mkdir(parents=True)
-        shutil.copy(db, tree / "usr/lib/sysimage/rpm/rpmdb.sqlite")
-
-    f = finding(check_tree(tmp_path, old, target="classic"), "cloud-init", "installed")[0]
+    f = installed(tmp_path, db, "usr/lib/sysimage/rpm/rpmdb.sqlite", target="classic")
     assert f.status == "FAIL" and "cloud-init 2:0.7.5-1" in f.evidence and ">= 0.7.7" in f.evidence
 
 
 def test_a_database_without_cloud_init_and_hostile_headers(tmp_path: Path) -> None:
     db = rpm_database(tmp_path, [("bash", "5.1.8", "9.el9", 0)])
-
-    def no_ci(tree: Path) -> None:
-        (tree / "var/lib/dpkg/status").unlink()
-        (tree / "var/lib/rpm").mkdir(parents=True)
-        shutil.copy(db, tree / "var/lib/rpm/rpmdb.sqlite")
-
-    f = finding(check_tree(tmp_path, no_ci), "cloud-init", "installed")[0]
+    f = installed(tmp_path, db, "var/lib/rpm/rpmdb.sqlite")
     assert f.status == "FAIL" and "rpm database" in f.evidence
     assert header_fields(b"") == {} and header_fields(b"\xff" * 8) == {}
     assert header_fields(b"\0\0\0\1\0\0\0\4" + b"\0\0\3\xe8\0\0\0\6\x7f\0\0\0\0\0\0\1abc") == {}
@@ -121,13 +114,7 @@ def test_cloud_init_version_from_a_berkeley_db_rpm_database(tmp_path: Path, byte
     packages = berkeley_db(tmp_path, sqlite_db, 300, byte_order)
     got = list(records(packages.read_bytes()))
     assert len(got) == 300 and {header_fields(v)[1000] for _, v in got} == {"bash", "cloud-init"}
-
-    def rhel8(tree: Path) -> None:
-        (tree / "var/lib/dpkg/status").unlink()
-        (tree / "var/lib/rpm").mkdir(parents=True)
-        shutil.copy(packages, tree / "var/lib/rpm/Packages")
-
-    f = finding(check_tree(tmp_path, rhel8), "cloud-init", "installed")[0]
+    f = installed(tmp_path, packages, "var/lib/rpm/Packages")
     assert f.status == "PASS" and f.evidence == "/var/lib/rpm/Packages: cloud-init 22.1-5.el8"
 
 
