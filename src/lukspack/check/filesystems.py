@@ -192,6 +192,12 @@ def open_fs(vol: Volume, subvolume: int | None = None) -> FileSystem:
     one, as a mount without subvol= gets. OSError when it cannot be read."""
     if vol.kind != "btrfs":
         return GuestFS(vol)
+    return BtrfsFS(vol, btrfs_of(vol), subvolume)
+
+
+def btrfs_of(vol: Volume) -> Btrfs:
+    """The Btrfs on a volume probed as one, opened once and shared by its subvolumes; OSError
+    when it cannot be read."""
     if vol.btrfs is None:
         vol.btrfs = Btrfs(vol.file)
-    return BtrfsFS(vol, vol.btrfs, subvolume)
+    return vol.btrfs

@@ -7,8 +7,8 @@ import posixpath
 from dataclasses import dataclass, field
 
 from lukspack.check.blockio import DiskFile
-from lukspack.check.btrfs import Btrfs, BtrfsFS
-from lukspack.check.filesystems import FileSystem, Volume, open_fs, probe, readable
+from lukspack.check.btrfs import BtrfsFS
+from lukspack.check.filesystems import FileSystem, Volume, btrfs_of, open_fs, probe, readable
 from lukspack.check.guest import Guest
 from lukspack.check.partitions import PartitionTable, read_table
 from lukspack.check.report import Report
@@ -140,7 +140,7 @@ def _candidates(vol: Volume, report: Report) -> list[FileSystem]:
         return [first]
     out: list[FileSystem] = [first]
     try:
-        subs = vol.btrfs.subvolumes()
+        subs = btrfs_of(vol).subvolumes()
         for sub in subs:
             if sub.id != first.subvolume:
                 out.append(open_fs(vol, sub.id))
@@ -243,8 +243,9 @@ def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report) 
         subvolume, named = None, vol.device
         if vol.kind == "btrfs" and fstype in ("btrfs", "auto"):
             try:
-                subvolume = _btrfs(vol).mounted_subvolume(opts)
-                named = f"{vol.device} {_btrfs(vol).subvolume_path(subvolume) or '<top level>'}"
+                btrfs = btrfs_of(vol)
+                subvolume = btrfs.mounted_subvolume(opts)
+                named = f"{vol.device} {btrfs.subvolume_path(subvolume) or '<top level>'}"
             except OSError as e:
                 report.add("WARN" if optional else "FAIL", "root", "/etc/fstab",
                            f"{where}: {spec} ({opts}) on {vol.device}: {str(e)[:120]}")
@@ -268,9 +269,3 @@ def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report) 
         report.add("PASS", "root", "/etc/fstab", f"{where} is {spec} -> {named} ({vol.kind})")
     return entries
 
-
-def _btrfs(vol: Volume) -> Btrfs:
-    """The Btrfs of a probed volume, opened once."""
-    if vol.btrfs is None:
-        open_fs(vol)
-    return vol.btrfs
