@@ -133,3 +133,37 @@ def test_damaged_btrfs_is_a_warning_not_a_traceback(tmp_path: Path) -> None:
     assert finding(report, "filesystem")[0] == "WARN"
     assert "superblock checksum" in finding(report, "filesystem")[1]
     assert finding(report, "root filesystem")[0] == "FAIL"
+
+
+
+def test_unreadable_root_tree_after_the_root_is_found_warns(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from lukspack.check.boot import check_root_subvolume
+    from lukspack.check.btrfs import Btrfs, BtrfsError, BtrfsFS
+    from lukspack.check.report import Report
+
+    src = tmp_path / "src"
+    (src / "root/etc").mkdir(parents=True)
+    fs_img = tmp_path / "fs.img"
+    with open(fs_img, "wb") as f:
+        f.truncate(128 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "--rootdir", str(src), "-u", "rw:root", str(fs_img)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+    class Dev:
+        def pread(self, offset: int, size: int) -> bytes:
+            with open(fs_img, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+
+    btrfs = Btrfs(Dev())
+    root = BtrfsFS(None, btrfs, 256)
+
+    def damaged() -> int:
+        raise BtrfsError("Btrfs tree block at 30507008: checksum mismatch")
+
+    monkeypatch.setattr(btrfs, "default_subvolume", damaged)
+    report = Report()
+    check_root_subvolume(root, [], report)
+    assert [(f.status, f.check) for f in report.findings] == [("WARN", "root subvolume")]
+    assert "checksum mismatch" in report.findings[0].evidence

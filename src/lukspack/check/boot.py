@@ -100,6 +100,13 @@ def check_root_subvolume(root: FileSystem, cmdlines: list[tuple[str, str]], repo
     default one, or each boot entry's rootflags= names it (subvol= or subvolid=)."""
     if not isinstance(root, BtrfsFS):
         return
+    try:
+        _check_root_subvolume(root, cmdlines, report)
+    except OSError as e:  # the root tree damaged past what finding the root needed
+        report.add("WARN", "boot", "root subvolume", f"Btrfs root tree unreadable: {str(e)[:120]}")
+
+
+def _check_root_subvolume(root: BtrfsFS, cmdlines: list[tuple[str, str]], report: Report) -> None:
     btrfs = root.btrfs
     default = btrfs.default_subvolume()
     if default == root.subvolume:
