@@ -74,6 +74,16 @@ class Metadata:
     skipped: tuple[str, ...] = field(default=())
 
 
+def _crypt_area(slot: Keyslot, slot_key: bytearray, material: bytearray, encrypt: bool) -> None:
+    """En- or decrypt a key slot's AF material in place with its slot key, then wipe the key."""
+    try:
+        c = make_sector_cipher(*split_cipher_spec(slot.encryption), slot_key)
+        (c.encrypt if encrypt else c.decrypt)(material, 0)
+        c.close()
+    finally:
+        wipe(slot_key)
+
+
 def seal_keyslot(slot: Keyslot, volume_key: bytes | bytearray, passphrase: bytes | bytearray,
                  cache: KdfCache | None = None) -> bytes:
     """The encrypted AF material of a new key slot (material_size() bytes, for its area)."""
@@ -83,12 +93,7 @@ def seal_keyslot(slot: Keyslot, volume_key: bytes | bytearray, passphrase: bytes
     slot_key = slot.kdf.derive(passphrase, slot.salt, slot.area_key_size, cache)
     material = af.split(volume_key, slot.stripes, slot.af_hash)
     material += bytes(slot.material_size() - len(material))
-    try:
-        c = make_sector_cipher(*split_cipher_spec(slot.encryption), slot_key)
-        c.encrypt(material, 0)
-        c.close()
-    finally:
-        wipe(slot_key)
+    _crypt_area(slot, slot_key, material, encrypt=True)
     try:
         return bytes(material)
     finally:
@@ -102,12 +107,7 @@ def open_keyslot(slot: Keyslot, read_at: ReadAt, passphrase: bytes | bytearray, 
     if len(material) != slot.material_size():
         raise FormatError(f"{name}: key slot {slot.id} material is truncated")
     slot_key = slot.kdf.derive(passphrase, slot.salt, slot.area_key_size, cache)
-    try:
-        c = make_sector_cipher(*split_cipher_spec(slot.encryption), slot_key)
-        c.decrypt(material, 0)
-        c.close()
-    finally:
-        wipe(slot_key)
+    _crypt_area(slot, slot_key, material, encrypt=False)
     try:
         return af.merge(material, slot.key_size, slot.stripes, slot.af_hash)
     finally:
