@@ -10,8 +10,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from lukspack.cli import main
 from lukspack.containers.encrypted_vhd import EncryptedVhd
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.images import open_image
@@ -114,3 +116,11 @@ def drive(source: Path, out: Path, passphrase: bytes, *, chunk_blocks: int = 1,
         cipher.close()
         c.source_bytes_read = image.bytes_read  # type: ignore[attr-defined]
     return c
+
+
+def lk(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """`lukspack ARGS` in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(e.value.code or 0), out, err

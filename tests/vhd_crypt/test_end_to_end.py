@@ -12,28 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from lukspack.cli import main
 from lukspack.encrypt import encrypt
 from lukspack.options import EncryptOptions, StreamOptions
 from tests.helpers import Cli, MiB, leftovers, qemu_img
-from tests.vhd_crypt.drive import BLOCK, KEY_HASHES, PLAINTEXT_SHA256, VECTORS, independent_decrypt
+from tests.luks.luks_helpers import write_key
+from tests.vhd_crypt.drive import BLOCK, KEY_HASHES, PLAINTEXT_SHA256, VECTORS, independent_decrypt, lk
 from tests.vhd_crypt.test_container import INPUTS, plaintext, sparse_source
 from tests.vhd_crypt.vhdutil_check import check
 
 KEY = bytes(range(7, 71))
 
 
-def lk(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
-
-
-def keyfile(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +93,18 @@ def test_cli_encrypt_info_verify_decrypt(source: Path, tmp_path: Path,
 
 def test_cli_raw_key_and_wrong_key(source: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    raw = keyfile(tmp_path / "raw.key", KEY)  # vhd-util's form: 64 raw bytes, not a DEK
+    raw = write_key(tmp_path / "raw.key", KEY)  # vhd-util's form: 64 raw bytes, not a DEK
     out = tmp_path / "disk.vhd"
     assert lk(capsys, "encrypt", source, out, "--key-file", raw, "--no-verify")[0] == 0
-    b64 = keyfile(tmp_path / "b64.key", base64.b64encode(KEY) + b"\n")
+    b64 = write_key(tmp_path / "b64.key", base64.b64encode(KEY) + b"\n")
     assert lk(capsys, "verify", out, "--key-file", b64, "--source", source)[0] == 0
-    wrong = keyfile(tmp_path / "wrong.key", bytes(64))
+    wrong = write_key(tmp_path / "wrong.key", bytes(64))
     code, so, err = lk(capsys, "verify", out, "--key-file", wrong)
     assert code == 1 and so == "" and err.count("\n") == 1
     assert "does not match the image's key hash" in err
     code, _, err = lk(capsys, "decrypt", out, tmp_path / "p.raw", "--key-file", wrong)
     assert code == 1 and not (tmp_path / "p.raw").exists() and not leftovers(tmp_path)
-    bad = keyfile(tmp_path / "bad.key", b"short")
+    bad = write_key(tmp_path / "bad.key", b"short")
     code, _, err = lk(capsys, "encrypt", source, tmp_path / "x.vhd", "--key-file", bad)
     assert code == 1 and "not an encrypted-VHD key" in err and not (tmp_path / "x.vhd").exists()
 

@@ -10,25 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lukspack.cli import main
 from lukspack.errors import KeyFileError
 from lukspack.keys import decode_vhd_key, dek_rule_broken, generate_passphrase
 from tests.helpers import Cli
-from tests.vhd_crypt.drive import IBM_EXAMPLE_DEK, IBM_EXAMPLE_HASH, KEY_HASHES, VECTORS
-
-
-def lk(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return path
-
+from tests.luks.luks_helpers import write_key
+from tests.vhd_crypt.drive import IBM_EXAMPLE_DEK, IBM_EXAMPLE_HASH, KEY_HASHES, VECTORS, lk
 
 # -- key-file forms ----------------------------------------------------------------------------
 
@@ -94,7 +80,7 @@ def test_keygen_default_is_still_the_luks_dek(tmp_path: Path,
 
 
 def test_keygen_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    key = write(tmp_path / "k", b"keep me")
+    key = write_key(tmp_path / "k", b"keep me")
     code, out, err = lk(capsys, "keygen", str(key), "--for", "vhd")
     assert code == 1 and "already exists" in err and err.count("\n") == 1
     assert key.read_bytes() == b"keep me"
@@ -106,16 +92,16 @@ def test_keygen_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize("form", ["key", "dek"])
 def test_keyhash_prints_what_vhd_util_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               name: str, form: str, samples: Path) -> None:
-    key = write(tmp_path / f"{name}.{form}", (VECTORS / f"{name}.{form}").read_bytes())
+    key = write_key(tmp_path / f"{name}.{form}", (VECTORS / f"{name}.{form}").read_bytes())
     code, out, err = lk(capsys, "keyhash", "--key-file", str(key))
     assert (code, out, err) == (0, KEY_HASHES[name] + "\n", "")
 
 
 def test_keyhash_of_ibm_documented_example(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    dek = write(tmp_path / "aes512.dek", IBM_EXAMPLE_DEK)
+    dek = write_key(tmp_path / "aes512.dek", IBM_EXAMPLE_DEK)
     assert lk(capsys, "keyhash", "--key-file", str(dek))[1] == IBM_EXAMPLE_HASH + "\n"
-    raw = write(tmp_path / "aes512.key", base64.b64decode(IBM_EXAMPLE_DEK))
+    raw = write_key(tmp_path / "aes512.key", base64.b64decode(IBM_EXAMPLE_DEK))
     assert lk(capsys, "keyhash", "--key-file", str(raw))[1] == IBM_EXAMPLE_HASH + "\n"
     out = lk(capsys, "keyhash", "--key-file", str(raw), "--nonce", "01" * 32)[1]
     assert len(out) == 65 and out != IBM_EXAMPLE_HASH + "\n"
@@ -140,7 +126,7 @@ def test_keyhash_checks_a_key_against_an_image(samples: Path, sample_keys: dict[
 
 def test_keyhash_usage_and_bad_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert lk(capsys, "keyhash")[0] == 2
-    bad = write(tmp_path / "bad.key", b"0123456789")
+    bad = write_key(tmp_path / "bad.key", b"0123456789")
     code, out, err = lk(capsys, "keyhash", "--key-file", str(bad))
     assert code == 1 and out == "" and f"{bad}: not an encrypted-VHD key: 10 bytes" in err
     assert lk(capsys, "keyhash", "--key-file", str(bad), "--nonce", "zz")[0] == 2
@@ -148,7 +134,7 @@ def test_keyhash_usage_and_bad_keys(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_keyhash_subprocess_exit_codes(tmp_path: Path, samples: Path) -> None:
     cli = Cli(tmp_path)
-    key = write(tmp_path / "k", (VECTORS / "aes256.key").read_bytes())
+    key = write_key(tmp_path / "k", (VECTORS / "aes256.key").read_bytes())
     assert cli("keyhash", "--key-file", key).stdout.decode() == KEY_HASHES["aes256"] + "\n"
     err = cli.fails("keyhash", samples / "vs.vhd")  # a plain qemu VHD: no key hash
     assert "is not 'tap'" in err
