@@ -79,17 +79,20 @@ def _decompress(data: memoryview) -> tuple[str, bytes]:
     raise FormatError(f"unknown initramfs compression (first bytes {head.hex()})")
 
 
+def _skip_padding(buf: bytes | memoryview, pos: int) -> int:
+    """The first non-zero byte from pos (archives are padded with zeros between and after)."""
+    while pos < len(buf) and buf[pos] == 0:
+        pos += 1
+    return pos
+
+
 def list_initramfs(data: bytes) -> tuple[list[str], list[str]]:
     """(file names, the archives' formats in order: 'cpio' for uncompressed ones)."""
     names: list[str] = []
     formats: list[str] = []
     mv = memoryview(data)
     pos = 0
-    while pos < len(data):
-        while pos < len(data) and data[pos] == 0:
-            pos += 1
-        if pos >= len(data):
-            break
+    while (pos := _skip_padding(data, pos)) < len(data):
         if bytes(mv[pos:pos + 6]) in CPIO_MAGICS:
             pos = _parse_cpio(mv, pos, names)
             formats.append("cpio")
@@ -102,11 +105,7 @@ def list_initramfs(data: bytes) -> tuple[list[str], list[str]]:
             raise FormatError(f"initramfs: cannot decompress the archive at offset {pos}: {e}") from None
         formats.append(fmt)
         upos = 0
-        while upos < len(unpacked):
-            while upos < len(unpacked) and unpacked[upos] == 0:
-                upos += 1
-            if upos >= len(unpacked):
-                break
+        while (upos := _skip_padding(unpacked, upos)) < len(unpacked):
             upos = _parse_cpio(unpacked, upos, names)
         break  # the compressed archive runs to the end (what follows is the stream's padding)
     return names, formats
