@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from lukspack.check.btrfs import BtrfsFS
-from lukspack.check.filesystems import FileSystem, open_fs
+from lukspack.check.filesystems import FileSystem, open_fs, readable
 from lukspack.check.guest import Guest
 from lukspack.check.inspection import Layout
 from lukspack.check.report import Report
@@ -48,8 +48,7 @@ def kernel_cmdlines(guest: Guest, layout: Layout) -> list[tuple[str, str]]:
             out += _cmdlines_in(text, f"/boot/loader/entries/{entry}")
     mounted = {id(fs.vol) for fs in guest.mounts.values()}
     for vol in layout.volumes:
-        if vol.kind not in ("vfat", "ext2", "ext3", "ext4", "xfs", "btrfs") or id(vol) in mounted \
-                or not vol.partition_number:
+        if not readable(vol) or id(vol) in mounted or not vol.partition_number:
             continue
         try:
             g = Guest(open_fs(vol))
