@@ -37,7 +37,7 @@ class Volume:
     detail: str = ""
     partuuid: str = ""
     partition_number: int = 0  # 0: not a partition
-    btrfs: Any = None  # the opened Btrfs (check.btrfs.Btrfs), shared by its subvolumes
+    btrfs: Btrfs | None = None  # opened by btrfs_of, shared by its subvolumes
 
 
 def probe(vol: Volume) -> None:

@@ -13,8 +13,6 @@ from lukspack.check.guest import Guest
 from lukspack.check.partitions import PartitionTable, read_table
 from lukspack.check.report import Report
 
-MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "vfat", "btrfs")
-
 
 class LvFile:
     """A logical volume as a file object for the filesystem readers (reads go through the PV's
@@ -257,7 +255,7 @@ def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report) 
                        f"/ is {spec} -> {named}" + ("" if same else
                                                     f", not the root found ({_describe(root_vol, root)})"))
             continue
-        if vol.kind not in MOUNTABLE or not readable(vol):
+        if not readable(vol):
             report.add("INFO", "root", "/etc/fstab",
                        f"{where}: {spec} -> {vol.device} ({vol.kind}), not read")
             continue
