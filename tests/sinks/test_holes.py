@@ -86,7 +86,8 @@ def test_decrypt_keeps_holes(tmp_path: Path, cli: Cli, keyfile: Path, raw: Path,
 
 def test_decrypt_onto_a_block_device_writes_the_zeros(tmp_path: Path, cli: Cli, keyfile: Path,
                                                       raw: Path) -> None:
-    """A device holds old data where nothing is written: decrypt writes every zero there."""
+    """A device holds old data where nothing is written: decrypt writes every zero there (here
+    through a symbolic link given with --force, which writes the device, not the link)."""
     losetup = shutil.which("losetup") or "/usr/sbin/losetup"
     backing = tmp_path / "disk.bin"
     backing.write_bytes(b"\xff" * SIZE)
@@ -95,7 +96,10 @@ def test_decrypt_onto_a_block_device_writes_the_zeros(tmp_path: Path, cli: Cli, 
     try:
         enc = tmp_path / "e.img"
         cli("encrypt", raw, enc, "--key-file", keyfile, *FAST)
-        cli("decrypt", enc, dev, "--key-file", keyfile, "--force")
+        link = tmp_path / "disk.link"  # --force through a link to a device: the device
+        link.symlink_to(dev)
+        cli("decrypt", enc, link, "--key-file", keyfile, "--force")
+        assert link.is_symlink()
         with open(dev, "rb") as f:
             assert f.read(SIZE) == raw.read_bytes()
     finally:
