@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, MiB, Cli, qemu_img
+from tests.helpers import FAST, Cli, MiB, qemu_img
 from tests.luks.luks_helpers import write_key
 
 SIZE = 64 * MiB

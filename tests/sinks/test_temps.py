@@ -1,6 +1,6 @@
 """Temporary files left by killed runs: every run that writes into a directory removes those of
 that directory whose process is gone (whatever output they were for) and says so in one line;
-a live run's are never removed, also when its PID is reused by nothing or another process."""
+a live run's are never removed, and a PID now used by another process does not keep a dead run's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lukspack.sinks.paths import BOOT, HOST, process_start, temp_name
-from tests.helpers import FAST, MiB, Cli, cli_env, leftovers, pattern_disk
+from tests.helpers import FAST, Cli, MiB, cli_env, leftovers, pattern_disk
 
 
 def _temp(directory: Path, output: str, pid: int, start: int, host: str = HOST,
