@@ -75,7 +75,8 @@ def test_an_unwritable_directory_fails_before_the_source_is_read(keyfile: Path,
                            capture_output=True, env=cli_env(), cwd=top)
         err = p.stderr.decode()
         assert p.returncode == 1 and err.count("\n") == 1, err
-        assert f"{out}: cannot write in directory {ro}" in err and "no-such-source" not in err
+        assert f"{out}: cannot write here: directory {ro} is not writable by this user" in err
+        assert "no-such-source" not in err
         assert os.listdir(ro) == []
     finally:
         shutil.rmtree(top)

@@ -108,8 +108,12 @@ def check_output_path(path: str, force: bool, protected: Iterable[tuple[str, str
         if not os.path.isdir(directory):
             raise OutputError(f"{path}: directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise OutputError(f"{path}: cannot write in directory {directory}: permission "
-                              "denied or read-only")
+            try:
+                readonly = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+            except OSError:
+                readonly = False
+            why = "is on a read-only file system" if readonly else "is not writable by this user"
+            raise OutputError(f"{path}: cannot write here: directory {directory} {why}")
     return kind
 
 
