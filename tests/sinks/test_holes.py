@@ -104,3 +104,28 @@ def test_decrypt_onto_a_block_device_writes_the_zeros(tmp_path: Path, cli: Cli, 
             assert f.read(SIZE) == raw.read_bytes()
     finally:
         subprocess.run([losetup, "-d", dev], check=False)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_nonzero_runs_against_a_byte_by_byte_scan(seed: int) -> None:
+    """The 4 KiB blocks write_sparse writes, against a plain scan of each block (a short tail
+    counts as a block of its own)."""
+    import random
+
+    from lukspack.sinks.file import nonzero_runs
+
+    rnd = random.Random(seed)
+    n = rnd.choice([0, 1, 4095, 4096, 4097, 40960, 40961 + rnd.randrange(8191)])
+    data = bytearray(n)
+    for _ in range(rnd.randrange(6)):
+        if n:
+            data[rnd.randrange(n)] = rnd.randrange(1, 256)
+    blocks = [(a, min(a + 4096, n)) for a in range(0, n, 4096)]
+    want: list[tuple[int, int]] = []
+    for a, b in blocks:
+        if any(data[a:b]):
+            if want and want[-1][1] == a:
+                want[-1] = (want[-1][0], b)
+            else:
+                want.append((a, b))
+    assert nonzero_runs(memoryview(data)) == want

@@ -69,6 +69,7 @@ class _Descriptor:
     payload writes, and background write-back."""
 
     concurrent_writes = False
+    holes = False  # whether what is never written reads as zeros
 
     def __init__(self, location: str, fd: int, write_path: str, direct: bool) -> None:
         self.location = self.path = location
@@ -110,8 +111,6 @@ class _Descriptor:
 
     def write_prefix(self, offset: int, data: bytes) -> None:
         self.pwrite(offset, data)
-
-    holes = False  # whether what is not written reads as zeros
 
     def write_sparse(self, offset: int, data: memoryview | bytes) -> None:
         """Write data at offset, leaving its all-zero 4 KiB blocks as holes where the output
