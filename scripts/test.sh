@@ -5,8 +5,9 @@
 # then lint and pytest.
 LUKSPACK_NEED_CC=1 source "$(dirname "$0")/_env.sh"
 need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin
-# source kinds (tests/images/test_input_kinds.py, the corpus generator): compressors, file systems
-need_debs zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdisk fdisk \
+# source kinds (tests/images/test_input_kinds.py, the corpus generator) and tests/check (its tests
+# fail, never skip, without them: tests/helpers.py require): compressors, file systems
+need_debs gzip gzip zstd zstd xz xz-utils bzip2 bzip2 zip zip lz4 lz4 xorriso xorriso sfdisk fdisk \
   mkfs.ext4 e2fsprogs mkfs.xfs xfsprogs mkfs.vfat dosfstools mkswap util-linux losetup mount
 # check and boot-test (tests/check, tests/boot): build and boot the Debian test images; rpm and
 # rpmbuild make the real rpm database of tests/check/test_rpmdb.py, db5.3_load its Berkeley DB form

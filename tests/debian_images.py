@@ -4,7 +4,6 @@ check and boot-test tests."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, require
 
 BUILD_TIMEOUT = 1800
 GOOD = "debian12-cloudinit.raw"
@@ -22,9 +21,7 @@ GOOD = "debian12-cloudinit.raw"
 def debian_images() -> Path:
     if os.geteuid() != 0:
         pytest.skip("building the Debian test images needs root (debootstrap and chroot)")
-    for tool in ("debootstrap", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "sfdisk", "mformat", "syslinux"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} missing (scripts/test.sh installs it)")
+    require("debootstrap", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "sfdisk", "mformat", "syslinux")
     t = time.monotonic()
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "build-test-images.py")],
                        capture_output=True, text=True, timeout=BUILD_TIMEOUT)

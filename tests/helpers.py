@@ -1,6 +1,7 @@
 """Test helpers: the CLI as a subprocess, real peer tools, and pattern disk images.
 
-Peers (qemu-img, cryptsetup) are required, never skipped: `scripts/test.sh` installs them.
+Peers (qemu-img, cryptsetup) and test tools (mkfs.*, sfdisk, compressors, qemu-system) are
+required, never skipped: `scripts/test.sh` installs them; `tool` and `require` fail without them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ FAST = ["--pbkdf-force-iterations", "1000"]  # tests do not spend 2 s per key sl
 def tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        pytest.fail(f"{name} is required (scripts/test.sh installs qemu-utils and cryptsetup-bin)")
+        pytest.fail(f"{name} is required: scripts/test.sh installs it (a peer or test tool is "
+                    "never skipped)")
     return path
+
+
+def require(*names: str) -> None:
+    """Fail (never skip) when a tool the test needs is missing: scripts/test.sh installs them."""
+    for name in names:
+        tool(name)
 
 
 def run(cmd: list[str], *, input: bytes | None = None, check: bool = True, cwd: Path | None = None,

@@ -16,6 +16,7 @@ from lukspack.images import DiskImage, open_image, source_files
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
 from lukspack.sinks.file import FileSink, open_file_output
+from lukspack.sinks.paths import check_output_path
 
 MiB = 1 << 20
 Out = FileSink
@@ -34,6 +35,7 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
     opts = opts or StreamOptions()
     if to not in CONVERT_TARGETS:
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
+    check_output_path(output, force, (("source", source), *protected))  # before any read
     with open_image(source, input_format, disk) as image:
         size = image.virtual_size
         out = open_file_output(output, force=force, protected=tuple(
@@ -49,25 +51,13 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
                 **({"warnings": list(image.warnings)} if image.warnings else {})}
 
 
-def sparse_writer(out: Out, base: int = 0) -> Callable[[int, memoryview], None]:
-    """Write a chunk unless it is all zeros (the file was sized first, so holes read as zeros)."""
-
-    def write(offset: int, data: memoryview) -> None:
-        if len(data) % 8 == 0 and not np.frombuffer(data, dtype=np.uint64).any():
-            return
-        out.pwrite(base + offset, data)
-
-    return write
-
-
 def _to_raw(image: DiskImage, out: Out, opts: StreamOptions,
             progress: Callable[[int], None] | None, footer: bytes = b"",
             size: int | None = None) -> int:
     size = image.virtual_size if size is None else size
-    out.truncate(size + len(footer))
-    sink = sparse_writer(out)
-    run_stream(size, image.read_into, lambda o, d, m: sink(o, d), chunk_size=opts.chunk_size,
-               progress=progress)
+    out.truncate(size + len(footer))  # all-zero 4 KiB blocks stay holes, as qemu-img leaves them
+    run_stream(size, image.read_into, lambda o, d, m: out.write_sparse(o, d),
+               chunk_size=opts.chunk_size, progress=progress)
     if footer:
         out.pwrite(size, footer)
     return size + len(footer)

@@ -15,6 +15,7 @@ from lukspack.luks.kdf import KdfCache
 from lukspack.options import EncryptOptions, output_format
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
+from lukspack.sinks.paths import check_output_path
 
 OBJECT_SCHEME = "cos://"
 
@@ -59,6 +60,8 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     sink: a sink, or a function that makes one once the options have been checked (nothing is
     created for a run that fails its checks); a resumable sink's saved key material is used
     when key_material is not given."""
+    if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
+        check_output_path(output, opts.force, (("source", source), *protected))
     with open_image(source, opts.input_format, opts.disk) as image:
         container = make_container(image, output, opts)
         report = None

@@ -26,6 +26,7 @@ from lukspack.images.encrypted import EncryptedImage
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
 from lukspack.sinks.file import open_file_output
+from lukspack.sinks.paths import check_output_path
 
 Write = Callable[[int, memoryview], None]
 
@@ -147,21 +148,19 @@ def _notes(enc: EncryptedImage) -> dict[str, Any]:
 def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, force: bool = False,
             opts: StreamOptions | None = None, progress: ProgressFn | None = None,
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
-    """Write the decrypted disk as a sparse RAW file (mode 0600: it is plaintext)."""
+    """Write the decrypted disk as a sparse RAW file (mode 0600: it is plaintext): holes and
+    all-zero 4 KiB blocks are not written, as `qemu-img convert -O raw` leaves them."""
     opts = opts or StreamOptions()
+    check_output_path(output, force, (("image", image_path), *protected))  # before any read
     with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
         sink = open_file_output(output, force=force, mode=0o600,
                                 protected=(("image", image_path), *protected))
         with sink:
             sink.begin(0, enc.allocated_size())
             sink.truncate(enc.virtual_size)
-
-            def write(offset: int, data: memoryview) -> None:
-                if len(data) % 8 == 0 and not np.frombuffer(data, dtype=np.uint64).any():
-                    return  # the file was sized first: holes read as zeros
-                sink.pwrite(offset, data)
-
-            d = decrypt_stream(enc, opts, progress, "decrypt", write=write)
+            # a file keeps the image's holes and all-zero 4 KiB blocks as holes; a block
+            # device gets every zero written
+            d = decrypt_stream(enc, opts, progress, "decrypt", write=sink.write_sparse)
             sink.finish(enc.virtual_size)
             sink.commit()
         return {**_describe(enc), "output": output, "bytes": enc.virtual_size, **d, **_notes(enc)}

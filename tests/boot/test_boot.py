@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +17,16 @@ import pytest
 
 from lukspack.boot import boot_test, image_kind
 from lukspack.cli import main
-from tests.helpers import cli_env
+from tests.helpers import cli_env, require
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                                 reason="qemu-system-x86_64 missing (Debian: qemu-system-x86)")]
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require("qemu-system-x86_64")  # never skipped: scripts/test.sh installs qemu-system-x86
+
+
 BOOT_TIMEOUT = 900  # TCG on a loaded 2-core machine; a boot takes 80-120 s here
 _accel: dict[str, str] = {}  # the accelerator the first boot settled on (KVM or the TCG fallback)
 

@@ -4,7 +4,6 @@ and the kernel command line's rootflags= checked against the subvolume the root 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,13 @@ from lukspack.check import run_check
 from lukspack.check.report import CheckReport
 from lukspack.images import open_image
 from tests.check.guest_tree import KVER, base_tree, gpt_disk, write
+from tests.helpers import require
 
-pytestmark = pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="mkfs.btrfs (btrfs-progs) missing")
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require("mkfs.btrfs")  # never skipped: scripts/test.sh installs it
+
 
 def grub_cfg(flags: str) -> str:
     return f"menuentry 'Test' {{\n\tlinux /boot/vmlinuz-{KVER} root=LABEL=root ro {flags} console=ttyS0\n}}\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,8 +15,13 @@ import pytest
 from lukspack.check.btrfs import Btrfs, BtrfsError, BtrfsFS
 from lukspack.check.btrfs.ondisk import EXTENT_DATA_KEY, FILE_EXTENT
 from tests.check.test_partitions import flip
+from tests.helpers import require
 
-pytestmark = pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="mkfs.btrfs (btrfs-progs) missing")
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require("mkfs.btrfs")  # never skipped: scripts/test.sh installs it
+
 
 COMPRESSION_CODE = {"zlib": 1, "lzo": 2, "zstd": 3}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from lukspack.cli import main
 from tests.check.guest_tree import base_tree, gpt_disk, make_ext4, write
-from tests.helpers import cli_env
+from tests.helpers import cli_env, require
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,8 +29,7 @@ def one_error_line(p: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Path:
-    if shutil.which("mkfs.ext4") is None or shutil.which("sfdisk") is None:
-        pytest.skip("mkfs.ext4 or sfdisk missing")
+    require("mkfs.ext4", "sfdisk")
     tree = base_tree(tmp_path / "tree", tmp_path)
     return gpt_disk(make_ext4(tree, tmp_path / "root.ext4", 16), tmp_path / "disk.img")
 
@@ -45,8 +43,7 @@ def test_check_passes_in_process(disk: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_check_fail_exit_1(tmp_path: Path) -> None:
-    if shutil.which("mkfs.ext4") is None or shutil.which("sfdisk") is None:
-        pytest.skip("mkfs.ext4 or sfdisk missing")
+    require("mkfs.ext4", "sfdisk")
     tree = base_tree(tmp_path / "tree", tmp_path)
     write(tree, "etc/cloud/cloud-init.disabled", "")
     disk = gpt_disk(make_ext4(tree, tmp_path / "root.ext4", 16), tmp_path / "disk.img")
@@ -75,14 +72,12 @@ def test_check_bad_target_is_usage_error(disk: Path) -> None:
 
 
 def test_boot_test_missing_file(tmp_path: Path) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 missing")
+    require("qemu-system-x86_64")
     assert "nope.qcow2" in one_error_line(run("boot-test", str(tmp_path / "nope.qcow2")))
 
 
 def test_boot_test_luks_needs_a_key(tmp_path: Path) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 missing")
+    require("qemu-system-x86_64")
     img = tmp_path / "x.luks"
     img.write_bytes(b"LUKS\xba\xbe\x00\x01" + bytes(4096))
     assert "needs --key-file" in one_error_line(run("boot-test", str(img)))

@@ -13,8 +13,12 @@ from lukspack.check import run_check
 from lukspack.check.report import CheckReport
 from lukspack.images import open_image
 from tests.check.guest_tree import KVER, base_tree, gpt_disk, initramfs, link, make_ext4, make_xfs, write
+from tests.helpers import require
 
-pytestmark = pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="mkfs.ext4 (e2fsprogs) missing")
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require("mkfs.ext4")  # never skipped: scripts/test.sh installs it
 
 
 def check_tree(tmp_path: Path, change: Callable[[Path], None] | None = None, target: str = "vpc",
@@ -56,8 +60,7 @@ def test_base_tree_passes_vpc(tmp_path: Path) -> None:
 
 
 def test_xfs_root_passes_vpc(tmp_path: Path) -> None:
-    if shutil.which("mkfs.xfs") is None:
-        pytest.skip("mkfs.xfs (xfsprogs) missing")
+    require("mkfs.xfs")
     report = check_tree(tmp_path, fs="xfs")
     assert not report.failed, "\n".join(report.lines())
     assert "xfs" in finding(report, "root", "root filesystem")[0].evidence.lower()
@@ -184,8 +187,7 @@ def test_not_a_root_filesystem(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("compression", ["gzip", "xz", "zstd", "lz4"])
 def test_initramfs_compressions_after_early_microcode(tmp_path: Path, compression: str) -> None:
-    if shutil.which(compression) is None:
-        pytest.skip(f"{compression} missing")
+    require(compression)
     data = initramfs(tmp_path, compression, microcode=True)
     report = check_tree(tmp_path, lambda t: write(t, f"boot/initrd.img-{KVER}", data))
     f = finding(report, "kernel", "initramfs")[0]

@@ -3,7 +3,6 @@ partitions."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,9 +13,12 @@ from lukspack.check.blockio import DiskFile
 from lukspack.check.partitions import read_table
 from lukspack.images import open_image
 from tests.check.guest_tree import base_tree, build_script, gpt_disk, make_ext4
+from tests.helpers import require
 
-pytestmark = pytest.mark.skipif(shutil.which("sfdisk") is None or shutil.which("mkfs.ext4") is None,
-                                reason="sfdisk (fdisk) or mkfs.ext4 missing")
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require("sfdisk", "mkfs.ext4")  # never skipped: scripts/test.sh installs them
 
 
 @pytest.fixture

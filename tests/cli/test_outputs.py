@@ -1,6 +1,6 @@
 """What an output may be (issue 10): never a device node other than a block device, never a key
-file or the source, never a silent replacement of a file that appeared meanwhile; temporary files
-of killed runs are removed by the next run; long names fit NAME_MAX."""
+file or the source, never a silent replacement of a file that appeared meanwhile; long names fit
+NAME_MAX. Temporary files of killed runs, bad output paths and holes: tests/sinks."""
 
 from __future__ import annotations
 
@@ -99,46 +99,7 @@ def test_two_concurrent_runs_to_one_new_name(tmp_path: Path, keyfile: Path, src:
     assert leftovers(tmp_path) == []
 
 
-def test_stale_temporary_files_of_killed_runs_are_removed(tmp_path: Path, cli: Cli,
-                                                          keyfile: Path, src: Path) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = tmp_path / f".o.img.{dead.pid}.0badc0de.lukspack-tmp"
-    stale.write_bytes(b"x" * 8192)
-    alive = tmp_path / f".o.img.{os.getpid()}.00c0ffee.lukspack-tmp"  # a live process's: kept
-    alive.write_bytes(b"y")
-    other = tmp_path / f".other.img.{dead.pid}.0badc0de.lukspack-tmp"  # another destination's
-    other.write_bytes(b"z")
-    p = cli("encrypt", src, tmp_path / "o.img", "--key-file", keyfile, *FAST)
-    err = p.stderr.decode()
-    assert f"removed {stale}" in err and "killed" in err
-    assert not stale.exists() and alive.exists() and other.exists()
-
-
-def test_kill_9_leaves_a_temporary_file_the_next_run_removes(tmp_path: Path, keyfile: Path,
-                                                             src: Path) -> None:
-    import signal
-    import time
-
-    from tests.helpers import cli_env
-
-    big = tmp_path / "big.raw"
-    with open(big, "wb") as f:
-        f.truncate(2048 * MiB)
-    p = subprocess.Popen([sys.executable, "-m", "lukspack", "encrypt", str(big), "o.img",
-                          "--key-file", str(keyfile), *FAST], cwd=tmp_path, env=cli_env(),
-                         stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not leftovers(tmp_path):
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    left = leftovers(tmp_path)
-    assert len(left) == 1
-    run = Cli(tmp_path)("encrypt", src, "o.img", "--key-file", keyfile, *FAST)
-    assert f"removed {tmp_path / left[0]}" in run.stderr.decode()
-    assert leftovers(tmp_path) == []
+# temporary files of killed runs: tests/sinks/test_temps.py
 
 
 def test_a_long_output_name_fits_name_max(tmp_path: Path, cli: Cli, keyfile: Path,

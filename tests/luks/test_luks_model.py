@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lukspack.errors import FormatError, VerifyError
+from lukspack.containers.raw_luks import RawLuks
+from lukspack.errors import FormatError, VerifyError, WrongKeyError
 from lukspack.luks import KdfCache, kdf, luks1, luks2, metadata, open_luks_bytes, open_luks_path
-from lukspack.luks.format import KdfOptions, check_header, plan_header
+from lukspack.luks.format import KdfOptions, plan_header
 from lukspack.luks.luks2 import CopyFault
 from tests.helpers import ROOT, MiB, cryptsetup
 from tests.luks.luks_helpers import CS_PBKDF2, cs_dump, cs_format, cs_opens, cs_volume_key, write_key
@@ -192,34 +193,43 @@ def test_a_reason_that_mentions_magic_is_still_reported(tmp_path: Path) -> None:
 # -- headers in memory -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("luks_type", ["luks1", "luks2"])
-def test_open_luks_bytes_and_plan_check(tmp_path: Path, luks_type: str) -> None:
-    """The engine's check before the header is placed: parse the bytes, unlock with the key file
-    (reusing the build's KDF results), compare key and geometry; then cryptsetup agrees."""
-    plan = plan_header(luks_type, PBKDF2_FAST)
+def test_the_header_check_the_engine_runs(tmp_path: Path, luks_type: str) -> None:
+    """RawLuks.check_prefix, what encrypt_image calls before the header is placed: parse the
+    bytes, compare geometry, unlock with the key file (reusing the build's KDF results) and
+    compare the volume key; then cryptsetup agrees."""
+    c = RawLuks(4 * MiB, luks_type, PBKDF2_FAST, name="out.img")
     vk, pw = os.urandom(64), b"the key file"
     with KdfCache() as cache:
-        header = plan.build(vk, pw, cache)
-        assert len(header) == plan.header_size and len(cache) >= 2  # slot key and digest
+        header = c.build_key_material(vk, pw, cache)
+        assert len(header) == c.prefix_size and len(cache) >= 2  # slot key and digest
         hits = cache.hits
-        vol = plan.check("out.img", header, pw, vk, cache, size=plan.header_size + 4 * MiB)
+        c.check_prefix(header, pw, vk, cache)
         assert cache.hits >= hits + 2  # nothing derived twice
-    assert vol.payload_offset == plan.header_size and vol.payload_size == 4 * MiB
+    vol = open_luks_bytes("mem", header, c.prefix_size + 4 * MiB)
+    assert vol.payload_offset == c.prefix_size and vol.payload_size == 4 * MiB
     assert open_luks_bytes("mem", header).payload_size == 0
-    with pytest.raises(VerifyError, match="does not open the volume key"):
-        plan.check("out.img", header, b"another key", vk)
-    with pytest.raises(VerifyError, match="does not open the volume key"):
-        plan.check("out.img", header, pw, os.urandom(64))
+    with pytest.raises(WrongKeyError, match="no key slot opens"):
+        c.check_prefix(header, b"another key", vk, None)
+    with pytest.raises(VerifyError, match="opens a different key"):
+        c.check_prefix(header, pw, os.urandom(64), None)
     broken = bytearray(header)
     broken[4096 + 100 if luks_type == "luks1" else 32768 + 100] ^= 0xFF  # slot 0 material
-    with pytest.raises(VerifyError):
-        plan.check("out.img", bytes(broken), pw, vk)
-    with pytest.raises(VerifyError, match="payload offset, cipher, sector size"):
-        plan_header(luks_type, PBKDF2_FAST, key_bytes=32).check("out.img", header, pw, vk)
+    with pytest.raises(WrongKeyError):
+        c.check_prefix(bytes(broken), pw, vk, None)
+    with pytest.raises(VerifyError, match="the header says"):
+        RawLuks(4 * MiB, luks_type, PBKDF2_FAST, key_bytes=32).check_prefix(header, pw, vk, None)
     image = tmp_path / "mem.img"
     image.write_bytes(header + bytes(MiB))
     write_key(tmp_path / "pw", pw)
     assert cs_opens(image, tmp_path / "pw") and cs_volume_key(image, tmp_path / "pw") == vk
-    check_header("img", header, pw, vk)  # the version-independent check
+
+
+def test_header_plan_has_no_check_of_its_own() -> None:
+    """The dead HeaderPlan.check (production checks through the container) is gone."""
+    from lukspack.luks import format as fmt
+
+    assert not hasattr(plan_header("luks2", PBKDF2_FAST), "check")
+    assert not hasattr(fmt, "check_header")
 
 
 # -- the KDF cache belongs to one encryption ---------------------------------------------------
@@ -228,17 +238,17 @@ def test_two_encryptions_keep_their_own_cache() -> None:
     """With the old module-global memo, a second encryption's remember() reset the first's.
     Two caches in two threads: each reuses only its own results, and wiping one leaves the
     other intact."""
-    plan = plan_header("luks2", PBKDF2_FAST)
+    c = RawLuks(4 * MiB, "luks2", PBKDF2_FAST)
     results: dict[str, tuple[int, int]] = {}
     first = KdfCache()
     started = threading.Event()
 
     def encrypt(name: str, cache: KdfCache) -> None:
         vk, pw = os.urandom(64), name.encode()
-        header = plan.build(vk, pw, cache)
+        header = c.build_key_material(vk, pw, cache)
         started.set()
         before = cache.hits
-        assert plan.check(name, header, pw, vk, cache)
+        c.check_prefix(header, pw, vk, cache)
         results[name] = (before, cache.hits)
 
     t = threading.Thread(target=encrypt, args=("one", first))

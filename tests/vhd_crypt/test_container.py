@@ -159,18 +159,66 @@ def test_unallocated_source_is_not_read(tmp_path: Path) -> None:
     assert check(out) is None
 
 
-def test_sizes_match_the_layout(tmp_path: Path) -> None:
-    for mib in (1, 2, 4, 5, 33, 4096 * 2 + 2):
-        s = encrypted_vhd_size(mib * MiB)
-        assert s["virtual_size"] == -(-mib // 2) * BLOCK
-        c = EncryptedVhd(mib * MiB)
-        assert s["header_bytes"] == c.prefix_size
-    s = encrypted_vhd_size(8 * MiB)
-    assert (s["header_bytes"], s["min_total_bytes"]) == (3072, 3584)
-    # every block allocated: vhd-util's 3-block sample (6304256 bytes) plus one block and its
-    # bitmap and gap
-    assert s["max_total_bytes"] == 6304256 + BLOCK + 4096
-    assert s["bytes_per_allocated_block"] == BLOCK + 4096
+def documented_layout(blocks: int) -> tuple[int, int, int]:
+    """(bytes before the first block, the first block's bitmap sector, sectors from one block's
+    bitmap to the next) for a disk of `blocks` 2 MiB blocks, computed here from the rules in
+    docs/encrypted-vhd.md (blktap's vhd_batmap_header_offset, vhd_create_batmap,
+    __vhd_io_allocate_block), not from lukspack's _Layout."""
+    bat_end = 1536 + -(-blocks * 4 // 512) * 512  # table_offset 1536, BAT padded to a sector
+    batmap = bat_end + 512  # the batmap header's sector, then the map
+    batmap_sectors = max(1, -(-((blocks + 7) >> 3) // 512))  # secs_round_up_no_zero
+    headers_end = batmap + batmap_sectors * 512
+    first = headers_end // 512
+    while (first + 1) % 8:  # the data after the one-sector bitmap starts on a 4 KiB page
+        first += 1
+    stride = 1 + 4096  # bitmap and data, then the gap to the next page-aligned data
+    while (first + stride + 1) % 8:
+        stride += 1
+    return headers_end, first, stride
+
+
+def test_vhd_util_sample_has_the_documented_layout(samples: Path) -> None:
+    """The real vhd-util's file, parsed field by field (VHD spec offsets), agrees with the rules
+    documented_layout computes: so those rules are an independent oracle."""
+    data = (samples / "vs-aes256.vhd").read_bytes()
+    table_offset, = struct.unpack_from(">Q", data, 512 + 16)
+    entries, block_size = struct.unpack_from(">II", data, 512 + 28)
+    assert data[512:520] == b"cxsparse" and (table_offset, entries, block_size) == (1536, 4, BLOCK)
+    headers_end, first, stride = documented_layout(entries)
+    batmap_header = table_offset + -(-entries * 4 // 512) * 512
+    assert data[batmap_header : batmap_header + 8] == b"tdbatmap"
+    batmap_offset, = struct.unpack_from(">Q", data, batmap_header + 8)
+    batmap_sectors, = struct.unpack_from(">I", data, batmap_header + 16)
+    assert batmap_offset + batmap_sectors * 512 == headers_end == 3072
+    bat = [x for x in struct.unpack_from(">4I", data, table_offset) if x != 0xFFFFFFFF]
+    assert bat == [first + k * stride for k in range(3)] == [7, 4111, 8215]  # block 1: a hole
+    assert len(data) == (bat[-1] + 1 + 4096) * 512 + 512  # the last block, then the footer
+
+
+@pytest.mark.parametrize("mib", [1, 2, 4, 5, 8, 33, 256, 258, 4096 * 2, 4096 * 2 + 2,
+                                 2 << 20])
+def test_sizes_match_the_documented_layout(mib: int) -> None:
+    blocks = -(-mib // 2)
+    headers_end, first, stride = documented_layout(blocks)
+    s = encrypted_vhd_size(mib * MiB)
+    assert s["virtual_size"] == blocks * BLOCK and s["blocks"] == blocks
+    assert s["header_bytes"] == headers_end == EncryptedVhd(mib * MiB).prefix_size
+    assert s["min_total_bytes"] == headers_end + 512  # nothing allocated: the footer
+    assert s["max_total_bytes"] == (first + (blocks - 1) * stride + 1 + 4096) * 512 + 512
+    assert s["bytes_per_allocated_block"] == stride * 512
+
+
+def test_written_blocks_sit_where_the_layout_says(source: Path, tmp_path: Path) -> None:
+    """lukspack's own file, parsed field by field: each allocated block's bitmap at the sector
+    documented_layout gives for its place in the file."""
+    out = tmp_path / "out.vhd"
+    drive(source, out, KEY64)
+    data = out.read_bytes()
+    entries, = struct.unpack_from(">I", data, 512 + 28)
+    headers_end, first, stride = documented_layout(entries)
+    bat = [x for x in struct.unpack_from(f">{entries}I", data, 1536) if x != 0xFFFFFFFF]
+    assert bat == [first + k * stride for k in range(len(bat))] and len(bat) == 5
+    assert len(data) == (bat[-1] + 1 + 4096) * 512 + 512
 
 
 def test_over_2_tib_is_refused() -> None:

@@ -21,7 +21,9 @@ progress_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 
 force_option = click.option("--force", is_flag=True,
-                            help="Replace an existing OUTPUT (a block device: write onto it).")
+                            help="Replace an existing OUTPUT (a block device: write onto it); "
+                                 "a symbolic link is replaced itself, not the file it points to "
+                                 "(a link to a block device: the device is written).")
 
 batch_option = click.option("--batch-mode", "-q", is_flag=True, hidden=False,
                             help="Accepted for cryptsetup users: lukspack never asks.")

@@ -3,6 +3,7 @@
 A HeaderPlan says how many bytes precede the payload, the payload cipher and sector size, and
 builds the header area (header(s), JSON, key slots) from the volume key and passphrase. Building
 is slow on purpose (key derivation), so the pipeline runs it in a thread while the payload streams.
+The built header is checked by the container (RawLuks.check_prefix), not here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lukspack.errors import (
-    LukspackError,
     UnsupportedError,
     UsageError,
-    VerifyError,
-    WrongKeyError,
 )
 from lukspack.luks import luks1, luks2, luks2_format
 from lukspack.luks.kdf import (
@@ -27,8 +25,6 @@ from lukspack.luks.kdf import (
     pbkdf2_cost,
     slot_kdf,
 )
-from lukspack.luks.open import open_luks_bytes
-from lukspack.luks.volume import LuksVolume
 
 LUKS_TYPES = ("luks1", "luks2")
 
@@ -86,40 +82,6 @@ class HeaderPlan:
     @property
     def cipher(self) -> str:
         return f"{self.cipher_name}-{self.cipher_mode}"
-
-    def check(self, name: str, header: bytes, passphrase: bytes | bytearray,
-              volume_key: bytes | bytearray, cache: KdfCache | None = None,
-              size: int | None = None) -> LuksVolume:
-        """Verify a header area this plan built, in memory, before it is placed: it must parse
-        (as `open_luks` reads a file), describe this plan's payload (offset, cipher, sector size,
-        key size), and the passphrase must open exactly volume_key. cache: the KdfCache the build
-        used, so the check does not derive the same key again. Raises VerifyError."""
-        vol = check_header(name, header, passphrase, volume_key, cache, size)
-        found = (vol.payload_offset, vol.cipher, vol.sector_size, vol.key_bytes)
-        want = (self.header_size, self.cipher, self.sector_size, self.key_bytes)
-        if found != want:
-            raise VerifyError(f"{name}: verification failed: the header says payload offset, "
-                              f"cipher, sector size, key bytes = {found}, expected {want}")
-        return vol
-
-
-def check_header(name: str, header: bytes, passphrase: bytes | bytearray,
-                 volume_key: bytes | bytearray, cache: KdfCache | None = None,
-                 size: int | None = None) -> LuksVolume:
-    """Open a LUKS header area held in memory and check that passphrase opens volume_key
-    (for a header lukspack did not plan, e.g. inside qcow2). Raises VerifyError."""
-    try:
-        vol = open_luks_bytes(name, header, size)
-        vol.check_payload()
-        ok = vol.opens_with(passphrase, volume_key, cache)
-    except WrongKeyError:
-        ok = False
-    except LukspackError as e:
-        raise VerifyError(f"{name}: verification failed: the header does not open: {e}") from None
-    if not ok:
-        raise VerifyError(f"{name}: verification failed: the key file does not open the volume "
-                          "key the payload was encrypted with")
-    return vol
 
 
 @dataclass(frozen=True)

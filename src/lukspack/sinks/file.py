@@ -4,11 +4,13 @@ FileSink: a temporary file beside the destination (free-space check, O_DIRECT pa
 when nothing reads them back, write-back started every 256 MiB so the final fsync is short),
 fsynced, then published by rename: with --force over the old file, without it by link(2), which
 fails if the name appeared meanwhile (two runs to one new name never silently replace each
-other). Any failure or signal before commit() removes the temporary file.
+other). Any failure or signal before commit() removes the temporary file. write_sparse leaves
+all-zero 4 KiB blocks as holes, as `qemu-img convert -O raw` does.
 
 BlockDeviceSink: a block device is written in place, as `dd of=/dev/sdX` (needs --force;
 checks the device is large enough before writing; never renames; fsyncs; reads back for
-verification). A failed run leaves the device's content undefined, as dd does.
+verification; write_sparse writes zeros too: the device holds old data). A failed run leaves
+the device's content undefined, as dd does.
 """
 
 from __future__ import annotations
@@ -21,18 +23,40 @@ import threading
 import warnings
 from collections.abc import Iterable
 
+import numpy as np
+
 from lukspack.errors import FormatError, OutputError
 from lukspack.sinks.base import ReadAt
 from lukspack.sinks.paths import (
-    check_not_protected,
+    check_output_path,
     os_error,
-    output_kind,
     remove_stale_temps,
+    stale_temps_note,
     temp_name,
 )
 
 DIRECT_ALIGN = 4096  # O_DIRECT alignment that suits 512 and 4096-byte logical blocks
 FLUSH_EVERY = 256 << 20
+HOLE_UNIT = 4096  # all-zero blocks of this size are left as holes (qemu-img convert's -S 4k)
+
+
+def nonzero_runs(data: memoryview | bytes, unit: int = HOLE_UNIT) -> list[tuple[int, int]]:
+    """(start, end) of the runs of data's unit-sized blocks (and its shorter tail) that are not
+    all zeros."""
+    n = len(data)
+    whole = n // unit
+    flags = np.zeros(whole + (n % unit > 0), dtype=bool)
+    if whole:
+        words = np.frombuffer(data, dtype=np.uint64, count=whole * unit // 8).reshape(whole, -1)
+        flags[:whole] = words[:, 0] != 0  # most data blocks: decided by their first word
+        undecided = np.flatnonzero(~flags[:whole])
+        if len(undecided):
+            flags[undecided] = words[undecided].any(axis=1)
+    if n % unit:
+        flags[-1] = np.frombuffer(data, dtype=np.uint8, offset=whole * unit).any()
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], flags, [False])).astype(np.int8)))
+    return [(int(a) * unit, min(int(b) * unit, n)) for a, b in
+            zip(edges[::2], edges[1::2], strict=True)]
 
 
 def _quiet_fdatasync(fd: int) -> None:
@@ -45,6 +69,7 @@ class _Descriptor:
     payload writes, and background write-back."""
 
     concurrent_writes = False
+    holes = False  # whether what is never written reads as zeros
 
     def __init__(self, location: str, fd: int, write_path: str, direct: bool) -> None:
         self.location = self.path = location
@@ -86,6 +111,16 @@ class _Descriptor:
 
     def write_prefix(self, offset: int, data: bytes) -> None:
         self.pwrite(offset, data)
+
+    def write_sparse(self, offset: int, data: memoryview | bytes) -> None:
+        """Write data at offset, leaving its all-zero 4 KiB blocks as holes where the output
+        reads them as zeros (a new file, sized first); elsewhere (a block device) write it all."""
+        if not self.holes:
+            self.pwrite(offset, data)
+            return
+        view = memoryview(data).cast("B")
+        for start, end in nonzero_runs(view):
+            self.pwrite(offset + start, view[start:end])
 
     def keep_key_material(self, data: bytes) -> None:
         pass  # a file is not resumed: a new run starts over
@@ -169,16 +204,19 @@ class _Descriptor:
 
 
 class FileSink(_Descriptor):
-    """A new regular file: a temporary file beside the destination until commit()."""
+    """A new regular file: a temporary file beside the destination until commit(). It starts
+    empty (the temporary file is new, also with --force), so what is never written is a hole."""
+
+    holes = True
 
     def __init__(self, path: str, *, force: bool = False, mode: int = 0o666,
                  direct: bool = False) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise OutputError(f"{path}: directory {directory} does not exist")
-        for stale, allocated in remove_stale_temps(path):
-            warnings.warn(f"removed {stale} ({allocated} bytes allocated), a temporary file "
-                          "left by an earlier run that was killed", stacklevel=2)
+        removed = remove_stale_temps(directory)
+        if removed:
+            warnings.warn(stale_temps_note(directory, removed), stacklevel=2)
         self.tmp = temp_name(path)
         self.force = force
         try:
@@ -295,7 +333,6 @@ def open_file_output(path: str, *, force: bool = False,
                      direct: bool = False) -> FileSink | BlockDeviceSink:
     """The sink for a path: checks the rules in sinks/paths.py, then a FileSink or, for a block
     device given with --force, a BlockDeviceSink."""
-    check_not_protected(path, protected)
-    if output_kind(path, force) == "block":
+    if check_output_path(path, force, protected) == "block":
         return BlockDeviceSink(path, direct=direct)
     return FileSink(path, force=force, mode=mode, direct=direct)

@@ -1,27 +1,39 @@
 """Rules for an output path, before anything is written (the file sink's half of issue 10).
 
-- What the name may be: a regular file (replaced with --force), a new name, or a block device
-  (written in place, with --force). A character device, FIFO, socket or directory is refused.
+- What the name may be: a regular file (replaced with --force; a symbolic link is replaced
+  itself, its target left as it was), a new name, or a block device (written in place, with
+  --force; also through a link). A character device, FIFO, socket or directory is refused.
 - What it must not be: any file the run reads (the source, a VMDK's extents) or a key file, by
   identity (device and inode, through symlinks and hard links).
-- Temporary files are `.NAME.PID.RANDOM.lukspack-tmp` beside the destination, cut to fit
-  NAME_MAX; the next run to the same destination removes those whose process is gone.
+- check_output_path says all that (and that the directory exists and is writable) before the
+  source is opened, so a bad output fails first.
+- Temporary files are `.NAME.PID.START.HOST.BOOT.RANDOM.lukspack-tmp` beside the destination
+  (START: the process's start time in clock ticks since boot, HOST and BOOT: 8 hex digits of
+  SHA-256 of the host name and of the kernel's boot id), NAME cut by bytes to fit NAME_MAX.
+  Every run that writes into a directory removes the temporary files there whose process is
+  gone: made on this host in an earlier boot, or in this boot by a process that no longer runs
+  (no process with that PID, or one that started at another time: the PID was reused). Those of
+  other hosts (a shared directory) are left alone.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterable
 
-from lukspack.errors import OutputError
+from lukspack.errors import OutputError, UsageError
 
 TMP_SUFFIX = ".lukspack-tmp"
-NAME_MAX = 255
-_TMP_RE = re.compile(r"\.(\d+)\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + "$")
+NAME_MAX = 255  # when pathconf cannot tell
+_TMP_RE = re.compile(r"\.(\d+)\.(\d+)\.([0-9a-f]{8})\.([0-9a-f]{8})\.[0-9a-f]{8}"
+                     + re.escape(TMP_SUFFIX) + "$")
+_PROC = os.path.exists("/proc/self/stat")
 
 
 def os_error(path: str, e: OSError, doing: str) -> OutputError:
@@ -79,28 +91,103 @@ def output_kind(path: str, force: bool) -> str:
     return kind
 
 
+def check_output_path(path: str, force: bool, protected: Iterable[tuple[str, str]] = ()) -> str:
+    """Everything about the output that can be known before the source is opened: a name
+    (UsageError for an empty one), not a directory's (a trailing /), not a protected file, a
+    kind output_kind allows, and for a file a directory that exists and that this process may
+    write in. Returns output_kind's answer. The source's extent files are checked again when
+    the sink is opened."""
+    if not path:
+        raise UsageError("OUTPUT is empty: name the file to write")
+    if path.endswith(("/", os.sep)):
+        raise OutputError(f"{path}: ends in '/': name the file to write, not a directory")
+    check_not_protected(path, protected)
+    kind = output_kind(path, force)
+    if kind != "block":
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OutputError(f"{path}: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            try:
+                readonly = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+            except OSError:
+                readonly = False
+            why = "is on a read-only file system" if readonly else "is not writable by this user"
+            raise OutputError(f"{path}: cannot write here: directory {directory} {why}")
+    return kind
+
+
+# -- temporary names -----------------------------------------------------------------------------
+
+def _tag(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+HOST = _tag(socket.gethostname())
+BOOT = _tag(_boot_id())
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22); None when
+    there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def name_max(directory: str) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
 def temp_name(path: str) -> str:
+    """`.NAME.PID.START.HOST.BOOT.RANDOM.lukspack-tmp` beside path, NAME's bytes cut to fit
+    NAME_MAX (never inside a UTF-8 character)."""
     directory = os.path.dirname(os.path.abspath(path))
-    tail = f".{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-    base = os.path.basename(path)[: NAME_MAX - len(tail) - 1]
+    pid = os.getpid()
+    tail = f".{pid}.{process_start(pid) or 0}.{HOST}.{BOOT}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    room = name_max(directory) - len(os.fsencode(tail)) - 1
+    raw = os.fsencode(os.path.basename(path))
+    base = os.fsdecode(raw[:room])
+    if len(raw) > room:  # drop the bytes of a character the cut split
+        while base and "\udc80" <= base[-1] <= "\udcff":
+            base = base[:-1]
     return os.path.join(directory, f".{base}{tail}")
 
 
-def _alive(pid: int) -> bool:
+def _owner_gone(pid: int, start: int, host: str, boot: str) -> bool:
+    if host != HOST:
+        return False  # another machine's, in a shared directory: it cannot be judged from here
+    if boot != BOOT:
+        return True  # this machine's, from before its last boot
+    if start and _PROC:
+        return process_start(pid) != start  # no such process, or the PID was reused
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
-def remove_stale_temps(path: str) -> list[tuple[str, int]]:
-    """Remove temporary files of earlier runs to the same destination whose process is gone
-    (killed with SIGKILL, or a crash); returns (name, allocated bytes) of each removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    head = "." + os.path.basename(path)
+def remove_stale_temps(directory: str) -> list[tuple[str, int]]:
+    """Remove the temporary files in directory whose lukspack run is gone (killed with SIGKILL,
+    a crash, a reboot), whatever output they were for; returns (path, allocated bytes) of each
+    one removed."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -108,8 +195,9 @@ def remove_stale_temps(path: str) -> list[tuple[str, int]]:
         return removed
     for name in names:
         m = _TMP_RE.search(name)
-        if m is None or not path_prefix_matches(name[: m.start()], head) or \
-                int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        if m is None or not name.startswith("."):
+            continue
+        if not _owner_gone(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)):
             continue
         full = os.path.join(directory, name)
         try:
@@ -123,6 +211,11 @@ def remove_stale_temps(path: str) -> list[tuple[str, int]]:
     return removed
 
 
-def path_prefix_matches(stem: str, head: str) -> bool:
-    """The stem of a temporary name is the destination's name, possibly cut to fit NAME_MAX."""
-    return stem == head or (len(stem) >= 32 and head.startswith(stem))
+def stale_temps_note(directory: str, removed: list[tuple[str, int]]) -> str:
+    """One line about what remove_stale_temps removed."""
+    names = [os.path.basename(p) for p, _ in removed]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    total = sum(n for _, n in removed)
+    what = "temporary file" if len(names) == 1 else "temporary files"
+    return (f"removed {len(names)} {what} of killed lukspack runs from {directory} "
+            f"({total} bytes allocated): {shown}")
