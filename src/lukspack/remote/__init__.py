@@ -10,6 +10,7 @@ never shown: `redact()` is the only form of a URL in messages and reports.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,9 +57,10 @@ class RemoteOptions:
     readahead: int = 4  # blocks fetched ahead of a sequential run
     workers: int = 4  # GETs in flight at once
     attempts: int = 5  # per block: 5xx, resets and short reads are tried again
-    backoff_s: float = 0.2  # first wait between attempts, doubled each time
+    # first wait between attempts, doubled each time ($LUKSPACK_REMOTE_BACKOFF_S: tests)
+    backoff_s: float = field(default_factory=lambda: float(
+        os.environ.get("LUKSPACK_REMOTE_BACKOFF_S", "0.2")))
     whole_limit: int = 8 * MiB  # a server that ignores Range: objects up to this are taken whole
-    extra: dict[str, Any] = field(default_factory=dict)  # for tests: fetcher settings
 
     def __post_init__(self) -> None:
         if self.block_size < 4096 or self.block_size & (self.block_size - 1):
@@ -83,6 +85,17 @@ def open_remote(url: str, options: RemoteOptions | None = None) -> Any:
 
         fetcher = HttpFetcher(url, opts)
     return RemoteFile(fetcher, opts)
+
+
+def remote_identity(url: str, options: RemoteOptions | None = None) -> dict[str, Any]:
+    """What tells a remote source apart (a resumed upload checks it): its size and version, in
+    the fields of cloud.multipart.source_identity."""
+    src = open_remote(url, options)
+    try:
+        return {"path": src.name, "size": src.size, "mtime_ns": None, "etag": src.version,
+                "head_sha256": None, "tail_sha256": None}
+    finally:
+        src.close()
 
 
 def source_reads(image: Any) -> dict[str, int] | None:
