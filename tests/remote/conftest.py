@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.conftest import cos_env, s3  # noqa: F401  (the SeaweedFS fixtures)
+from tests.cloud.conftest import cloud, cos_env, s3  # noqa: F401  (SeaweedFS, the stand-ins)
 from tests.remote.httpserver import ObjectServer
 
 

@@ -231,3 +231,19 @@ def test_the_block_cache_is_bounded_and_reads_ahead_without_fetching_twice(serve
         assert src.stats()["gets"] == len(data) // block + 1
     finally:
         src.close()
+
+
+def test_check_and_convert_read_a_remote_source(images, tmp_path) -> None:
+    image, ref, url = images["vhdx"]
+    cli = InProcessCli(tmp_path)
+    p = cli("check", url, "--json", check=False)  # a pattern disk, not a bootable Linux
+    assert p.returncode == 1, p.stderr.decode()
+    report = json.loads(p.stdout)
+    assert report["source_reads"]["gets"] >= 1
+    local = json.loads(cli("check", image, "--json", check=False).stdout)
+    assert "source_reads" not in local
+    report.pop("source_reads")
+    assert json.dumps(report) == json.dumps(local).replace(str(image), url)
+    out = tmp_path / "out.raw"
+    r = jcli(cli, "convert", url, out, "--to", "raw")
+    assert r["source"] == url and out.read_bytes() == ref.read_bytes()
