@@ -247,3 +247,22 @@ def test_check_and_convert_read_a_remote_source(images, tmp_path) -> None:
     out = tmp_path / "out.raw"
     r = jcli(cli, "convert", url, out, "--to", "raw")
     assert r["source"] == url and out.read_bytes() == ref.read_bytes()
+
+
+def test_remote_luks_images_and_vmdk_descriptors_with_extent_files_are_refused(
+        images, server, keyfile, tmp_path) -> None:
+    _, ref, _ = images["raw"]
+    cli = InProcessCli(tmp_path)
+    luks = tmp_path / "luks.img"
+    cli("encrypt", ref, luks, "--key-file", keyfile, *FAST)
+    server.put("refused/luks.img", luks.read_bytes())
+    err = cli.fails("info", f"{server.url}/refused/luks.img")
+    assert "refused/luks.img: is already a LUKS container" in err, err
+    flat = tmp_path / "flat.vmdk"
+    qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", str(ref),
+             str(flat))
+    server.put("refused/flat.vmdk", flat.read_bytes())
+    server.put("refused/flat-flat.vmdk", (tmp_path / "flat-flat.vmdk").read_bytes())
+    err = cli.fails("encrypt", f"{server.url}/refused/flat.vmdk", tmp_path / "o.qcow2",
+                    "--key-file", keyfile, *FAST)
+    assert "the remote VMDK is a descriptor naming extent files" in err, err
