@@ -116,9 +116,8 @@ class DiskImage:
         return out
 
     def close(self) -> None:
-        if self.fd >= 0 or self.source.fd < 0:
-            self.source.close()
-            self.fd = -1
+        self.source.close()  # closing twice is a no-op
+        self.fd = -1
 
     def __enter__(self) -> DiskImage:
         return self

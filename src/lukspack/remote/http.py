@@ -3,7 +3,8 @@
 The first GET (bytes of the first block, no condition) learns the size (Content-Range) and the
 version: the ETag, else Last-Modified. Every later GET carries If-Match (a strong ETag) or
 If-Unmodified-Since (Last-Modified only; a weak ETag is compared on each answer instead), and a
-412, or an answer with another ETag or total size, is SourceChanged. A 200 answer to a Range
+412, or an answer with another ETag or total size, is SourceChanged (a server that gives neither
+ETag nor Last-Modified: only the total size is checked). A 200 answer to a Range
 request means the server ignores Range: an object up to RemoteOptions.whole_limit is taken whole,
 a larger one is refused without reading its body. 5xx, 429, resets and bodies shorter than asked
 are Transient (tried again by cache.RemoteFile).
