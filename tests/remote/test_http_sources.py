@@ -266,3 +266,26 @@ def test_remote_luks_images_and_vmdk_descriptors_with_extent_files_are_refused(
     err = cli.fails("encrypt", f"{server.url}/refused/flat.vmdk", tmp_path / "o.qcow2",
                     "--key-file", keyfile, *FAST)
     assert "the remote VMDK is a descriptor naming extent files" in err, err
+
+
+def test_a_sequential_run_is_read_ahead_on_the_pool(server) -> None:
+    from lukspack.remote import RemoteOptions, open_remote
+
+    data = os.urandom(1 * MiB)
+    server.put("cache/ahead", data)
+    block = 64 << 10
+    src = open_remote(f"{server.url}/cache/ahead", RemoteOptions(block_size=block, readahead=3))
+    try:
+        assert src.stats()["gets"] == 1  # the GET that opened it holds block 0
+        assert src.read_at(0, block) == data[:block]
+        assert src.stats()["gets"] == 1  # from the cache; not yet a run
+        assert src.read_at(block, block) == data[block : 2 * block]  # a run: blocks 2-4 ahead
+        for fut in list(src._pending.values()):
+            fut.result()
+        assert src.stats()["gets"] == 5
+        assert src.read_at(2 * block, 3 * block) == data[2 * block : 5 * block]
+        for fut in list(src._pending.values()):
+            fut.result()
+        assert src.stats()["gets"] == 5 + 3  # blocks 2-4 came from the cache; 5-7 asked ahead
+    finally:
+        src.close()
