@@ -37,7 +37,7 @@ def test_vmdk_extent_pread_checks_size_before_allocating(small: Path) -> None:
     fd = os.open(small, os.O_RDONLY)
     img = RawImage(str(small), fd)
     try:
-        f = File(img, str(small), fd)
+        f = File(img, str(small), img.source)
         with pytest.raises(FormatError, match="grain directory .* is past the end"):
             f.pread(512, 1 << 60, "grain directory")
     finally:

@@ -29,14 +29,14 @@ def round_up(n: int, unit: int = MiB) -> int:
 def convert(source: str, output: str, to: str, *, force: bool = False,
             opts: StreamOptions | None = None, progress: ProgressFn | None = None,
             input_format: str | None = None, disk: int | None = None,
-            protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+            protected: tuple[tuple[str, str], ...] = (), remote: Any = None) -> dict[str, Any]:
     """Write the source's virtual disk as RAW, a fixed VHD (disk + 512-byte footer), a dynamic
     VHD (2 MiB blocks; all-zero blocks stay unallocated) or a plain qcow2."""
     opts = opts or StreamOptions()
     if to not in CONVERT_TARGETS:
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
     check_output_path(output, force, (("source", source), *protected))  # before any read
-    with open_image(source, input_format, disk) as image:
+    with open_image(source, input_format, disk, remote=remote) as image:
         size = image.virtual_size
         out = open_file_output(output, force=force, protected=tuple(
             ("source", s) for s in source_files(image)) + protected)
@@ -46,7 +46,7 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
                                             phase_progress(progress, "convert", size))
             out.finish(bytes_out)
             out.commit()
-        return {"source": source, "source_format": image.format_name, "output": output,
+        return {"source": image.path, "source_format": image.format_name, "output": output,
                 "format": to, "virtual_size": size, "bytes": bytes_out,
                 **({"warnings": list(image.warnings)} if image.warnings else {})}
 

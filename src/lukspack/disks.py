@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from lukspack.errors import LukspackError
 from lukspack.images import DiskImage, open_image, open_source, sniff_file
@@ -23,6 +24,7 @@ from lukspack.images.encrypted import (
 )
 from lukspack.images.qcow2_header import CRYPT_LUKS
 from lukspack.keys import wipe
+from lukspack.remote import is_remote
 
 
 def _open_fd(path: str) -> int:
@@ -30,8 +32,9 @@ def _open_fd(path: str) -> int:
 
 
 def encryption_of(path: str, fmt: str | None = None) -> str | None:
-    """'luks', 'qcow2-luks' or 'vhd-crypt' when the image is encrypted, else None."""
-    if fmt not in (None, "qcow2", "vhd"):
+    """'luks', 'qcow2-luks' or 'vhd-crypt' when the image is encrypted, else None (a remote
+    source is read as a plain image: an encrypted one is refused when it is opened)."""
+    if fmt not in (None, "qcow2", "vhd") or is_remote(path):
         return None
     fd = _open_fd(path)
     try:
@@ -71,11 +74,12 @@ def open_encrypted(path: str, passphrase: bytes | bytearray,
 
 
 def open_disk(path: str, passphrase: bytes | bytearray | None = None,
-              fmt: str | None = None) -> DiskImage:
-    """A plain image as it is; an encrypted one unlocked with passphrase (required)."""
+              fmt: str | None = None, *, remote: Any = None) -> DiskImage:
+    """A plain image as it is; an encrypted one unlocked with passphrase (required). remote:
+    the options of a remote source (remote.RemoteOptions)."""
     kind = encryption_of(path, fmt)
     if kind is None:
-        return open_image(path, fmt)
+        return open_image(path, fmt, remote=remote)
     if passphrase is None:
         raise LukspackError(f"{path}: is encrypted ({kind}); give its --key-file")
     return open_encrypted(path, passphrase, fmt)
@@ -83,7 +87,7 @@ def open_disk(path: str, passphrase: bytes | bytearray | None = None,
 
 @contextlib.contextmanager
 def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | None = None, *,
-                  encrypted: bool = False) -> Iterator[DiskImage]:
+                  encrypted: bool = False, remote: Any = None) -> Iterator[DiskImage]:
     """open_disk (or, with encrypted=True, open_encrypted) for a with-block: the reader is
     closed and the volume key wiped after it."""
     if encrypted:
@@ -91,7 +95,7 @@ def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | No
             raise LukspackError(f"{path}: a key file is needed to open it")
         image: DiskImage = open_encrypted(path, passphrase, fmt)
     else:
-        image = open_disk(path, passphrase, fmt)
+        image = open_disk(path, passphrase, fmt, remote=remote)
     try:
         yield image
     finally:

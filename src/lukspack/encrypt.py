@@ -13,6 +13,7 @@ from lukspack.engine import ProgressFn, encrypt_image
 from lukspack.images import DiskImage, open_image, source_files
 from lukspack.luks.kdf import KdfCache
 from lukspack.options import EncryptOptions, output_format
+from lukspack.remote import source_reads
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
 from lukspack.sinks.paths import check_output_path
@@ -62,7 +63,7 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     when key_material is not given."""
     if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
         check_output_path(output, opts.force, (("source", source), *protected))
-    with open_image(source, opts.input_format, opts.disk) as image:
+    with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:
         container = make_container(image, output, opts)
         report = None
         if opts.target is not None and not opts.skip_check:
@@ -78,6 +79,9 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)
+        reads = source_reads(image)
+        if reads is not None:
+            summary["source_reads"] = reads
         if report is not None:
             summary["check"] = {"target": opts.target, **report.to_dict()["counts"]}
             summary.setdefault("warnings", []).extend(

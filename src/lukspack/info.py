@@ -11,14 +11,17 @@ from lukspack.images import open_image, open_source
 from lukspack.images.encrypted import open_qcow2_luks
 from lukspack.luks import open_luks
 from lukspack.luks.volume import dump_header
+from lukspack.remote import is_remote, source_reads
 
 
 def _fd(path: str) -> int:
     return open_source(path)
 
 
-def info(path: str, input_format: str | None = None, disk: int | None = None) -> dict[str, Any]:
-    kind = encryption_of(path, input_format)
+def info(path: str, input_format: str | None = None, disk: int | None = None, *,
+         remote: Any = None) -> dict[str, Any]:
+    """What the image is; a remote source (remote: its options) is read as a plain image."""
+    kind = None if is_remote(path) else encryption_of(path, input_format)
     if kind == "vhd-crypt":
         from lukspack.images.vhd_crypt import encrypted_vhd_info
 
@@ -48,8 +51,11 @@ def info(path: str, input_format: str | None = None, disk: int | None = None) ->
                 qcow.close()
             else:
                 os.close(fd)
-    with open_image(path, input_format, disk) as image:
+    with open_image(path, input_format, disk, remote=remote) as image:
         d = image.info()
+        reads = source_reads(image)
+        if reads is not None:
+            d["source_reads"] = reads
         if image.warnings:
             d["notes"] = [*d.get("notes", []), *image.warnings]
         return d

@@ -41,6 +41,7 @@ class EncryptOptions:
     target: str | None = None  # vpc | classic: check the source first (check/), pick the format
     skip_check: bool = False
     sink_options: Any = None  # options of a non-file sink (object storage)
+    source_options: Any = None  # a remote source's (remote.RemoteOptions; None: from the env)
 
 
 TARGET_FORMATS = {"vpc": "qcow2", "classic": "vhd"}

@@ -25,6 +25,7 @@ from lukspack.images import DiskImage, open_image
 from lukspack.images.encrypted import EncryptedImage
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
+from lukspack.remote import source_reads
 from lukspack.sinks.file import open_file_output
 from lukspack.sinks.paths import check_output_path
 
@@ -105,8 +106,10 @@ def _describe(enc: EncryptedImage) -> dict[str, Any]:
 
 def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = None,
            opts: StreamOptions | None = None, progress: ProgressFn | None = None, *,
-           input_format: str | None = None, disk: int | None = None) -> dict[str, Any]:
-    """Unlock an image and decrypt its whole disk; with source, compare byte for byte."""
+           input_format: str | None = None, disk: int | None = None,
+           remote: Any = None) -> dict[str, Any]:
+    """Unlock an image and decrypt its whole disk; with source (a path, or a remote source with
+    its options `remote`), compare byte for byte."""
     opts = opts or StreamOptions()
     started = time.perf_counter()
     with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
@@ -115,13 +118,16 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
             result.update(decrypt_stream(enc, opts, progress, "verify"))
             result["matches_source"] = None
         else:
-            with open_image(source, input_format, disk) as src:
+            with open_image(source, input_format, disk, remote=remote) as src:
                 if src.virtual_size > enc.virtual_size:
                     raise VerifyError(f"{image_path}: disk ({enc.virtual_size} bytes) is smaller "
                                       f"than the source ({src.virtual_size} bytes)")
                 result.update(decrypt_stream(enc, opts, progress, "verify", source=src))
-                result["source"] = source
+                result["source"] = src.path
                 result["source_bytes"] = src.virtual_size
+                reads = source_reads(src)
+                if reads is not None:
+                    result["source_reads"] = reads
             result["matches_source"] = True
         result.update(_notes(enc))
     result["seconds"] = round(time.perf_counter() - started, 3)

@@ -18,9 +18,10 @@ def round_up(n: int, unit: int = MiB) -> int:
 
 
 def size_report(source: str, luks_type: str = "luks1", input_format: str | None = None,
-                disk: int | None = None) -> dict[str, Any]:
-    with open_image(source, input_format, disk) as image:
+                disk: int | None = None, remote: Any = None) -> dict[str, Any]:
+    with open_image(source, input_format, disk, remote=remote) as image:
         raw = image.virtual_size
+        source = image.path  # a remote URL without its query string
     if luks_type == "vhd":
         from lukspack.containers.encrypted_vhd import encrypted_vhd_size
 

@@ -17,40 +17,50 @@ class BootTestFailed(LukspackError):
     """The marker did not reach the serial console."""
 
 
-def _check(source: str, key_file: str | None, fmt: str | None, target: str) -> Any:
-    """run_check on SOURCE, decrypted by lukspack's reader where it is encrypted."""
+def _check(source: str, key_file: str | None, fmt: str | None, target: str,
+           remote: Any = None) -> tuple[Any, dict[str, int] | None]:
+    """run_check on SOURCE, decrypted by lukspack's reader where it is encrypted; with what a
+    remote SOURCE cost (remote.source_reads)."""
     from lukspack.check import run_check
     from lukspack.disks import unlocked_disk
+    from lukspack.remote import source_reads
 
     if key_file is None:
-        with unlocked_disk(source, None, fmt) as image:
-            return run_check(image, target)
+        with unlocked_disk(source, None, fmt, remote=remote) as image:
+            return run_check(image, target), source_reads(image)
     from lukspack.cli import key_from
 
-    with key_from(key_file, dek_rules=False) as key, unlocked_disk(source, key, fmt) as image:
-        return run_check(image, target)
+    with key_from(key_file, dek_rules=False) as key, \
+            unlocked_disk(source, key, fmt, remote=remote) as image:
+        return run_check(image, target), source_reads(image)
 
 
 def register(cli: click.Group) -> None:
     from lukspack.cli import KEY_FILE_HELP, emit
+    from lukspack.cli.cloud import cos_options, remote_options_from
     from lukspack.cli.options import input_format_option, json_option
 
     @cli.command()
-    @click.argument("source", type=click.Path())
+    @click.argument("source")
     @click.option("--target", type=click.Choice(["vpc", "classic"]), default="vpc",
                   show_default=True, help=TARGET_HELP)
     @click.option("--key-file", default=None,
                   help=KEY_FILE_HELP + " For an encrypted SOURCE (LUKS RAW, qcow2+LUKS, VHD).")
     @input_format_option
     @json_option
+    @cos_options
     def check(source: str, target: str, key_file: str | None, input_format: str | None,
-              as_json: bool) -> None:
+              as_json: bool, **cloud: Any) -> None:
         """Check that SOURCE is a bootable Linux with cloud-init fit for IBM Cloud, reading only
         the blocks it needs (no root, no mount). Exit 1 on any FAIL."""
         from lukspack.check import raise_on_fail
 
-        report = _check(source, key_file, input_format, target)
-        emit(report.to_dict(), as_json, report.lines())
+        report, reads = _check(source, key_file, input_format, target,
+                               remote_options_from(**cloud))
+        data = report.to_dict()
+        if reads is not None:
+            data["source_reads"] = reads
+        emit(data, as_json, report.lines())
         raise_on_fail(report, source)
 
     @cli.command("boot-test")

@@ -34,6 +34,16 @@ def cos_options(f: Any) -> Any:
     return f
 
 
+def remote_options_from(endpoint_type: str = "public", endpoint_url: str | None = None,
+                        credentials_file: str | None = None, iam_url: str | None = None,
+                        **_transfer: Any) -> Any:
+    """The options of a remote SOURCE (cos://, http(s)://) from cos_options' values: the
+    endpoint and credentials `upload` would use."""
+    from lukspack.remote import RemoteOptions
+
+    return RemoteOptions(cos=_cos(endpoint_type, endpoint_url, credentials_file, iam_url))
+
+
 def transfer_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--part-size", type=click.IntRange(min=5, max=5120), default=16,
@@ -68,7 +78,9 @@ def object_sink_from(source: str, output: str, fingerprint: dict[str, Any], *,
                              credentials_file=credentials_file, iam_url=iam_url,
                              part_size=part_size * MiB, concurrency=concurrency, resume=resume,
                              state_dir=state_dir, verify_remote=verify_remote)
-    return open_streamed(output, source, opts, fingerprint)
+    return open_streamed(output, source, opts, fingerprint,
+                         remote_options_from(endpoint_type, endpoint_url, credentials_file,
+                                             iam_url))
 
 
 def kms_options(f: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from lukspack.cli import KEY_FILE_HELP, emit, human, key_from, progress_bar
-from lukspack.cli.cloud import stream_options
+from lukspack.cli.cloud import cos_options, remote_options_from, stream_options
 from lukspack.cli.options import (
     batch_option,
     check_kdf_usage,
@@ -90,8 +90,9 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
             as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
             input_format: str | None, disk: int | None, target: str | None,
             skip_check: bool, **cloud: Any) -> None:
-    """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA) into OUTPUT: LUKS1 or LUKS2 RAW,
-    qcow2 with LUKS inside (IBM Cloud VPC), or the encrypted VHD (IBM Cloud classic)."""
+    """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA; a file, cos://REGION/BUCKET/OBJECT
+    or an http(s):// URL) into OUTPUT: LUKS1 or LUKS2 RAW, qcow2 with LUKS inside (IBM Cloud
+    VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt
     from lukspack.luks.format import HeaderFields, KdfOptions
     from lukspack.options import EncryptOptions
@@ -105,7 +106,8 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
                           fields=HeaderFields(uuid, label, subsystem, key_slot),
                           output_format=output_format, input_format=input_format, disk=disk,
                           force=force, stream=_stream(verify, as_json, not no_digest),
-                          target=target, skip_check=skip_check)
+                          target=target, skip_check=skip_check,
+                          source_options=remote_options_from(**cloud))
     from lukspack.options import output_format as format_of
 
     # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
@@ -139,24 +141,27 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
 @click.argument("image")
 @click.option("--key-file", required=True, help=KEY_FILE_HELP)
 @keyfile_options
-@click.option("--source", default=None, help="Compare the decrypted disk with this image.")
+@click.option("--source", default=None, help="Compare the decrypted disk with this image (a "
+              "file, cos://... or http(s)://...).")
 @json_option
 @progress_option
 @batch_option
 @input_format_option
 @disk_option
+@cos_options
 def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
            source: str | None, as_json: bool, progress: bool | None, batch_mode: bool,
-           input_format: str | None, disk: int | None) -> None:
+           input_format: str | None, disk: int | None, **cloud: Any) -> None:
     """Unlock IMAGE and decrypt its whole disk; with --source, compare it byte for byte."""
     from lukspack.plaintext import verify as do_verify
 
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
-        r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk)
+        r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk,
+                      remote=remote_options_from(**cloud))
     lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
              f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
-    lines += [f"matches {source} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
+    lines += [f"matches {r['source']} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
         if source else []
     lines += [f"note: {n}" for n in r.get("notes", [])]
     emit(r, as_json, lines)
@@ -190,12 +195,14 @@ def decrypt(image: str, output: str, key_file: str, keyfile_size: int | None,
 @json_option
 @input_format_option
 @disk_option
-def info(image: str, as_json: bool, input_format: str | None, disk: int | None) -> None:
+@cos_options
+def info(image: str, as_json: bool, input_format: str | None, disk: int | None,
+         **cloud: Any) -> None:
     """Describe IMAGE: its format and sizes, VHD footer fields, or its LUKS header."""
     from lukspack.info import info as do_info
     from lukspack.render import info_lines
 
-    d = do_info(image, input_format, disk)
+    d = do_info(image, input_format, disk, remote=remote_options_from(**cloud))
     emit(d, as_json, list(info_lines(d)))
 
 
@@ -207,12 +214,13 @@ def info(image: str, as_json: bool, input_format: str | None, disk: int | None) 
 @json_option
 @input_format_option
 @disk_option
+@cos_options
 def size(source: str, luks_type: str, as_json: bool, input_format: str | None,
-         disk: int | None) -> None:
+         disk: int | None, **cloud: Any) -> None:
     """Size of the encrypted image: the documented step 4 (RAW + header, whole MiB) done right."""
     from lukspack.sizing import size_report
 
-    r = size_report(source, luks_type, input_format, disk)
+    r = size_report(source, luks_type, input_format, disk, remote=remote_options_from(**cloud))
     if luks_type == "vhd":
         emit(r, as_json, [f"{k}: {v}" for k, v in r.items() if k not in ("source", "type")])
         return
@@ -245,14 +253,16 @@ def size(source: str, luks_type: str, as_json: bool, input_format: str | None,
 @progress_option
 @input_format_option
 @disk_option
+@cos_options
 def convert(source: str, output: str, to: str, force: bool, as_json: bool,
-            progress: bool | None, input_format: str | None, disk: int | None) -> None:
+            progress: bool | None, input_format: str | None, disk: int | None,
+            **cloud: Any) -> None:
     """Convert SOURCE to RAW, VHD (fixed or dynamic) or plain qcow2: the documented steps 1 and 2."""
     from lukspack.convert import convert as do_convert
 
     with progress_bar(progress) as bar:
         r = do_convert(source, output, to, force=force, progress=bar, input_format=input_format,
-                       disk=disk)
+                       disk=disk, remote=remote_options_from(**cloud))
     emit(r, as_json, [f"{output}: {to}, {human(r['virtual_size'])} from {r['source_format']}"])
 
 

@@ -13,7 +13,7 @@ MiB = 1 << 20
 
 
 @click.command()
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source")
 @click.option("--to", "target", type=click.Choice(["vpc", "classic"]), required=True)
 @click.option("--cos", "cos", required=True, help="cos://REGION/BUCKET[/OBJECT]")
 @click.option("--root-key-crn", required=True)
@@ -66,8 +66,10 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
                            cloud_init=cloud_init, byol=byol, kms_url=kms_url,
                            private_kms=private_kms, api_url=api_url, wait=wait, resume=resume,
                            cos_options=cos_opts)
+    from lukspack.remote import RemoteOptions
+
     enc = EncryptOptions(kdf=KdfOptions(force_iterations=pbkdf_force_iterations),
-                         luks_type="luks1")
+                         luks_type="luks1", source_options=RemoteOptions(cos=cos_opts))
 
     def say(line: str) -> None:
         click.echo(line, err=True)

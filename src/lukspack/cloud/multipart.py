@@ -354,7 +354,8 @@ def state_path(loc: CosLocation, local_file: str | None = None,
 
 
 def source_identity(path: str) -> dict[str, Any]:
-    """What tells a source apart cheaply: size, mtime and the SHA-256 of its first and last MiB."""
+    """What tells a source apart cheaply: size, mtime and the SHA-256 of its first and last MiB
+    (a remote source's: remote.remote_identity)."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -372,7 +373,7 @@ def identity_change(saved: dict[str, Any] | None, now: dict[str, Any]) -> str | 
     """Which field of the source identity changed, or None."""
     if not saved:
         return None
-    for k in ("size", "mtime_ns", "head_sha256", "tail_sha256"):
+    for k in ("size", "mtime_ns", "head_sha256", "tail_sha256", "etag"):
         if saved.get(k) != now.get(k):
             return f"{k} was {saved.get(k)}, is {now.get(k)}"
     return None

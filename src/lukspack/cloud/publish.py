@@ -219,6 +219,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
     import dataclasses
 
     from lukspack.encrypt import encrypt
+    from lukspack.remote import is_remote, remote_identity
     from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
     loc, creds, kp = checked or preflight(plan, say)
@@ -227,7 +228,10 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         state.load()
     else:
         state.remove()
-    ident = source_identity(source)
+    if is_remote(source):
+        ident = remote_identity(source, getattr(encrypt_options, "source_options", None))
+    else:
+        ident = source_identity(source)
     if state.data and state.data.get("source") != {k: ident[k] for k in ("size", "mtime_ns",
                                                                             "head_sha256")}:
         raise CloudError(f"{source}: not the source of the publish being resumed")

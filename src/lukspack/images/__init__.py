@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.images.base import DiskImage, Extent
 from lukspack.images.sniff import FORMATS, ReadAt, Sniffed, sniff
+from lukspack.images.source import ByteSource, LocalFile
 
 __all__ = ["DiskImage", "Extent", "open_image", "detect_format", "sniff_file", "source_files",
-           "check_source_type", "open_source", "FORMATS", "Sniffed"]
+           "check_source_type", "open_source", "open_bytes", "FORMATS", "Sniffed", "ByteSource"]
 
 Window = tuple[int, int] | None
 
@@ -19,16 +21,17 @@ _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
             (stat.S_ISCHR, "a character device"), (stat.S_ISDIR, "a directory"))
 
 
-def _reader_at(fd: int, base: int = 0) -> ReadAt:
-    return lambda offset, size: os.pread(fd, size, base + offset)
+def _reader_at(src: ByteSource, base: int = 0) -> ReadAt:
+    return lambda offset, size: src.read_at(base + offset, size)
 
 
-def sniff_file(path: str, fd: int) -> Sniffed:
+def sniff_file(path: str, fd: int | ByteSource) -> Sniffed:
     """What the open file is (format, and for qcow2 its crypt_method); see sniff.sniff."""
-    return sniff(path, _reader_at(fd), os.lseek(fd, 0, os.SEEK_END))
+    src = fd if isinstance(fd, ByteSource) else LocalFile(fd, path)
+    return sniff(path, _reader_at(src), src.size)
 
 
-def detect_format(path: str, fd: int) -> str:
+def detect_format(path: str, fd: int | ByteSource) -> str:
     """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, ova or luks (a LUKS2
     image whose primary header is lost included). UnsupportedError for compressed files."""
     return sniff_file(path, fd).format
@@ -61,7 +64,7 @@ def open_source(path: str) -> int:
     return fd
 
 
-def _reader(found: str, path: str, fd: int, window: Window) -> DiskImage:
+def _reader(found: str, path: str, fd: ByteSource, window: Window) -> DiskImage:
     if found == "raw":
         from lukspack.images.raw import RawImage
 
@@ -92,10 +95,10 @@ def _reader(found: str, path: str, fd: int, window: Window) -> DiskImage:
     raise UnsupportedError(f"{path}: {found} images are not supported")
 
 
-def _open_ova(path: str, fd: int, disk: int | None) -> DiskImage:
+def _open_ova(path: str, fd: ByteSource, disk: int | None) -> DiskImage:
     from lukspack.images.ova import ova_disks, pick_disk
 
-    size = os.lseek(fd, 0, os.SEEK_END)
+    size = fd.size
     disks = ova_disks(path, _reader_at(fd), size)
     index = pick_disk(path, disks, disk)
     member = disks[index]
@@ -118,19 +121,44 @@ def source_files(image: DiskImage) -> tuple[str, ...]:
     return tuple(getattr(image, "files", (image.path,)))
 
 
-def open_image(path: str, fmt: str | None = None, disk: int | None = None) -> DiskImage:
-    """Open a disk image read-only, detecting its format unless fmt names it; `disk` picks a
-    disk of an OVA by its index (0 is the first, as --disk counts)."""
+def open_bytes(path: str, remote: Any = None) -> ByteSource:
+    """The ByteSource of a path (a regular file or block device, read-only) or of a remote
+    object (cos://REGION/BUCKET/OBJECT, http(s)://...; `remote`: its options, see
+    lukspack.remote.open_remote)."""
+    from lukspack.remote import is_remote
+
+    if is_remote(path):
+        from lukspack.remote import open_remote
+
+        return open_remote(path, remote)
     fd = open_source(path)
     try:
+        src = LocalFile(fd, path)
         st = os.fstat(fd)
-        if st.st_size == 0 and stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
+    except BaseException:
+        os.close(fd)
+        raise
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
+        src.close()
+        raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
+    return src
+
+
+def open_image(path: str, fmt: str | None = None, disk: int | None = None, *,
+               remote: Any = None) -> DiskImage:
+    """Open a disk image read-only, detecting its format unless fmt names it; `disk` picks a
+    disk of an OVA by its index (0 is the first, as --disk counts). path may name a remote
+    object (see open_bytes); remote: its options."""
+    fd = open_bytes(path, remote)
+    path = fd.name  # a remote URL as messages show it (no query string)
+    try:
+        if fd.size == 0 and fd.fd < 0:
+            raise FormatError(f"{fd.name}: is empty (0 bytes), not a disk image")
         found = fmt or detect_format(path, fd)
         if disk is not None and found != "ova":
             raise UnsupportedError(f"{path}: is a {found} image, not an OVA; a disk index "
                                    f"(--disk {disk}) applies only to OVA archives")
         return _open_ova(path, fd, disk) if found == "ova" else _reader(found, path, fd, None)
     except BaseException:
-        os.close(fd)
+        fd.close()
         raise

@@ -14,7 +14,6 @@ table); the CLI prints them.
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.errors import FormatError
+from lukspack.images.source import ByteSource, as_source
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,15 @@ class DiskImage:
 
     format_name = "?"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource,
+                 window: tuple[int, int] | None = None) -> None:
         self.path = path
-        self.fd = fd
+        self.source = as_source(fd, path)  # where the bytes come from (a file, or remote)
+        self.fd = self.source.fd
         self.windowed = window is not None
         if window is None:
             self.base = 0
-            self.file_size = os.lseek(fd, 0, os.SEEK_END)  # block devices report st_size 0
+            self.file_size = self.source.size
         else:
             self.base, self.file_size = window
         self.virtual_size = 0
@@ -114,9 +116,8 @@ class DiskImage:
         return out
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.source.close()  # closing twice is a no-op
+        self.fd = -1
 
     def __enter__(self) -> DiskImage:
         return self
@@ -136,7 +137,7 @@ class DiskImage:
             raise FormatError(f"{self.path}: {what} at offset {file_offset} is past the end of "
                               f"the disk in the archive (size {self.file_size})")
         while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], self.base + file_offset + got)
+            n = self.source.readinto(self.base + file_offset + got, view[got:])
             if n == 0:
                 raise FormatError(f"{self.path}: {what} at offset {file_offset + got} is past the "
                                   f"end of the file (size {self.file_size})")

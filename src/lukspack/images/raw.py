@@ -6,7 +6,7 @@ MAP_WINDOW_RUNS runs ahead (64 KiB of offsets). The engine asks for extents chun
 ascending order, so each run is looked up once (two lseek calls per data run over the whole file)
 and a chunk inside the window costs a bisect, while a file with millions of runs never holds more
 than one window in memory. Where the file system (or a block device) does not answer SEEK_DATA,
-the whole file is one allocated extent.
+the whole file is one allocated extent; so is a remote object (no descriptor, images/source.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from lukspack.errors import LukspackError
 from lukspack.images.base import DiskImage, Extent
 from lukspack.images.sniff import disk_signature, no_signature_warning
+from lukspack.images.source import ByteSource
 
 MAP_WINDOW_RUNS = 4096
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE}
@@ -29,7 +30,7 @@ class HoleMap:
 
     def __init__(self, fd: int, base: int, size: int, name: str) -> None:
         self.fd, self.base, self.size, self.name = fd, base, size, name
-        self.supported = True
+        self.supported = fd >= 0  # a remote object (no descriptor) has no holes to find
         # the mapped window (lo, hi, starts, ends): the data runs inside [lo, hi), swapped as
         # one tuple so that a reader on another thread never sees half a window
         self.window: tuple[int, int, list[int], list[int]] = (0, 0, [], [])
@@ -96,15 +97,16 @@ class HoleMap:
 class RawImage(DiskImage):
     format_name = "raw"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource,
+                 window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         self.virtual_size = self.file_size
-        self.holes = HoleMap(fd, self.base, self.file_size, path)
+        self.holes = HoleMap(self.fd, self.base, self.file_size, path)
         if self.file_size and disk_signature(self._peek, self.file_size) is None:
             self.warnings.append(no_signature_warning(path))
 
     def _peek(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, self.base + offset)
+        return self.source.read_at(self.base + offset, size)
 
     def extents(self, start: int = 0, end: int | None = None) -> Iterator[Extent]:
         end = self.virtual_size if end is None else min(end, self.virtual_size)

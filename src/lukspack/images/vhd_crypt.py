@@ -33,6 +33,7 @@ import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError, WrongKeyError
 from lukspack.images.encrypted import CipherRuns, EncryptedImage
+from lukspack.images.source import ByteSource, LocalFile
 from lukspack.images.vhd import (
     BAT_UNUSED,
     DISK_DYNAMIC,
@@ -128,38 +129,47 @@ def parse_batmap(path: str, header: bytes, file_size: int, header_offset: int,
             "key_hash": hash_, "map": bitmap[: (bat_entries + 7) // 8]}
 
 
-def _batmap_header_offset_of(fd: int, size: int) -> int | None:
+def _batmap_header_offset_of(src: ByteSource, size: int) -> int | None:
     """The batmap header offset of a dynamic VHD file, from its footer and header, or None."""
     if size < 3 * SECTOR:
         return None
-    footer = parse_footer(os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE))
+    footer = parse_footer(src.read_at(size - FOOTER_SIZE, FOOTER_SIZE))
     if footer is None or not footer["checksum_ok"]:
-        footer = parse_footer(os.pread(fd, FOOTER_SIZE, 0))
+        footer = parse_footer(src.read_at(0, FOOTER_SIZE))
     if footer is None or not footer["checksum_ok"] or footer["disk_type"] != DISK_DYNAMIC:
         return None
-    dyn = os.pread(fd, 40, footer["data_offset"]) if footer["data_offset"] < size else b""
+    dyn = src.read_at(footer["data_offset"], 40) if footer["data_offset"] < size else b""
     if len(dyn) < 40 or dyn[:8] != b"cxsparse":
         return None
     table_offset, entries = struct.unpack_from(">Q", dyn, 16)[0], struct.unpack_from(">I", dyn, 28)[0]
     return batmap_header_offset(table_offset, entries)
 
 
-def is_encrypted_vhd(path_or_fd: str | int) -> bool:
+def is_encrypted_vhd(path_or_fd: str | int | ByteSource) -> bool:
     """True when the file is a dynamic VHD whose batmap header carries a key hash (flag set),
     whatever else is wrong with it: opening it then says what."""
+    if isinstance(path_or_fd, ByteSource):
+        return _is_encrypted(path_or_fd)
     fd = os.open(path_or_fd, os.O_RDONLY) if isinstance(path_or_fd, str) else path_or_fd
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        off = _batmap_header_offset_of(fd, size)
-        if off is None or off + SECTOR > size:
-            return False
-        head = os.pread(fd, BATMAP_HEADER.size, off)
-        return head[:8] == BATMAP_COOKIE and head[29] != 0
+        return _is_encrypted(LocalFile(fd, str(path_or_fd)))
     except OSError:
         return False
     finally:
         if isinstance(path_or_fd, str):
             os.close(fd)
+
+
+def _is_encrypted(src: ByteSource) -> bool:
+    try:
+        size = src.size
+        off = _batmap_header_offset_of(src, size)
+        if off is None or off + SECTOR > size:
+            return False
+        head = src.read_at(off, BATMAP_HEADER.size)
+        return head[:8] == BATMAP_COOKIE and head[29] != 0
+    except OSError:
+        return False
 
 
 class EncryptedVhdImage(EncryptedImage, VhdImage):

@@ -24,6 +24,7 @@ from typing import Any
 
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.images.base import DiskImage, Extent
+from lukspack.images.source import ByteSource, LocalFile
 from lukspack.images.vmdk_extents import (
     COWD_MAGIC,
     SECTOR,
@@ -97,9 +98,10 @@ class VmdkImage(DiskImage):
 
     format_name = "vmdk"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource,
+                 window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
-        self._fds: list[int] = []
+        self._fds: list[LocalFile] = []
         self.parts: list[tuple[int, Any]] = []  # (disk offset, extent)
         self.descriptor = Descriptor()
         try:
@@ -149,7 +151,7 @@ class VmdkImage(DiskImage):
             if h[3] == 0:  # a descriptor stored in a sparse file, naming other extents
                 self._open_descriptor(self.descriptor)
                 return
-        f = File(self, self.path, self.fd, self.base, self.file_size)
+        f = File(self, self.path, self.source, self.base, self.file_size)
         ext = SparseExtent(f, h)
         self.parts.append((0, ext))
         if not self.descriptor.create_type:
@@ -162,6 +164,9 @@ class VmdkImage(DiskImage):
         if self.windowed:
             raise UnsupportedError(f"{self.path}: the VMDK in the archive is a descriptor naming "
                                    "extent files; extract the archive first")
+        if self.source.fd < 0:
+            raise UnsupportedError(f"{self.path}: the remote VMDK is a descriptor naming extent "
+                                   "files; download them, or give a one-file VMDK")
         if not d.extents:
             raise FormatError(f"{self.path}: VMDK descriptor lists no extents")
         base = os.path.dirname(os.path.abspath(self.path))
@@ -200,18 +205,19 @@ class VmdkImage(DiskImage):
         except OSError as e:
             raise LukspackError(f"{self.path}: cannot open extent file {path}: {e.strerror}") \
                 from None
-        self._fds.append(fd)
-        return File(self, path, fd)
+        src = LocalFile(fd, path)
+        self._fds.append(src)
+        return File(self, path, src)
 
     @property
     def files(self) -> tuple[str, ...]:
         """The descriptor (or sparse file) and every extent file it names."""
-        extra = [ext.f.path for _, ext in self.parts if hasattr(ext, "f") and ext.f.fd != self.fd]
+        extra = [ext.f.path for _, ext in self.parts if hasattr(ext, "f") and ext.f.src is not self.source]
         return (self.path, *extra)
 
     def close_extents(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
+        for src in self._fds:
+            src.close()
         self._fds = []
 
     def close(self) -> None:

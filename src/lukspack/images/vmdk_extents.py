@@ -5,7 +5,6 @@ the disk they make up together.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from lukspack.errors import FormatError, UnsupportedError
 
 if TYPE_CHECKING:
     from lukspack.images.base import DiskImage
+    from lukspack.images.source import ByteSource
 
 SECTOR = 512
 SPARSE_MAGIC = b"KDMV"
@@ -45,10 +45,10 @@ GT_CACHE_BYTES = 16 << 20
 class File:
     """An open extent file; reads count into the owning image's bytes_read."""
 
-    def __init__(self, image: DiskImage, path: str, fd: int, base: int = 0,
+    def __init__(self, image: DiskImage, path: str, src: ByteSource, base: int = 0,
                  size: int | None = None) -> None:
-        self.image, self.path, self.fd, self.base = image, path, fd, base  # base: in an OVA
-        self.size = os.lseek(fd, 0, os.SEEK_END) if size is None else size
+        self.image, self.path, self.src, self.base = image, path, src, base  # base: in an OVA
+        self.size = src.size if size is None else size
 
     def pread_into(self, offset: int, view: memoryview, what: str) -> None:
         got = 0
@@ -56,7 +56,7 @@ class File:
             raise FormatError(f"{self.path}: {what} at offset {offset} is past the end of the "
                               f"file (size {self.size})")
         while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], self.base + offset + got)
+            n = self.src.readinto(self.base + offset + got, view[got:])
             if n == 0:
                 raise FormatError(f"{self.path}: {what} at offset {offset + got} is past the end "
                                   f"of the file (size {self.size})")

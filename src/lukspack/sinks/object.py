@@ -301,14 +301,16 @@ def open_object_sink(location: str, options: ObjectSinkOptions | None = None) ->
 
 
 def open_streamed(location: str, source: str, options: ObjectSinkOptions | None = None,
-                  fingerprint: dict[str, Any] | None = None) -> ObjectSink:
+                  fingerprint: dict[str, Any] | None = None, remote: Any = None) -> ObjectSink:
     """The sink for `encrypt SOURCE cos://...`: records the source's identity and the output
     options' fingerprint so that a resume finds them unchanged. With options.resume, pass
     `sink.saved_key_material` to the engine (`encrypt(..., sink=sink, key_material=...)`)."""
     from dataclasses import replace
 
     from lukspack.cloud.multipart import source_identity
+    from lukspack.remote import is_remote, remote_identity
 
-    opts = replace(options or ObjectSinkOptions(), source_identity=source_identity(source),
+    ident = remote_identity(source, remote) if is_remote(source) else source_identity(source)
+    opts = replace(options or ObjectSinkOptions(), source_identity=ident,
                    fingerprint=fingerprint)
     return ObjectSink(location, opts)
