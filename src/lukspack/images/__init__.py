@@ -32,8 +32,9 @@ def sniff_file(path: str, fd: int | ByteSource) -> Sniffed:
 
 
 def detect_format(path: str, fd: int | ByteSource) -> str:
-    """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, ova or luks (a LUKS2
-    image whose primary header is lost included). UnsupportedError for compressed files."""
+    """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, vdi, ova or luks (a LUKS2
+    image whose primary header is lost included). UnsupportedError for compressed files and for
+    the formats qemu-img reads and lukspack does not (sniff.FOREIGN)."""
     return sniff_file(path, fd).format
 
 
@@ -89,6 +90,10 @@ def _reader(found: str, path: str, fd: ByteSource, window: Window) -> DiskImage:
         from lukspack.images.vhdx import VhdxImage
 
         return VhdxImage(path, fd, window)
+    if found == "vdi":
+        from lukspack.images.vdi import VdiImage
+
+        return VdiImage(path, fd, window)
     if found == "luks":
         raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
                                "use it as it is")
