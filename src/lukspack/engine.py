@@ -353,7 +353,7 @@ class _Run:
                             "`verify` and `decrypt` report")
         if out_sha is not None:
             d["output_sha256"] = out_sha
-        if image.warnings:  # shown once the run succeeded: a failure stays one line
+        if image.warnings:  # issued before the work too (images.announce)
             d["warnings"] = list(image.warnings)
         d["direct_io"] = self.direct
         d["verified"] = self.opts.verify

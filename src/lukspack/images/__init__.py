@@ -12,7 +12,7 @@ from lukspack.images.base import DiskImage, Extent
 from lukspack.images.sniff import FORMATS, ReadAt, Sniffed, sniff
 from lukspack.images.source import ByteSource, LocalFile
 
-__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "sniff_file", "source_files",
+__all__ = ["DiskImage", "Extent", "open_image", "announce", "detect_format", "sniff_file", "source_files",
            "check_source_type", "open_source", "open_bytes", "FORMATS", "Sniffed", "ByteSource"]
 
 Window = tuple[int, int] | None
@@ -147,6 +147,16 @@ def open_bytes(path: str, remote: Any = None) -> ByteSource:
         src.close()
         raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
     return src
+
+
+def announce(image: DiskImage) -> None:
+    """Issue the image's notes (image.warnings: a RAW with no partition table) as Python
+    warnings, once its checks have passed and before the work starts: a user reads them before
+    hours of streaming, not after. Summaries still list them under "warnings"."""
+    import warnings
+
+    for note in image.warnings:
+        warnings.warn(note, stacklevel=3)
 
 
 def open_image(path: str, fmt: str | None = None, disk: int | None = None, *,
