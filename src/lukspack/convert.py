@@ -41,10 +41,11 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
         out = open_file_output(output, force=force, protected=tuple(
             ("source", s) for s in source_files(image)) + protected)
         with out:
-            announce(image)  # before the work: a RAW with no partition table is said first
             out.begin(0, image.allocated_size())
+            announce(image)  # before the work: a RAW with no partition table is said first
             bytes_out = CONVERT_TARGETS[to](image, out, opts,
                                             phase_progress(progress, "convert", size))
+            image.check_unchanged()  # after the last read, before the output is committed
             out.finish(bytes_out)
             out.commit()
         return {"source": image.path, "source_format": image.format_name, "output": output,

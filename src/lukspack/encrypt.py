@@ -10,7 +10,7 @@ from lukspack.containers.base import Container
 from lukspack.containers.qcow2_luks import Qcow2Luks
 from lukspack.containers.raw_luks import RawLuks
 from lukspack.engine import ProgressFn, encrypt_image
-from lukspack.images import DiskImage, announce, open_image, source_files
+from lukspack.images import DiskImage, open_image, source_files
 from lukspack.luks.kdf import KdfCache
 from lukspack.options import EncryptOptions, output_format
 from lukspack.remote import source_reads
@@ -76,7 +76,6 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
             sink = sink()
         if key_material is None:
             key_material = getattr(sink, "saved_key_material", None)
-        announce(image)  # every check passed: the notes come before the work, not after it
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)
