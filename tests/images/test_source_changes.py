@@ -140,3 +140,19 @@ def test_cli_one_line_and_nothing_left(tmp_path: Path, cli: Cli, keyfile: Path,
         assert sorted(p.name for p in tmp_path.iterdir()) == ["dek.key", "dense.raw"] or \
             sorted(p.name for p in tmp_path.iterdir()) == ["dense.raw"]
         assert not leftovers(tmp_path)
+
+
+def test_decrypt_of_an_image_that_shrinks(tmp_path: Path, cli: Cli, keyfile: Path) -> None:
+    """decrypt reads an encrypted image: the same rule."""
+    from lukspack.plaintext import decrypt
+
+    src = sparse_raw(tmp_path / "disk.raw", 64 * MiB)
+    enc = tmp_path / "enc.img"
+    cli("encrypt", src, enc, "--key-file", keyfile, *FAST)
+    size = enc.stat().st_size
+    out = tmp_path / "plain.raw"
+    with pytest.raises(SourceChanged, match=f"enc.img: changed while it was read: size {size} -> "
+                                            f"{size - 32 * MiB} bytes"):
+        decrypt(str(enc), str(out), bytearray(keyfile.read_bytes()),
+                progress=shrink_at_first_progress(enc, size - 32 * MiB))
+    assert not out.exists() and not leftovers(tmp_path)

@@ -52,6 +52,7 @@ class EncryptedImage(DiskImage):
             cipher.decrypt(view[start : start + length], iv)
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        self.check_unchanged()  # as DiskImage.read_into: an image that changes is an error
         mv = memoryview(buf).cast("B")
         u = self.unit
         lo, hi = offset // u * u, -(-(offset + len(mv)) // u) * u
