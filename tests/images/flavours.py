@@ -70,6 +70,14 @@ def vdi_zero_blocks(src: Path, out: Path, blocks: tuple[int, ...] = (2, 5)) -> P
     return out
 
 
+def vdi_written_zeroes(src: Path, out: Path) -> Path:
+    """A dynamic VDI that qemu-io wrote zeroes into: qemu's VDI driver stores them as data (a
+    zero write into a free block allocates it), so they read back as zeros from the file."""
+    convert(src, out, "-O", "vdi")
+    qemu_io("vdi", out, "write -z 1M 1M", "write -z 9M 64k")
+    return out
+
+
 def _vhdx(*opts: str) -> Callable[[Path, Path], Path]:
     return lambda src, out: convert(src, out, "-O", "vhdx", *opts)
 
@@ -112,6 +120,7 @@ FLAVOURS: dict[str, tuple[str, Callable[[Path, Path], Path], bool]] = {
     "vdi-dynamic": (".vdi", _with("-O", "vdi"), True),
     "vdi-fixed": (".vdi", _with("-O", "vdi", "-o", "static=on"), False),
     "vdi-zero-blocks": (".vdi", vdi_zero_blocks, True),
+    "vdi-written-zeroes": (".vdi", vdi_written_zeroes, True),
 }
 
 

@@ -38,7 +38,7 @@ def allocated(extents: list[tuple[int, int, bool]]) -> list[tuple[int, int]]:
 
 
 def test_dynamic_allocation_is_what_qemu_maps(source: Path, tmp_path: Path) -> None:
-    for name in ("vdi-dynamic", "vdi-zero-blocks", "vdi-fixed"):
+    for name in ("vdi-dynamic", "vdi-zero-blocks", "vdi-written-zeroes", "vdi-fixed"):
         image, ref = make(name, source, tmp_path)
         data, _read, extents, fmt = read_all(image)
         assert fmt == "vdi" and data == ref.read_bytes()
