@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def bench_remote(work: Path, key: Path, vmdk: Path, rounds: int = 1) -> list[dic
     work.mkdir(parents=True, exist_ok=True)
     out, dl = work / "remote-out.qcow2", work / "remote-download.vmdk"
     http = RangeServer(vmdk.parent)
-    s3 = s3server.start(Path(tempfile.mkdtemp(dir=work, prefix="weed")))
+    weed = Path(tempfile.mkdtemp(dir=work, prefix="weed"))
+    s3 = s3server.start(weed)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COS_", "AWS_"))}
         env.update(s3server.env_for(s3), AWS_ACCESS_KEY_ID=ACCESS_KEY,
@@ -159,6 +161,7 @@ def bench_remote(work: Path, key: Path, vmdk: Path, rounds: int = 1) -> list[dic
     finally:
         http.stop()
         s3.stop()
+        shutil.rmtree(weed, ignore_errors=True)  # the uploaded copy of the VMDK
 
 
 def print_rows(rows: list[dict], vmdk: Path, rounds: int) -> None:
