@@ -8,7 +8,11 @@ and key derivation cancelled out), and a 16 GiB sparse dynamic VHD. Runs alterna
 round after round; the table gives medians. Every tool reads its input from the page cache (run
 once before timing); outputs are deleted and `sync`ed between runs.
 
-    .venv/bin/python bench/bench.py [--rounds 3] [--work DIR] [--quick]
+    .venv/bin/python bench/bench.py [--rounds 3] [--work DIR] [--quick] [--sections LIST]
+
+Sections (--sections, comma-separated, default all): main (the 1 GiB rows, kernel, targets),
+sparse (40 GiB sparse sources), startup, cloud (object storage upload), remote (a remote source
+against a local file: bench/remote_bench.py). `--sections remote` builds only the VMDK it reads.
 
 Targets (issue 3) are checked at the end and printed as PASS/FAIL lines.
 """
@@ -79,13 +83,20 @@ def sync() -> None:
     os.sync()
 
 
-def build_inputs(work: Path, key: Path, quick: bool) -> dict[str, Path]:
+def build_inputs(work: Path, key: Path, quick: bool, vmdk_only: bool = False) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     if not key.exists():
         subprocess.run([*LUKSPACK, "keygen", str(key)], check=True, env=ENV)
     raw = work / "half.raw"
     if not raw.exists():
         _half_data_raw(raw, GiB)
+    vmdk = work / "half.vmdk"
+    if not vmdk.exists():
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(raw), str(vmdk)],
+                       check=True)
+    if vmdk_only:
+        subprocess.run(["cat", str(vmdk)], stdout=subprocess.DEVNULL, check=True)
+        return {"raw": raw, "vmdk": vmdk}
     vhd = work / "half.vhd"
     if not vhd.exists():
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on",
@@ -97,10 +108,6 @@ def build_inputs(work: Path, key: Path, quick: bool) -> dict[str, Path]:
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on",
                         str(raw2), str(vhd2)], check=True)
         raw2.unlink()
-    vmdk = work / "half.vmdk"
-    if not vmdk.exists():
-        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(raw), str(vmdk)],
-                       check=True)
     paths = {"raw": raw, "vhd": vhd, "vhd2": vhd2, "vmdk": vmdk}
     if not quick:
         big_raw = work / "sparse16g.raw"
@@ -134,11 +141,31 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     ap.add_argument("--quick", action="store_true", help="skip the 16 and 40 GiB sparse runs")
     ap.add_argument("--no-cloud", action="store_true", help="skip the object-storage rows")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run, of {','.join(SECTIONS)} [all]")
     args = ap.parse_args()
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections or sections - set(SECTIONS):
+        ap.error(f"--sections takes some of {','.join(SECTIONS)}")
+    if args.no_cloud:
+        sections.discard("cloud")
     work: Path = args.work
     key = work / "dek.key"
     work.mkdir(parents=True, exist_ok=True)
-    inputs = build_inputs(work, key, args.quick)
+    inputs = build_inputs(work, key, args.quick, vmdk_only=sections <= {"remote", "startup"})
+    if "main" in sections:
+        main_rows(args, work, key, inputs)
+    if "sparse" in sections and not args.quick:
+        sparse_rows(work, key, args.rounds)
+    if "startup" in sections:
+        startup_rows()
+    if "cloud" in sections:
+        cloud_rows(work, key, inputs["vhd"])
+    if "remote" in sections:
+        remote_rows(work, key, inputs["vmdk"], args.rounds)
+
+
+def main_rows(args: argparse.Namespace, work: Path, key: Path, inputs: dict[str, Path]) -> None:
     out = work / "out.img"
     secret = f"secret,id=s0,file={key}"
 
@@ -219,11 +246,6 @@ def main() -> None:
     kernel = json.loads(subprocess.run([*LUKSPACK, "benchmark", "--json"], capture_output=True,
                                        check=True, env=ENV).stdout)
     report(results, big, kernel, inputs, read_1g)
-    if not args.quick:
-        sparse_rows(work, key, args.rounds)
-    startup_rows()
-    if not args.no_cloud:
-        cloud_rows(work, key, inputs["vhd"])
 
 
 def sparse_rows(work: Path, key: Path, rounds: int) -> None:
@@ -303,6 +325,15 @@ def cloud_rows(work: Path, key: Path, source: Path) -> None:
     print("|---|---:|---:|")
     for r in rows:
         print(f"| {r['name']} | {r['wall_s']:.2f} | {r['maxrss_mib']:.0f} |")
+
+
+def remote_rows(work: Path, key: Path, vmdk: Path, rounds: int) -> None:
+    """Issue 19: the 1 GiB VMDK read from http://127.0.0.1 and cos:// against the local file,
+    beside download-then-encrypt and qemu-img's curl driver (bench/remote_bench.py)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from remote_bench import bench_remote, print_rows
+
+    print_rows(bench_remote(work / "remote", key, vmdk, rounds), vmdk, rounds)
 
 
 def med(samples: list[Sample], attr: str) -> float:
@@ -391,6 +422,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+SECTIONS = ("main", "sparse", "startup", "cloud", "remote")
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 if __name__ == "__main__":
