@@ -134,6 +134,17 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     return result
 
 
+def test_key(image_path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
+    """Whether the key opens the image, decrypting nothing (`verify --key-only`, as `cryptsetup
+    open --test-passphrase`): LUKS and qcow2+LUKS unlock a key slot (its digest checked); an
+    encrypted VHD compares the key hash. WrongKeyError when it does not open."""
+    started = time.perf_counter()
+    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
+        result = {**_describe(enc), "key_opens": True}
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
 def _notes(enc: EncryptedImage) -> dict[str, Any]:
     """What a person should know about what was read (vhd-util's quirk blocks)."""
     notes = list(getattr(enc, "notes", []) or [])
