@@ -366,7 +366,14 @@ def _wrap_and_import(plan: PublishPlan, loc: CosLocation, creds: Credentials, kp
         image = state.data.get("image") or imports.send(req, creds.tokens(),
                                                         "SoftLayer createFromIcos")
         state.save(image=image)
-        return {k: image.get(k) for k in ("id", "globalIdentifier", "name")}
+        out = {k: image.get(k) for k in ("id", "globalIdentifier", "name")}
+        if plan.wait:
+            done = imports.wait_classic_image(
+                image["id"], creds.tokens(), api_url=plan.api_url,
+                interval_s=float(os.environ.get("LUKSPACK_POLL_S", "15")),
+                on_status=lambda st: say(f"image template status: {st}"))
+            out["status"] = (done.get("status") or {}).get("keyName")
+        return out
     created = state.data.get("image")
     if created is None:
         created = imports.send(req, creds.tokens(), "VPC image create")
