@@ -95,6 +95,7 @@ def test_wrap_key_cli_writes_wdek_0600_and_unwrap_checks(cloud, tmp_path, capsys
     assert code == 0, err
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert "unwrapped once and compared" in err
+    assert "warning:" in err and "not a data encryption key" in err  # the VPC key rule's warning
     code, stdout, err = run_cli(["unwrap-key", "--wdek-file", str(out), *cloud.kms_args(),
                                  "--key-file", str(key), "--for", "vpc"], capsys)
     assert code == 0 and "matches" in stdout and "YWJjMTIz" not in stdout + err

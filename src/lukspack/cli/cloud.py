@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import click
@@ -203,6 +204,8 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
     click.echo(f"wrapped for {target} with root key {root_key_id}"
                + (", unwrapped once and compared" if r["checked"] else "")
                + (f"; WDEK written to {output} (mode 0600)" if output else ""), err=True)
+    for note in r.get("warnings", []):
+        warnings.warn(note, stacklevel=1)
 
 
 @click.command(name="unwrap-key")

@@ -161,8 +161,12 @@ class KeyProtect:
 
 def wrap_key(kp: KeyProtect, root_key_id: str, key: bytes | bytearray, target: str, *,
              check: bool = True, name: str = "key file") -> dict[str, Any]:
-    """Wrap what the target needs; unless check is False, unwrap it once and compare."""
-    plaintext = wrap_plaintext(key, target, name)
+    """Wrap what the target needs; unless check is False, unwrap it once and compare. The
+    result's warnings are key_for_target's (a VPC passphrase that is not a DEK)."""
+    if target not in TARGETS:
+        raise CloudError(f"target {target!r} must be one of {', '.join(TARGETS)}")
+    meaning = key_for_target(target, key, name)
+    plaintext = meaning.wrap_plaintext
     wdek = kp.wrap(root_key_id, plaintext)
     checked = False
     if check:
@@ -171,8 +175,11 @@ def wrap_key(kp: KeyProtect, root_key_id: str, key: bytes | bytearray, target: s
             raise CloudError(f"Key Protect {kp.url}: the WDEK unwraps to something else than was "
                              "wrapped: do not import with it")
         checked = True
-    return {"wdek": wdek, "target": target, "root_key_id": root_key_id,
-            "instance_id": kp.instance_id, "checked": checked}
+    out = {"wdek": wdek, "target": target, "root_key_id": root_key_id,
+           "instance_id": kp.instance_id, "checked": checked}
+    if meaning.warnings:
+        out["warnings"] = meaning.warnings
+    return out
 
 
 def unwrap_matches(kp: KeyProtect, root_key_id: str, wdek: str, key: bytes | bytearray | None,
