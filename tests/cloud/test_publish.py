@@ -105,11 +105,13 @@ def test_publish_classic_luks_raw(cloud, s3, source, tmp_path, capsys) -> None:
     run([tool("cryptsetup"), "open", "--test-passphrase", "--key-file", str(key), str(got)])
 
 
-def test_publish_classic_vhd(cloud, s3, source, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("nbytes", [None, "32"])
+def test_publish_classic_vhd(cloud, s3, source, tmp_path, capsys, nbytes) -> None:
     from tests.vhd_crypt.drive import independent_decrypt
 
     key = tmp_path / "dek"
-    code, out, err = run_cli(publish_args(cloud, source, ["--new-key-file", str(key)],
+    extra = ["--new-key-bytes", nbytes] if nbytes else []
+    code, out, err = run_cli(publish_args(cloud, source, ["--new-key-file", str(key)], *extra,
                                           to="classic", name="vhd-img", os_name="UBUNTU_22_64",
                                           as_json=False), capsys)
     assert code == 0, err
@@ -117,7 +119,8 @@ def test_publish_classic_vhd(cloud, s3, source, tmp_path, capsys) -> None:
     r = out.splitlines()[0].split(":", 2)
     assert f"{r[0]}:{r[1]}" == f"{BUCKET}/vhd-img.vhd-0.vhd"
     dek = key.read_bytes()
-    assert len(base64.b64decode(dek, validate=True)) == 64  # AES-256-XTS by default
+    # AES-256-XTS by default, --new-key-bytes 32: AES-128-XTS
+    assert len(base64.b64decode(dek, validate=True)) == int(nbytes or 64)
     cfg = cloud.sl.created[0]["_cfg"]
     key_id = cloud.root_key_crn.rsplit(":", 1)[-1]
     assert cloud.kp.unwrap_local(key_id, cfg["wrappedDek"]) == dek.decode()  # the base64 DEK
@@ -125,6 +128,13 @@ def test_publish_classic_vhd(cloud, s3, source, tmp_path, capsys) -> None:
     plain = independent_decrypt(got, base64.b64decode(dek))  # struct + `cryptography` only
     want = source.read_bytes()
     assert plain[: len(want)] == want and not plain[len(want):].strip(b"\0")
+
+
+def test_new_key_bytes_is_for_classic(cloud, source, tmp_path, capsys) -> None:
+    key = tmp_path / "k"
+    code, _, err = run_cli(publish_args(cloud, source, ["--new-key-file", str(key)],
+                                        "--new-key-bytes", "32"), capsys)
+    assert code == 2 and "--new-key-bytes" in err and not key.exists()
 
 
 def test_check_failure_uploads_nothing(cloud, s3, no_root, tmp_path, capsys) -> None:

@@ -26,6 +26,9 @@ MiB = 1 << 20
               help="Write a new key here (mode 0600) before anything is uploaded: VPC a "
                    "44-character passphrase, classic VHD base64 of 64 random bytes "
                    "(AES-256-XTS), classic RAW a 32-byte DEK (lukspack keygen's).")
+@click.option("--new-key-bytes", type=click.Choice(["32", "64"]), default=None,
+              help="Random bytes of a new classic key [default: 64 for the VHD (AES-256-XTS), "
+                   "32 gives AES-128-XTS; 32 for the LUKS RAW].")
 @click.option("--output-format", type=click.Choice(["qcow2", "vhd", "raw"]), default=None,
               help="VPC: qcow2; classic: vhd (encrypted VHD) or raw (the 2018 LUKS RAW).")
 @click.option("--resource-group", default=None, help="VPC resource group ID.")
@@ -48,7 +51,8 @@ MiB = 1 << 20
 @click.option("--progress/--no-progress", default=True)
 def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance: str, name: str,
             os_name: str, key_file: str | None, new_key_file: str | None,
-            output_format: str | None, resource_group: str | None, note: str, cloud_init: bool,
+            new_key_bytes: str | None, output_format: str | None, resource_group: str | None,
+            note: str, cloud_init: bool,
             byol: bool, kms_url: str | None, private_kms: bool, api_url: str | None, wait: bool,
             resume: bool, skip_check: bool, part_size: int, concurrency: int,
             pbkdf_force_iterations: int | None,
@@ -63,6 +67,9 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
 
     if (key_file is None) == (new_key_file is None):
         raise click.UsageError("give one of --key-file and --new-key-file")
+    if new_key_bytes is not None and (new_key_file is None or target == "vpc"):
+        raise click.UsageError("--new-key-bytes goes with --new-key-file for --to classic (a new "
+                               "VPC key is a 44-character passphrase)")
     cos_opts = CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
                           credentials_file=credentials_file, iam_url=iam_url,
                           part_size=part_size * MiB, concurrency=concurrency, resume=resume)
@@ -82,7 +89,8 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
     if new_key_file is not None:
         # every check (the image's too) before the key is written: nothing to clean up
         checked = pub.preflight(plan, say, source, enc)
-        key = pub.new_key(new_key_file, plan.wrap_target)
+        key = pub.new_key(new_key_file, plan.wrap_target,
+                          None if new_key_bytes is None else int(new_key_bytes))
         say(f"wrote a new key to {new_key_file} (mode 0600)")
         try:
             with progress_bar(progress) as bar:

@@ -266,14 +266,14 @@ def vpc_import_and_wait(req: imports.ApiRequest, tokens: TokenSource, *, wait: b
     return out
 
 
-def new_key(path: str, target: str) -> bytearray:
+def new_key(path: str, target: str, nbytes: int | None = None) -> bytearray:
     """A new key for the target (keys.new_key: VPC a 44-character passphrase, the encrypted VHD
-    64 random bytes as base64 (AES-256-XTS), the LUKS RAW a 32-byte DEK), written (mode 0600)
-    before anything is uploaded."""
+    64 random bytes as base64 (AES-256-XTS; nbytes 32: AES-128-XTS), the LUKS RAW a 32-byte
+    DEK), written (mode 0600) before anything is uploaded."""
     from lukspack.keys import new_key as make_key
     from lukspack.keys import wipe, write_key_file
 
-    key, _ = make_key(target)
+    key, _ = make_key(target, nbytes)
     try:
         write_key_file(path, key)
     except BaseException:
