@@ -216,3 +216,26 @@ def test_keygen_dash_on_a_terminal_is_refused(tmp_path: Path) -> None:
         os.close(leader)
     assert p.returncode == 1 and b"refusing to print a key on a terminal" in p.stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_verify_says_qemu_cannot_use_a_non_utf8_slot(tmp_path: Path, disk: Path) -> None:
+    """An image whose slot holds a non-UTF-8 passphrase (what add-key wrote before the rule):
+    lukspack opens it and says QEMU will not, as qemu-img shows."""
+    from lukspack.luks import keyslots
+    from lukspack.luks.format import KdfOptions
+
+    key = write_key(tmp_path / "k", base64.b64encode(os.urandom(32)))
+    bad = write_key(tmp_path / "bad", NOT_UTF8)
+    cli = Cli(tmp_path)
+    cli("encrypt", disk, "o.qcow2", "--key-file", key, *FAST, "--no-progress")
+    with keyslots._open_rw(str(tmp_path / "o.qcow2")) as t:  # the old add-key, without the rule
+        keyslots._add_luks1(t, t.vol.header, key.read_bytes(), NOT_UTF8,
+                            KdfOptions(force_iterations=1000), None)
+    for args in (["--key-only"], ["--source", str(disk)]):
+        p = cli("verify", "o.qcow2", "--key-file", bad, *args)
+        assert b"QEMU and IBM Cloud VPC do not" in p.stdout and b"UTF-8" in p.stdout
+    q = run([tool("qemu-img"), "compare", "--object", f"secret,id=s0,file={bad}", "--image-opts",
+             f"driver=qcow2,encrypt.key-secret=s0,file.filename={tmp_path / 'o.qcow2'}",
+             f"driver=raw,file.filename={disk}"], check=False)
+    assert q.returncode != 0 and b"not valid UTF-8" in q.stderr
+    assert b"note:" not in cli("verify", "o.qcow2", "--key-file", key, "--key-only").stdout

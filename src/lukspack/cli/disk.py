@@ -168,7 +168,7 @@ def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: 
                       offset=keyfile_offset) as key:
             r = test_key(image, key)
         emit(r, as_json, [f"{image}: key opens {r['type'].upper()} {r['cipher']}; nothing "
-                          "decrypted"])
+                          "decrypted"] + [f"note: {n}" for n in r.get("notes", [])])
         return
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
