@@ -323,7 +323,7 @@ def _image_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--wait", is_flag=True,
               help="Poll the image template until no transaction is left and it is Active.")
 @click.option("--timeout", type=click.IntRange(min=1), default=4 * 3600, show_default=True,
-              help="With --wait: give up after this many seconds (the upload stays imported).")
+              help="With --wait: give up after this many seconds (exit 1; the template stays).")
 @api_options
 def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_file: str,
                    note: str, cloud_init: bool, byol: bool, image_format: str, wait: bool,

@@ -38,7 +38,9 @@ MiB = 1 << 20
 @click.option("--kms-url", default=None)
 @click.option("--private-kms", is_flag=True, help="private.REGION.kms.cloud.ibm.com")
 @click.option("--api-url", default=None, help="VPC or SoftLayer API endpoint.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="VPC: until the image is available or failed; classic: until the template "
+                   "has no transaction left and is Active.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted publish.")
 @click.option("--skip-check", is_flag=True,
               help="Do not run `lukspack check --target` on SOURCE first (said in the summary).")
