@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -205,3 +208,66 @@ def special_file(directory: Path, kind: str) -> Path:
     else:
         p.mkdir()
     return p
+
+
+LOOP_CONTROL = "/dev/loop-control"
+LOOP_CTL_GET_FREE = 0x4C82  # linux/loop.h
+
+
+def _loop_driver_reason() -> str | None:
+    """Why this machine cannot give a loop device (None: it can), after making the nodes a
+    container may lack: /dev/loop-control (char 10:237) where the kernel has the driver."""
+    if os.geteuid() != 0:
+        return f"attaching a loop device needs root (this is uid {os.geteuid()})"
+    with open("/proc/devices") as f:
+        has_driver = any(line.split()[1:] == ["loop"] for line in f if line.strip())
+    if not has_driver:
+        p = subprocess.run(["modprobe", "loop"], capture_output=True, text=True)
+        if p.returncode != 0:
+            return ("this kernel has no loop driver (/proc/devices lists no 'loop'; modprobe "
+                    f"loop: {p.stderr.strip() or p.returncode})")
+    if not os.path.exists(LOOP_CONTROL):
+        try:
+            os.mknod(LOOP_CONTROL, 0o600 | stat.S_IFCHR, os.makedev(10, 237))
+        except OSError as e:
+            return f"{LOOP_CONTROL} is missing and cannot be made here: {e.strerror}"
+    return None
+
+
+def _free_loop_node() -> str:
+    """The next free /dev/loopN (LOOP_CTL_GET_FREE), its node made when the container lacks it."""
+    import fcntl
+
+    fd = os.open(LOOP_CONTROL, os.O_RDWR)
+    try:
+        n = fcntl.ioctl(fd, LOOP_CTL_GET_FREE)
+    finally:
+        os.close(fd)
+    node = f"/dev/loop{n}"
+    if not os.path.exists(node):
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, n))
+    return node
+
+
+@contextmanager
+def loop_device(backing: Path, *, read_only: bool = False) -> Iterator[str]:
+    """A loop device over `backing`, detached afterwards. losetup missing fails the test (a test
+    tool is never skipped); a machine that cannot have loop devices at all (not root, a kernel
+    without the driver, a /dev where the node cannot be made) skips, saying which; a loop device
+    that the machine could give and losetup does not attach fails."""
+    losetup = tool("losetup")
+    reason = _loop_driver_reason()
+    if reason is not None:
+        pytest.skip(f"no loop device: {reason}")
+    args = [losetup, "--show", *(["--read-only"] if read_only else [])]
+    p = subprocess.run([*args, "--find", str(backing)], capture_output=True, text=True)
+    if p.returncode != 0:  # a container's /dev may lack the node losetup picked
+        p = subprocess.run([*args, _free_loop_node(), str(backing)], capture_output=True,
+                           text=True)
+    if p.returncode != 0:
+        pytest.fail(f"losetup could not attach {backing}: {p.stderr.strip()}")
+    dev = p.stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run([losetup, "-d", dev], check=False)

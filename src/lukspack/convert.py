@@ -12,7 +12,7 @@ import numpy as np
 
 from lukspack.engine import ProgressFn, phase_progress
 from lukspack.errors import LukspackError
-from lukspack.images import DiskImage, open_image, source_files
+from lukspack.images import DiskImage, announce, open_image, source_files
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
 from lukspack.sinks.file import FileSink, open_file_output
@@ -42,8 +42,10 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
             ("source", s) for s in source_files(image)) + protected)
         with out:
             out.begin(0, image.allocated_size())
+            announce(image)  # before the work: a RAW with no partition table is said first
             bytes_out = CONVERT_TARGETS[to](image, out, opts,
                                             phase_progress(progress, "convert", size))
+            image.check_unchanged()  # after the last read, before the output is committed
             out.finish(bytes_out)
             out.commit()
         return {"source": image.path, "source_format": image.format_name, "output": output,

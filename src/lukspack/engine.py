@@ -26,6 +26,7 @@ from lukspack import digest, interrupt
 from lukspack.containers.base import ChunkPlan, Container
 from lukspack.crypto.sector import make_sector_cipher
 from lukspack.errors import VerifyError
+from lukspack.images import announce
 from lukspack.images.base import DiskImage
 from lukspack.keys import wipe
 from lukspack.options import StreamOptions
@@ -210,7 +211,9 @@ class _Run:
         allocated = not self.container.sparse or any(
             e.allocated for e in image.extents(offset, min(offset + n, image.virtual_size)))
         if allocated:
-            image.read_into(offset, view)
+            image.read_into(offset, view)  # which checks the source is unchanged
+        else:
+            image.check_unchanged()  # a RAW that shrank reads as holes: say so at once
         if self.digest is not None:
             self.digest.update(offset, view if allocated else None, n)
         return self.container.plan(offset, view if allocated else None, allocated)
@@ -262,6 +265,7 @@ class _Run:
     def run(self) -> dict[str, Any]:
         c, sink, opts = self.container, self.sink, self.opts
         sink.begin(c.prefix_size, space_needed(c, self.image))
+        announce(self.image)  # the checks passed (space too): its notes come before the work
         if self.key_material is None:
             c.prepare()  # Argon2 calibration, before the payload threads load the CPU
             self.header = Background(lambda: c.build_key_material(
@@ -279,6 +283,7 @@ class _Run:
                        progress=phase_progress(self.progress, "encrypt", c.stream_size))
             if self.verifier is not None:
                 self.verifier.close()
+            self.image.check_unchanged()  # after the last read, before anything is committed
         except Mismatch as m:
             raise VerifyError(self._mismatch_message(m)) from None
         finally:
@@ -353,7 +358,7 @@ class _Run:
                             "`verify` and `decrypt` report")
         if out_sha is not None:
             d["output_sha256"] = out_sha
-        if image.warnings:  # shown once the run succeeded: a failure stays one line
+        if image.warnings:  # issued before the work too (images.announce)
             d["warnings"] = list(image.warnings)
         d["direct_io"] = self.direct
         d["verified"] = self.opts.verify

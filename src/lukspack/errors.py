@@ -23,6 +23,11 @@ class FormatError(LukspackError):
     """An input is malformed: bad magic, checksum, size, offset, table."""
 
 
+class SourceChanged(LukspackError):
+    """A source was truncated, grew or was written to while it was read: what was read is not
+    one disk, so nothing made from it is kept."""
+
+
 class UnsupportedError(LukspackError):
     """An input is valid but uses a feature lukspack does not handle."""
 

@@ -199,6 +199,7 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
             # a file keeps the image's holes and all-zero 4 KiB blocks as holes; a block
             # device gets every zero written
             d = decrypt_stream(enc, opts, progress, "decrypt", write=sink.write_sparse)
+            enc.check_unchanged()  # after the last read, before the output is committed
             sink.finish(enc.virtual_size)
             sink.commit()
         return {**_describe(enc), "output": output, "bytes": enc.virtual_size, **d, **_notes(enc)}

@@ -5,7 +5,6 @@ NAME_MAX. Temporary files of killed runs, bad output paths and holes: tests/sink
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -15,7 +14,16 @@ import pytest
 
 from lukspack.errors import OutputError
 from lukspack.sinks.file import FileSink
-from tests.helpers import FAST, Cli, MiB, cryptsetup, leftovers, pattern_disk, special_file
+from tests.helpers import (
+    FAST,
+    Cli,
+    MiB,
+    cryptsetup,
+    leftovers,
+    loop_device,
+    pattern_disk,
+    special_file,
+)
 
 
 @pytest.fixture
@@ -109,14 +117,6 @@ def test_a_long_output_name_fits_name_max(tmp_path: Path, cli: Cli, keyfile: Pat
     assert out.exists() and leftovers(tmp_path) == []
 
 
-def _loop_device(path: Path) -> str | None:
-    losetup = shutil.which("losetup") or shutil.which("losetup", path="/usr/sbin:/sbin")
-    if losetup is None or os.geteuid() != 0:
-        return None
-    p = subprocess.run([losetup, "-f", "--show", str(path)], capture_output=True, text=True)
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
 def test_a_block_device_is_written_in_place(tmp_path: Path, cli: Cli, keyfile: Path,
                                             src: Path) -> None:
     """A block device output needs --force, is checked for size first, written in place (never
@@ -124,11 +124,7 @@ def test_a_block_device_is_written_in_place(tmp_path: Path, cli: Cli, keyfile: P
     backing = tmp_path / "disk.bin"
     with open(backing, "wb") as f:
         f.truncate(8 * MiB)
-    dev = _loop_device(backing)
-    if dev is None:
-        pytest.skip("no loop device on this machine (losetup -f failed or not root): the block "
-                    "device sink is not exercised here")
-    try:
+    with loop_device(backing) as dev:  # skips only where the machine cannot have one, saying why
         assert "is a block device; use --force" in cli.fails("encrypt", src, dev, "--key-file",
                                                              keyfile, *FAST)
         s = cli("encrypt", src, dev, "--key-file", keyfile, "--force", "--json", *FAST)
@@ -138,5 +134,3 @@ def test_a_block_device_is_written_in_place(tmp_path: Path, cli: Cli, keyfile: P
         big = pattern_disk(tmp_path / "big.raw", 9)
         assert "the device has 8388608 bytes" in cli.fails("encrypt", big, dev, "--key-file",
                                                            keyfile, "--force", *FAST)
-    finally:
-        subprocess.run([shutil.which("losetup") or "/usr/sbin/losetup", "-d", dev])

@@ -58,6 +58,9 @@ def test_signal_stops_and_cleans_up(tmp_path: Path, session_keyfile: Path, sig: 
             for off in range(0, 2048 * MiB, 64 * MiB):
                 f.seek(off)
                 f.write(b"\x01" * MiB)
+    with open(src, "r+b") as f:  # a boot sector: no RAW note before the work, one line is ours
+        f.seek(510)
+        f.write(b"\x55\xaa")
     p = _start(args, tmp_path)
     _wait_for_tmp(tmp_path, p)
     p.send_signal(sig)

@@ -54,6 +54,8 @@ QEMU_SEEDS = {
     "vmdk-stream": ["-O", "vmdk", "-o", "subformat=streamOptimized"],
     "vhdx": ["-O", "vhdx"],
     "vhdx-fixed": ["-O", "vhdx", "-o", "subformat=fixed"],
+    "vdi": ["-O", "vdi"],
+    "vdi-fixed": ["-O", "vdi", "-o", "static=on"],
 }
 
 

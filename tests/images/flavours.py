@@ -54,6 +54,30 @@ def vmware_stream(src: Path, out: Path) -> Path:
     return out
 
 
+VDI_BMAP_AT = 0x154  # the header's offset_bmap field (images/vdi.py)
+
+
+def vdi_zero_blocks(src: Path, out: Path, blocks: tuple[int, ...] = (2, 5)) -> Path:
+    """A dynamic VDI whose block map marks blocks that hold data as 0xFFFFFFFE (discarded or
+    zeroed, as `VBoxManage modifymedium --compact` leaves them; qemu-img never writes it)."""
+    convert(src, out, "-O", "vdi")
+    data = bytearray(out.read_bytes())
+    bmap = struct.unpack_from("<I", data, VDI_BMAP_AT)[0]
+    for b in blocks:
+        assert struct.unpack_from("<I", data, bmap + 4 * b)[0] < 0xFFFFFFFE  # it held data
+        struct.pack_into("<I", data, bmap + 4 * b, 0xFFFFFFFE)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def vdi_written_zeroes(src: Path, out: Path) -> Path:
+    """A dynamic VDI that qemu-io wrote zeroes into: qemu's VDI driver stores them as data (a
+    zero write into a free block allocates it), so they read back as zeros from the file."""
+    convert(src, out, "-O", "vdi")
+    qemu_io("vdi", out, "write -z 1M 1M", "write -z 9M 64k")
+    return out
+
+
 def _vhdx(*opts: str) -> Callable[[Path, Path], Path]:
     return lambda src, out: convert(src, out, "-O", "vhdx", *opts)
 
@@ -93,6 +117,10 @@ FLAVOURS: dict[str, tuple[str, Callable[[Path, Path], Path], bool]] = {
     "vhdx-fixed-no-zero-blocks": (".vhdx",
                                   _vhdx("-o", "subformat=fixed,block_size=1M,block_state_zero=off"),
                                   False),
+    "vdi-dynamic": (".vdi", _with("-O", "vdi"), True),
+    "vdi-fixed": (".vdi", _with("-O", "vdi", "-o", "static=on"), False),
+    "vdi-zero-blocks": (".vdi", vdi_zero_blocks, True),
+    "vdi-written-zeroes": (".vdi", vdi_written_zeroes, True),
 }
 
 

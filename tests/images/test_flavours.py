@@ -1,7 +1,7 @@
-"""Every qcow2, VMDK and VHDX flavour that qemu-img makes (tests/images/flavours.py) reads exactly
+"""Every qcow2, VMDK, VHDX and VDI flavour that qemu-img makes (tests/images/flavours.py) reads exactly
 as qemu reads it and encrypts to what qemu decrypts, into qcow2+LUKS and into RAW LUKS; formats are
-detected by content, not by name. Format-specific cases are in test_qcow2_read, test_vmdk_read and
-test_vhdx_read."""
+detected by content, not by name. Format-specific cases are in test_qcow2_read, test_vmdk_read,
+test_vhdx_read and test_vdi_read."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_flavour_reads_and_encrypts_like_qemu(name: str, source: Path, tmp_path:
 
 
 @pytest.mark.parametrize("name", ["qcow2-compressed", "vmdk-streamOptimized-vmware-footer",
-                                  "vhdx-fixed"])
+                                  "vhdx-fixed", "vdi-fixed"])
 def test_to_raw_luks(name: str, source: Path, tmp_path: Path, cli: Cli, keyfile: Path) -> None:
     image, ref = make(name, source, tmp_path)
     out = tmp_path / "out.img"
@@ -33,7 +33,8 @@ def test_to_raw_luks(name: str, source: Path, tmp_path: Path, cli: Cli, keyfile:
 
 @pytest.mark.parametrize("name, disguise", [("qcow2-v3", "disk.img"),
                                             ("vmdk-streamOptimized", "disk.raw"),
-                                            ("vhdx-dynamic", "disk.vhd")])
+                                            ("vhdx-dynamic", "disk.vhd"),
+                                            ("vdi-dynamic", "disk.img")])
 def test_detected_by_content_not_name(name: str, disguise: str, source: Path, tmp_path: Path,
                                       cli: Cli, keyfile: Path) -> None:
     image, ref = make(name, source, tmp_path)

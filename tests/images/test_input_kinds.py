@@ -72,6 +72,56 @@ def test_a_raw_file_with_no_partition_table_warns(tmp_path: Path) -> None:
             assert "no partition table" in img.warnings[0] and "\n" not in img.warnings[0]
 
 
+def _blank(path: Path, size: int = 64 * MiB) -> Path:
+    with open(path, "wb") as f:  # data, but nothing a partition table or file system starts with
+        f.truncate(size)
+        f.seek(MiB)
+        f.write(b"x" * MiB)
+    return path
+
+
+@pytest.mark.parametrize("command", ["encrypt", "convert"])
+def test_the_no_partition_table_warning_comes_before_the_work(tmp_path: Path, command: str,
+                                                              keyfile: Path) -> None:
+    """The library issues the note once the checks passed and before the first progress
+    event; the summary still lists it (once)."""
+    import warnings
+
+    from lukspack.convert import convert
+    from lukspack.encrypt import encrypt
+    from lukspack.luks.format import KdfOptions
+    from lukspack.options import EncryptOptions
+
+    src = _blank(tmp_path / "blank.img")
+    events: list[tuple[str, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, *a, **k: events.append(("warning", str(m)))
+        progress = lambda phase, done, total: events.append((phase, f"{done}/{total}"))  # noqa: E731
+        if command == "encrypt":
+            opts = EncryptOptions(kdf=KdfOptions("sha256", 2000, 1000))
+            s = encrypt(str(src), str(tmp_path / "out.img"), bytearray(keyfile.read_bytes()), opts,
+                        progress)
+        else:
+            s = convert(str(src), str(tmp_path / "out.raw"), "raw", progress=progress)
+    kinds = [k for k, _ in events]
+    assert kinds.count("warning") == 1 and kinds[0] == "warning", events
+    assert "no partition table" in events[0][1] and len(kinds) > 1
+    assert s["warnings"] == [events[0][1]]
+
+
+def test_the_cli_says_the_warning_first_and_once(tmp_path: Path, cli: Cli, keyfile: Path) -> None:
+    src = _blank(tmp_path / "blank.img")
+    err = cli("encrypt", src, tmp_path / "out.img", "--key-file", keyfile, *FAST,
+              "-p").stderr.decode().splitlines()
+    notes = [i for i, line in enumerate(err) if "no partition table" in line]
+    progress = [i for i, line in enumerate(err) if line.lstrip().startswith("encrypt ")]
+    assert len(notes) == 1 and progress and notes[0] < progress[0], err
+    assert err[notes[0]].startswith("lukspack: warning: ")
+    err = cli("convert", src, tmp_path / "out.raw", "--to", "raw", "--json").stderr.decode()
+    assert err.count("no partition table") == 1, err
+
+
 def _mbr(p: Path) -> None:
     run([tool("sfdisk"), "-q", str(p)], input=b"label: dos\n,,83\n")
 

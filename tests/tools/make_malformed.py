@@ -218,7 +218,8 @@ def qcow2_cases(c: Corpus) -> None:
 
     case("bad-magic", lambda d: d.__setitem__(slice(0, 4), b"QFI\x00"),
          "not a qcow2 image (magic", "info --input-format qcow2")
-    case("version-1", lambda d: be("I", d, 4, 1), "qcow2 version 1")
+    case("version-1", lambda d: be("I", d, 4, 1),  # qemu probes it as qcow (version 1)
+         "is a qcow (version 1) image (qemu-img format qcow)")
     case("version-4", lambda d: be("I", d, 4, 4), "qcow2 version 4")
     case("cluster-bits-8", lambda d: be("I", d, 20, 8), "qcow2 cluster_bits 8")
     case("cluster-bits-31", lambda d: be("I", d, 20, 31), "qcow2 cluster_bits 31")
@@ -571,9 +572,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         c = Corpus(Path(work))
         from tests.tools.make_malformed_inputs import input_cases
+        from tests.tools.make_malformed_vdi import vdi_cases
 
         for make in (vhd_cases, vhd_crypt_cases, qcow2_cases, vmdk_cases, vhdx_cases,
-                     luks1_cases, luks2_cases, input_cases):
+                     luks1_cases, luks2_cases, input_cases, vdi_cases):
             make(c)
     for command in ("info", "encrypt", "verify"):
         c.add(f"raw-zero-length-{command}.img", b"", command,

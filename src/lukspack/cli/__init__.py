@@ -43,15 +43,20 @@ class Group(click.Group):
                 formatter.write_dl(rows)
 
 
+_shown: set[str] = set()  # warnings already on stderr in this run (see _show_warning)
+
+
 def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    """The result on stdout (text lines or JSON); its warnings on stderr, after it."""
+    """The result on stdout (text lines or JSON); its warnings on stderr, after it, but for
+    those the library issued when they happened (before the work): they are not repeated."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
         for line in lines:
             click.echo(line)
     for note in data.get("warnings", []):
-        warnings.warn(note, stacklevel=2)
+        if note not in _shown:
+            warnings.warn(note, stacklevel=2)
 
 
 def _read_tty_key() -> bytearray:
@@ -169,6 +174,7 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
+    _shown.add(str(message))
     click.echo(f"lukspack: warning: {message}", err=True)
 
 
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     warnings.showwarning = _show_warning
+    _shown.clear()
     code = 0
     try:
         cli.main(args=argv, prog_name="lukspack", standalone_mode=False)

@@ -92,7 +92,7 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
             as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
             input_format: str | None, disk: int | None, target: str | None,
             skip_check: bool, **cloud: Any) -> None:
-    """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK or OVA; a file, cos://REGION/BUCKET/OBJECT
+    """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK, VDI or OVA; a file, cos://REGION/BUCKET/OBJECT
     or an http(s):// URL) into OUTPUT: LUKS1 or LUKS2 RAW, qcow2 with LUKS inside (IBM Cloud
     VPC), or the encrypted VHD (IBM Cloud classic)."""
     from lukspack.encrypt import encrypt as do_encrypt

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-INPUT_FORMATS = ["raw", "vhd", "qcow2", "vmdk", "vhdx", "ova"]
+INPUT_FORMATS = ["raw", "vhd", "qcow2", "vmdk", "vhdx", "vdi", "ova"]
 HASHES = ("sha1", "sha256", "sha512")
 
 input_format_option = click.option(

@@ -12,7 +12,7 @@ from lukspack.images.base import DiskImage, Extent
 from lukspack.images.sniff import FORMATS, ReadAt, Sniffed, sniff
 from lukspack.images.source import ByteSource, LocalFile
 
-__all__ = ["DiskImage", "Extent", "open_image", "detect_format", "sniff_file", "source_files",
+__all__ = ["DiskImage", "Extent", "open_image", "announce", "detect_format", "sniff_file", "source_files",
            "check_source_type", "open_source", "open_bytes", "FORMATS", "Sniffed", "ByteSource"]
 
 Window = tuple[int, int] | None
@@ -32,8 +32,9 @@ def sniff_file(path: str, fd: int | ByteSource) -> Sniffed:
 
 
 def detect_format(path: str, fd: int | ByteSource) -> str:
-    """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, ova or luks (a LUKS2
-    image whose primary header is lost included). UnsupportedError for compressed files."""
+    """The format name of an open file: raw, vhd, vhdx, qcow2, vmdk, vdi, ova or luks (a LUKS2
+    image whose primary header is lost included). UnsupportedError for compressed files and for
+    the formats qemu-img reads and lukspack does not (sniff.FOREIGN)."""
     return sniff_file(path, fd).format
 
 
@@ -89,6 +90,10 @@ def _reader(found: str, path: str, fd: ByteSource, window: Window) -> DiskImage:
         from lukspack.images.vhdx import VhdxImage
 
         return VhdxImage(path, fd, window)
+    if found == "vdi":
+        from lukspack.images.vdi import VdiImage
+
+        return VdiImage(path, fd, window)
     if found == "luks":
         raise UnsupportedError(f"{path}: is already a LUKS container; decrypt it first or "
                                "use it as it is")
@@ -142,6 +147,16 @@ def open_bytes(path: str, remote: Any = None) -> ByteSource:
         src.close()
         raise FormatError(f"{path}: is empty (0 bytes), not a disk image")
     return src
+
+
+def announce(image: DiskImage) -> None:
+    """Issue the image's notes (image.warnings: a RAW with no partition table) as Python
+    warnings, once its checks have passed and before the work starts: a user reads them before
+    hours of streaming, not after. Summaries still list them under "warnings"."""
+    import warnings
+
+    for note in image.warnings:
+        warnings.warn(note, stacklevel=3)
 
 
 def open_image(path: str, fmt: str | None = None, disk: int | None = None, *,

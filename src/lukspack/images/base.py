@@ -7,6 +7,12 @@ data costs. The pipeline never knows which format it reads.
 
 A reader may be given a `window` (offset, size): the image is then that byte range of the file (a
 disk inside an OVA tar, read in place); every file offset a reader uses is relative to it.
+`check_unchanged()` raises SourceChanged when a file the image reads was truncated, grew or was
+written to since it was opened; `read_into` checks once per CHECK_EVERY bytes it reads (every
+engine chunk; not every 4 KiB read of `check`), a short read checks before it says "past the
+end", and the engine, `convert` and `decrypt` once more after the last read, before anything is
+committed, so what a source held while it changed never becomes an output (a sparse RAW that
+shrinks would otherwise read as zeros past its new end).
 `warnings` holds one-line notes about the source that are not errors (a RAW file with no partition
 table); the CLI prints them.
 """
@@ -20,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from lukspack.errors import FormatError
+from lukspack.errors import FormatError, SourceChanged
 from lukspack.images.source import ByteSource, as_source
+
+CHECK_EVERY = 4 << 20  # bytes read_into reads between two checks that the source is unchanged
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class DiskImage:
             self.base, self.file_size = window
         self.virtual_size = 0
         self.bytes_read = 0  # what actually came from the file: proves holes cost nothing
+        self._unchecked = 0  # bytes read_into gave since the source was last checked
         self.warnings: list[str] = []
         self.archive: dict[str, Any] | None = None  # set when the image is a member of an OVA
 
@@ -80,6 +89,10 @@ class DiskImage:
         mv = memoryview(buf).cast("B")
         end = offset + len(mv)
         pos = offset
+        self._unchecked += len(mv)
+        if self._unchecked >= CHECK_EVERY:  # an fstat: cheap next to 4 MiB of reads
+            self._unchecked = 0
+            self.check_unchanged()
         for ext in self.extents(offset, end):
             lo, hi = max(ext.offset, offset), min(ext.offset + ext.length, end)
             if lo >= hi:
@@ -115,6 +128,19 @@ class DiskImage:
             out["ova"] = dict(self.archive)
         return out
 
+    def sources(self) -> tuple[ByteSource, ...]:
+        """Every byte source the image reads (a VMDK's extent files add theirs)."""
+        return (self.source,)
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChanged naming the change when a source changed since it was opened."""
+        for src in self.sources():
+            what = src.changed()
+            if what is not None:
+                name = self.path if src is self.source else src.name
+                raise SourceChanged(f"{name}: changed while it was read: {what}; nothing was "
+                                    "written from it, read it again once it is stable")
+
     def close(self) -> None:
         self.source.close()  # closing twice is a no-op
         self.fd = -1
@@ -139,6 +165,7 @@ class DiskImage:
         while got < len(view):
             n = self.source.readinto(self.base + file_offset + got, view[got:])
             if n == 0:
+                self.check_unchanged()  # a file that shrank says so, not "past the end"
                 raise FormatError(f"{self.path}: {what} at offset {file_offset + got} is past the "
                                   f"end of the file (size {self.file_size})")
             got += n

@@ -16,7 +16,7 @@ from typing import Any
 
 from lukspack.crypto.sector import SectorCipher
 from lukspack.errors import FormatError, UnsupportedError
-from lukspack.images.base import DiskImage, Extent
+from lukspack.images.base import CHECK_EVERY, DiskImage, Extent
 from lukspack.images.qcow2 import Qcow2Image
 from lukspack.luks import open_luks
 from lukspack.luks.volume import LuksVolume, file_reader
@@ -53,6 +53,10 @@ class EncryptedImage(DiskImage):
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
         mv = memoryview(buf).cast("B")
+        self._unchecked += len(mv)  # as DiskImage.read_into: an image that changes is an error
+        if self._unchecked >= CHECK_EVERY:
+            self._unchecked = 0
+            self.check_unchanged()
         u = self.unit
         lo, hi = offset // u * u, -(-(offset + len(mv)) // u) * u
         if (lo, hi) == (offset, offset + len(mv)):

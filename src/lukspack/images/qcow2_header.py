@@ -85,6 +85,10 @@ def parse_header(data: bytes, name: str, file_size: int) -> Qcow2Header:
     if f[0] != MAGIC:
         raise FormatError(f"{name}: not a qcow2 image (magic {f[0]!r})")
     h = Qcow2Header(*f[1:])
+    if h.version == 1:  # --input-format qcow2 on a qcow: sniff.py names it without the option
+        from lukspack.images.sniff import foreign_message
+
+        raise UnsupportedError(foreign_message(name, "qcow", "qcow (version 1)"))
     if h.version not in (2, 3):
         raise UnsupportedError(f"{name}: qcow2 version {h.version} is not supported (2 or 3)")
     if not MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS:

@@ -1,9 +1,12 @@
 """Format detection by content: the one place that decides what a source file is.
 
 `sniff(path, read_at, size)` looks at a few fixed places of a file (or of a byte range of one: an
-OVA's member) and names its format: raw, vhd, vhdx, qcow2, vmdk, ova or luks. Files that are never
-disk images are refused here with one line: compressed files (gzip, xz, zstd, bzip2, zip, lz4, 7z),
-naming the compression and the command that undoes it, and tar archives that are not OVAs.
+OVA's member) and names its format: raw, vhd, vhdx, qcow2, vmdk, vdi, ova or luks. Files that are
+never read as disk images are refused here with one line: compressed files (gzip, xz, zstd, bzip2,
+zip, lz4, 7z), naming the compression and the command that undoes it; tar archives that are not
+OVAs; and the image formats qemu-img reads and lukspack does not (qcow version 1, QED, Parallels,
+Bochs, cloop, DMG: see FOREIGN), naming the format and the `qemu-img convert` command that makes a
+qcow2 of it. A file is RAW only when it is none of these.
 `disk_signature()` says whether a RAW disk starts with a partition table or a file system (a RAW
 source without either gets a warning, see raw.py). This module imports no reader and no LUKS code.
 """
@@ -18,7 +21,7 @@ from lukspack.images.vhd import FOOTER_COOKIE, FOOTER_SIZE, parse_footer
 
 ReadAt = Callable[[int, int], bytes]  # (offset, length) -> bytes; short at the end of the file
 
-FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx", "ova")  # what --input-format may name
+FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx", "vdi", "ova")  # what --input-format may name
 
 # -- signatures at offset 0 ---------------------------------------------------------------------
 QCOW2_MAGIC = b"QFI\xfb"
@@ -33,6 +36,19 @@ HEAD_SIGNATURES = (
     (b"LUKS\xba\xbe", "luks"),
     (b"LUKS\xde\xad", "luks"),  # a LUKS1 header cryptsetup-reencrypt left mid-way
 )
+VDI_SIGNATURE_AT, VDI_SIGNATURE = 0x40, b"\x7f\x10\xda\xbe"  # 0xbeda107f, little-endian (vdi.py)
+
+# -- formats qemu-img reads and lukspack does not: (offset, magic, qemu-img's name, what) --------
+# Their magics are those of qemu's block/*.c probe functions; an offset < 0 counts from the end.
+FOREIGN = (
+    (0, b"QED\x00", "qed", "QED (QEMU enhanced disk)"),
+    (0, b"WithoutFreeSpace", "parallels", "Parallels"),
+    (0, b"WithouFreSpacExt", "parallels", "Parallels"),
+    (0, b"Bochs Virtual HD Image\x00", "bochs", "Bochs"),
+    (0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0", "cloop", "cloop (compressed loop)"),
+    (-512, b"koly\x00\x00\x00\x04\x00\x00\x02\x00", "dmg", "Apple DMG (UDIF)"),
+)
+QCOW1_VERSION = 1  # "QFI\xfb" then be32 version: 1 is qcow (qemu's qcow driver), 2 and 3 qcow2
 # A LUKS2 image whose primary header is lost: the secondary header's magic and version 2 sit at
 # the primary's size, one of 16 KiB .. 4 MiB (the same table as luks/luks2_json.METADATA_SIZES).
 LUKS2_SECONDARY = b"SKUL\xba\xbe\x00\x02"
@@ -79,7 +95,7 @@ DISK_SIGNATURES = (
 
 @dataclass(frozen=True)
 class Sniffed:
-    format: str  # raw, vhd, vhdx, qcow2, vmdk, ova or luks
+    format: str  # raw, vhd, vhdx, qcow2, vmdk, vdi, ova or luks
     qcow2_crypt_method: int | None = None  # qcow2 only: 0 none, 1 AES, 2 LUKS
     luks_primary_lost: bool = False  # luks only: only the LUKS2 secondary header is there
 
@@ -118,6 +134,11 @@ def sniff(path: str, read_at: ReadAt, size: int, *, in_archive: bool = False) ->
     is raw (`qemu-img convert -O raw` of a fixed VHD without -f vpc) is raw; a damaged footer is a
     damaged VHD (the VHD reader refuses it) whatever the name says."""
     head = read_at(0, TAR_BLOCK) if size else b""
+    foreign = foreign_format(read_at, size, head)
+    if foreign is not None:
+        raise UnsupportedError(foreign_message(path, *foreign, in_archive=in_archive))
+    if head[VDI_SIGNATURE_AT : VDI_SIGNATURE_AT + 4] == VDI_SIGNATURE:
+        return Sniffed("vdi")
     for magic, name in HEAD_SIGNATURES:
         if head.startswith(magic):
             if name == "qcow2" and len(head) >= QCOW2_CRYPT_METHOD_AT + 4:
@@ -148,6 +169,40 @@ def sniff(path: str, read_at: ReadAt, size: int, *, in_archive: bool = False) ->
 
 
 RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd")
+
+
+def foreign_format(read_at: ReadAt, size: int, head: bytes) -> tuple[str, str] | None:
+    """(qemu-img's format name, what it is) of a format lukspack does not read, else None."""
+    if head.startswith(QCOW2_MAGIC) and int.from_bytes(head[4:8], "big") == QCOW1_VERSION:
+        return "qcow", "qcow (version 1)"
+    for off, magic, name, what in FOREIGN:
+        at = size + off if off < 0 else off
+        if at < 0 or at + len(magic) > size:
+            continue
+        got = head[at : at + len(magic)] if at + len(magic) <= len(head) else \
+            read_at(at, len(magic))
+        if got == magic:
+            return name, what
+    return None
+
+
+def convert_command(path: str, qemu_format: str) -> str:
+    """The qemu-img command that writes a qcow2 lukspack reads from a file qemu-img reads."""
+    import os
+    import shlex
+
+    stem, ext = os.path.splitext(path)
+    out = f"{stem}-converted.qcow2" if ext.lower() == ".qcow2" else f"{stem}.qcow2"
+    return f"qemu-img convert -f {qemu_format} -O qcow2 {shlex.quote(path)} {shlex.quote(out)}"
+
+
+def foreign_message(path: str, qemu_format: str, what: str, *, in_archive: bool = False) -> str:
+    if in_archive:
+        return (f"{path}: is a {what} image (qemu-img format {qemu_format}), which lukspack does "
+                f"not read; extract it and convert it with `qemu-img convert -f {qemu_format} "
+                "-O qcow2`")
+    return (f"{path}: is a {what} image (qemu-img format {qemu_format}), which lukspack does not "
+            f"read; convert it first: {convert_command(path, qemu_format)}")
 
 
 def disk_signature(read_at: ReadAt, size: int) -> str | None:

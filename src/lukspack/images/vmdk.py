@@ -215,6 +215,9 @@ class VmdkImage(DiskImage):
         extra = [ext.f.path for _, ext in self.parts if hasattr(ext, "f") and ext.f.src is not self.source]
         return (self.path, *extra)
 
+    def sources(self) -> tuple[ByteSource, ...]:
+        return (self.source, *self._fds)
+
     def close_extents(self) -> None:
         for src in self._fds:
             src.close()

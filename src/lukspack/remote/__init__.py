@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lukspack.errors import LukspackError
+from lukspack.errors import SourceChanged as SourceChangedError
 
 HTTP_SCHEMES = ("http://", "https://")
 COS_SCHEME = "cos://"
@@ -26,8 +27,9 @@ class RemoteSourceError(LukspackError):
     """A remote source cannot be read: refused, unreachable, or failing after retries."""
 
 
-class SourceChanged(RemoteSourceError):
-    """The remote object is not the one opened (new ETag, or a precondition failed)."""
+class SourceChanged(RemoteSourceError, SourceChangedError):
+    """The remote object is not the one opened (new ETag, or a precondition failed); a local
+    file that changes is errors.SourceChanged, this class's other base."""
 
 
 def is_remote(path: str) -> bool:
