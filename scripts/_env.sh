@@ -1,4 +1,5 @@
-# Sourced by the scripts: creates .venv and installs lukspack with its test tools when needed.
+# Sourced by the scripts: creates .venv and installs lukspack when needed: only what it needs to
+# run, or with LUKSPACK_EXTRAS=test (scripts/test.sh) its test tools too (pyproject's [test]).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,11 +25,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.lukspack-installed
+extras="${LUKSPACK_EXTRAS:-}"
+stamp=".venv/.lukspack-installed${extras:+-$extras}"  # one per set of extras
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
    || [ src/lukspack/crypto/_xtsloop.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH:/usr/sbin:/sbin"

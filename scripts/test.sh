@@ -3,7 +3,7 @@
 # build and boot the Debian test images (debootstrap, xfsprogs, mtools, syslinux, qemu-system-x86)
 # and the venv,
 # then lint and pytest.
-LUKSPACK_NEED_CC=1 source "$(dirname "$0")/_env.sh"
+LUKSPACK_NEED_CC=1 LUKSPACK_EXTRAS=test source "$(dirname "$0")/_env.sh"
 need_debs qemu-img qemu-utils cryptsetup cryptsetup-bin
 # source kinds (tests/images/test_input_kinds.py, the corpus generator) and tests/check (its tests
 # fail, never skip, without them: tests/helpers.py require): compressors, file systems

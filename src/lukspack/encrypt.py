@@ -61,6 +61,11 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     sink: a sink, or a function that makes one once the options have been checked (nothing is
     created for a run that fails its checks); a resumable sink's saved key material is used
     when key_material is not given."""
+    from lukspack.keys import key_for_target
+
+    # what the key means for the output's target, before any output exists (keys.py's one rule)
+    key_notes = key_for_target(output_format(output, opts.output_format, opts.target), passphrase,
+                               dict(protected).get("key file", "key file")).warnings
     if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
         check_output_path(output, opts.force, (("source", source), *protected))
     with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:
@@ -79,6 +84,8 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)
+        if key_notes:
+            summary.setdefault("warnings", []).extend(key_notes)
         reads = source_reads(image)
         if reads is not None:
             summary["source_reads"] = reads

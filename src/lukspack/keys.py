@@ -1,8 +1,9 @@
 """Data encryption keys (DEKs): generation, key-file reading, validation and wiping.
 
 A key file's whole content is the passphrase, byte for byte, exactly as `cryptsetup --key-file`
-uses it. When lukspack *creates* a key or an image, the file must also follow IBM Cloud's DEK rules:
-base64 text of 32 to 512 characters, one line, no newline, no spaces.
+uses it (`--keyfile-offset`/`--keyfile-size` select a part, and a size past the end is refused as
+cryptsetup refuses it). What the key means for an IBM Cloud target (VPC qcow2+LUKS, classic
+encrypted VHD, LUKS RAW) is decided by key_for_target alone, for every command.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import secrets
 import stat
 import sys
 import warnings
+from dataclasses import dataclass, field
 
-from lukspack.errors import KeyFileError
+from lukspack.errors import KeyFileError, UsageError
 
 DEK_MIN_CHARS = 32
 DEK_MAX_CHARS = 512
@@ -96,6 +98,24 @@ def read_key_file(path: str, *, dek_rules: bool) -> bytearray:
     return data
 
 
+def key_part(data: bytearray, size: int | None, offset: int, name: str) -> bytearray:
+    """cryptsetup's --keyfile-offset and --keyfile-size: the bytes [offset, offset + size) of the
+    key file, as a new bytearray (data is wiped). A size running past the end of the file is
+    refused, as cryptsetup refuses it ("Cannot read requested amount of data")."""
+    try:
+        if offset >= len(data):
+            raise KeyFileError(f"{name}: --keyfile-offset {offset} leaves no key bytes (the key "
+                               f"file has {len(data)})")
+        if size is not None and offset + size > len(data):
+            raise KeyFileError(f"{name}: --keyfile-size {size} is larger than the "
+                               f"{len(data) - offset} bytes the key file has"
+                               + (f" after --keyfile-offset {offset}" if offset else "")
+                               + " (cryptsetup refuses it too)")
+        return bytearray(data[offset : offset + size if size is not None else None])
+    finally:
+        wipe(data)
+
+
 def write_key_file(path: str, data: bytes | bytearray) -> None:
     """Create path with mode 0600 holding data; never overwrites an existing file."""
     try:
@@ -117,37 +137,123 @@ def write_key_file(path: str, data: bytes | bytearray) -> None:
     os.close(fd)
 
 
-# -- encrypted VHD keys (vhd-util / blktap) ------------------------------------------------------
+# -- one rule per target ----------------------------------------------------------------------
+#
+# What a key file means depends only on the target it serves; every command that takes a key for a
+# target (encrypt, verify, add-key, wrap-key, publish, keygen) asks key_for_target, so a key that
+# one command accepts is never refused by the next one after the image was uploaded.
 
+KEY_TARGETS = ("vpc", "classic", "luks")
+_TARGET_ALIASES = {"qcow2": "vpc", "vhd": "classic", "luks-raw": "luks", "raw": "luks"}
 VHD_KEY_BYTES = (32, 64)  # AES-128-XTS and AES-256-XTS keys: the only sizes vhd-util reads
 _PASSPHRASE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def decode_vhd_key(data: bytes | bytearray, name: str = "key file") -> bytearray:
-    """The 32 or 64-byte XTS key in a key file, as a bytearray the caller must wipe.
+def key_target(target: str) -> str:
+    """vpc, classic or luks for a target or an output format (qcow2 -> vpc, vhd -> classic,
+    raw and luks-raw -> luks)."""
+    t = _TARGET_ALIASES.get(target, target)
+    if t not in KEY_TARGETS:
+        raise KeyFileError(f"key target {target!r} is not one of vpc, classic, luks")
+    return t
+
+
+@dataclass
+class TargetKey:
+    """What a key file means for a target: the text Key Protect wraps for it (`wrap_plaintext`,
+    base64) and the warnings a user should see; key_for_target raised if it cannot serve."""
+
+    target: str
+    wrap_plaintext: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def key_for_target(target: str, data: bytes | bytearray, name: str = "key file") -> TargetKey:
+    """The one rule for what a key file means for each target (KeyFileError when it cannot serve):
+
+    - vpc (qcow2+LUKS): the whole content is the passphrase. QEMU reads a secret as UTF-8 ("Data
+      from secret s0 is not valid UTF-8"), so other bytes are refused; a trailing newline is
+      refused (write it with `printf %s`). Any other passphrase works (IBM's example is
+      `abc123`): one that is not a DEK only gets a warning. Key Protect wraps base64(passphrase).
+    - classic (encrypted VHD): the content is the XTS key (vhd_key): base64 text that decodes to
+      32 or 64 bytes (one trailing newline allowed), or the raw 32 or 64 bytes. Key Protect wraps
+      base64(XTS key).
+    - luks (LUKS RAW, IBM's 2018 classic procedure): the content is the LUKS passphrase, byte for
+      byte, and must be a DEK (dek_rule_broken). Key Protect wraps the DEK text.
+    """
+    t = key_target(target)
+    if not data:
+        raise KeyFileError(f"{name}: key file is empty")
+    if t == "classic":
+        key = vhd_key(data, name)
+        try:
+            return TargetKey(t, base64.b64encode(bytes(key)).decode())
+        finally:
+            wipe(key)
+    if t == "vpc":
+        if data.endswith((b"\n", b"\r")):
+            raise KeyFileError(f"{name}: the passphrase ends with a newline, which would be "
+                               "wrapped too and the VPC image would never unlock (write it with "
+                               "printf %s)")
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise KeyFileError(f"{name}: a qcow2+LUKS passphrase must be UTF-8 text (QEMU "
+                               f"refuses the secret: not valid UTF-8 at byte {e.start})") from None
+        rule = dek_rule_broken(data)
+        notes = [] if rule is None else [
+            f"{name}: IBM Cloud VPC takes this passphrase, but it is not a data encryption key "
+            f"({rule}); `lukspack keygen --for vpc` makes a strong one"]
+        return TargetKey(t, base64.b64encode(bytes(data)).decode(), notes)
+    rule = dek_rule_broken(data)
+    if rule is not None:
+        raise KeyFileError(f"{name}: not a valid data encryption key: {rule}")
+    return TargetKey(t, bytes(data).decode("ascii"))
+
+
+def vhd_key(data: bytes | bytearray, name: str = "key file") -> bytearray:
+    """The 32 or 64-byte XTS key of an encrypted VHD in a key file, as a bytearray the caller must
+    wipe (the classic rule of key_for_target).
 
     IBM's DEK is base64 text; vhd-util's key file holds the decoded bytes. Content that is base64
-    decoding to 32 or 64 bytes (one trailing newline allowed: `echo DEK > FILE`) is decoded;
-    content of exactly 32 or 64 bytes that is not such base64 is the raw key; anything else is
-    refused.
+    text (one trailing newline allowed: `echo DEK > FILE`) is a DEK and must decode to 32 or 64
+    bytes; other content of exactly 32 or 64 bytes is the raw key; anything else is refused. So a
+    64-character base64 text (48 bytes decoded) is refused, never taken as a raw key.
     """
     text = bytes(data)
     if text.endswith(b"\r\n"):
         text = text[:-2]
     elif text.endswith(b"\n"):
         text = text[:-1]
-    if len(text) in (44, 88) and set(text) <= _B64_ALPHABET:
-        try:
-            raw = bytearray(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raw = bytearray()
+    if _is_base64(text):
+        raw = bytearray(base64.b64decode(text, validate=True))
         if len(raw) in VHD_KEY_BYTES:
             return raw
+        n = len(raw)
         wipe(raw)
+        raise KeyFileError(f"{name}: not an encrypted-VHD key: base64 text of {len(text)} "
+                           f"characters decodes to {n} bytes; the XTS key is 32 or 64 bytes "
+                           "(base64: 44 or 88 characters; `lukspack keygen --for classic`)")
     if len(data) in VHD_KEY_BYTES:
         return bytearray(data)
     raise KeyFileError(f"{name}: not an encrypted-VHD key: {len(data)} bytes, neither base64 of "
                        "32 or 64 bytes nor a raw key of 32 or 64 bytes")
+
+
+decode_vhd_key = vhd_key  # the name the containers and readers use
+
+
+def _is_base64(text: bytes) -> bool:
+    if not text or len(text) % 4 or not set(text) <= _B64_ALPHABET:
+        return False
+    body = text.rstrip(b"=")
+    if b"=" in body or len(text) - len(body) > 2:
+        return False
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def generate_passphrase(nchars: int = 44) -> bytearray:
@@ -155,3 +261,23 @@ def generate_passphrase(nchars: int = 44) -> bytearray:
     qcow2+LUKS takes; Key Protect wraps the base64 of these bytes. 44 characters carry 261 bits
     and also pass the DEK rules (base64 alphabet, a multiple of 4 long)."""
     return bytearray(ord(secrets.choice(_PASSPHRASE_ALPHABET)) for _ in range(nchars))
+
+
+NEW_KEY_BYTES = {"classic": 64, "luks": 32}  # classic: AES-256-XTS; --bytes 32: AES-128-XTS
+
+
+def new_key(target: str, nbytes: int | None = None) -> tuple[bytearray, str]:
+    """A new key for target and what it is: vpc a 44-character passphrase; classic base64 of 64
+    random bytes by default (AES-256-XTS; 32 gives AES-128-XTS); luks base64 of 32 bytes (64
+    allowed). Every key made here passes key_for_target for its target."""
+    t = key_target(target)
+    if t == "vpc":
+        if nbytes is not None:
+            raise UsageError("--bytes does not apply to --for vpc (a 44-character passphrase)")
+        return generate_passphrase(), "a 44-character passphrase (qcow2+LUKS, IBM Cloud VPC)"
+    n = NEW_KEY_BYTES[t] if nbytes is None else nbytes
+    if n not in (32, 64):
+        raise UsageError(f"--bytes {n}: a new key has 32 or 64 random bytes")
+    if t == "classic":
+        return generate_dek(n), f"a {n * 8}-bit encrypted-VHD key (AES-{n * 4}-XTS, IBM Cloud classic)"
+    return generate_dek(n), f"a {n * 8}-bit data encryption key"

@@ -130,6 +130,38 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
                     result["source_reads"] = reads
             result["matches_source"] = True
         result.update(_notes(enc))
+        qemu = qemu_key_notes(enc, passphrase)
+        if qemu:
+            result["notes"] = result.get("notes", []) + qemu
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def qemu_key_notes(enc: EncryptedImage, passphrase: bytes | bytearray) -> list[str]:
+    """The VPC rule of keys.key_for_target applied to a key that opened a qcow2+LUKS image: QEMU
+    (and so IBM Cloud VPC) cannot use a key it refuses, even when lukspack opens the image."""
+    if enc.format_name != "qcow2":
+        return []
+    from lukspack.errors import KeyFileError
+    from lukspack.keys import key_for_target
+
+    try:
+        key_for_target("vpc", passphrase, "the key")
+    except KeyFileError as e:
+        return [f"{e}: lukspack opens this image with it, QEMU and IBM Cloud VPC do not"]
+    return []
+
+
+def test_key(image_path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
+    """Whether the key opens the image, decrypting nothing (`verify --key-only`, as `cryptsetup
+    open --test-passphrase`): LUKS and qcow2+LUKS unlock a key slot (its digest checked); an
+    encrypted VHD compares the key hash. WrongKeyError when it does not open."""
+    started = time.perf_counter()
+    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
+        result = {**_describe(enc), "key_opens": True}
+        notes = qemu_key_notes(enc, passphrase)
+        if notes:
+            result["notes"] = notes
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 

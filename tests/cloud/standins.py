@@ -31,6 +31,14 @@ KP_ERR_DOC = "https://cloud.ibm.com/docs/key-protect?topic=key-protect-error-mes
 VPC_DOC = "https://cloud.ibm.com/apidocs/vpc/latest#create-image"
 SL_DOC = ("https://sldn.softlayer.com/reference/services/"
           "SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos")
+# the template group's properties (transactionId: "will only be set when there is a transaction
+# being performed on the block device template group"; transaction; status) and its status type
+# ("For a provision, the image template will need to have a status of 'Active'")
+SL_GROUP_DOC = "https://sldn.softlayer.com/reference/datatypes/SoftLayer_Virtual_Guest_Block_Device_Template_Group"
+SL_STATUS_DOC = ("https://sldn.softlayer.com/reference/datatypes/"
+                 "SoftLayer_Virtual_Guest_Block_Device_Template_Group_Status")
+SL_GET_DOC = ("https://sldn.softlayer.com/reference/services/"
+              "SoftLayer_Virtual_Guest_Block_Device_Template_Group/getObject")
 KEY_ACTION = "application/vnd.ibm.kms.key_action+json"
 
 
@@ -365,16 +373,53 @@ class SoftLayerStandIn(StandIn):
     BOOLS = ("cloudInit", "byol", "isEncrypted")
     PATH = "/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json"
 
+    GET = re.compile(r"^/rest/v3\.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/"
+                     r"(\d+)/getObject\.json$")
+    IMPORT_POLLS = 2  # polls that still see the import transaction
+
     def __init__(self, iam: IamStandIn, kp: KeyProtectStandIn, s3_client: Any, bucket: str) -> None:
         self.iam, self.kp, self.s3, self.bucket = iam, kp, s3_client, bucket
         self.created: list[dict[str, Any]] = []
+        self.polls: dict[int, int] = {}
+        self.removed: set[int] = set()  # templates whose import failed: SoftLayer removes them
+        self.stuck: set[int] = set()  # templates whose transaction never ends
         super().__init__()
+
+    def _get(self, image_id: int, query: dict[str, list[str]]) -> dict[str, Any]:
+        """getObject with an object mask (SL_GET_DOC): the import's transaction for the first
+        IMPORT_POLLS polls (transactionId and transaction.transactionStatus, SL_GROUP_DOC), then
+        none and status Active (SL_STATUS_DOC)."""
+        if set(query) != {"objectMask"} or not re.match(r"^mask\[.*\]$", query["objectMask"][0]):
+            raise self._err(400, f"query must be objectMask=mask[...] ({SL_GET_DOC})")
+        mask = query["objectMask"][0]
+        for want in ("transactionId", "transaction[", "status["):
+            if want not in mask:
+                raise self._err(400, f"the object mask does not ask for {want.rstrip('[')}")
+        image = next((c for c in self.created if c["id"] == image_id), None)
+        if image is None or image_id in self.removed:
+            raise Refused(404, {"error": f"Unable to find object with id of '{image_id}'.",
+                                "code": "SoftLayer_Exception_ObjectNotFound"})
+        n = self.polls[image_id] = self.polls.get(image_id, 0) + 1
+        out = {k: image[k] for k in ("id", "name", "globalIdentifier")}
+        out["status"] = {"keyName": "ACTIVE", "name": "Active"}
+        if n <= self.IMPORT_POLLS or image_id in self.stuck:
+            out["transactionId"] = 77000000 + image_id % 1000
+            out["transaction"] = {"transactionStatus": {"name": "CLOUD_IMAGE_IMPORT",
+                                                        "friendlyName": "Importing image"}}
+        else:
+            out["transactionId"] = None
+        return out
 
     @staticmethod
     def _err(status: int, msg: str) -> Refused:
         return Refused(status, {"error": msg, "code": "SoftLayer_Exception_Public"})
 
     def handle(self, method, path, query, headers, body):
+        m = self.GET.match(path)
+        if method == "GET" and m:
+            if not self.iam.bearer_ok(headers):
+                raise self._err(401, "Invalid bearer token")
+            return 200, self._get(int(m.group(1)), query)
         if (method, path) != ("POST", self.PATH) or query:
             raise self._err(404, f"{method} {path} ({SL_DOC})")
         if not self.iam.bearer_ok(headers):

@@ -136,3 +136,49 @@ def test_classic_import_against_softlayer(cloud, tmp_path, capsys) -> None:
     assert json.loads(out)["id"] == 4000000 and not cloud.sl.refusals
     sent = cloud.sl.created[0]["_cfg"]
     assert sent["ibmApiKey"] == API_KEY and sent["uri"] == loc  # the real request carries it
+
+
+def _classic_args(cloud, loc: str, w: Path, *extra: str, iam_url: str | None = None) -> list[str]:
+    return ["import", "classic", "--name", "img", "--file", loc, "--os-code", "UBUNTU_22_64",
+            "--root-key-crn", cloud.root_key_crn, "--wdek-file", str(w), "--api-url",
+            f"{cloud.sl.url}/rest/v3.1", "--iam-url", iam_url or cloud.iam_url, *extra]
+
+
+def test_classic_import_wait_polls_until_no_transaction(cloud, tmp_path, capsys) -> None:
+    loc = uploaded(capsys, tmp_path, "classic/wait.vhd-0.vhd", 3000)
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    code, out, err = run_cli(_classic_args(cloud, loc, w, "--wait", "--json"), capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["status"] == "ACTIVE" and r["waited"] is True and not cloud.sl.refusals
+    assert "image template status: transaction CLOUD_IMAGE_IMPORT" in err
+    assert "image template status: ACTIVE" in err
+    assert cloud.sl.polls[r["id"]] == cloud.sl.IMPORT_POLLS + 1
+
+
+def test_classic_import_wait_removed_and_timeout(cloud, tmp_path, capsys) -> None:
+    loc = uploaded(capsys, tmp_path, "classic/gone.vhd-0.vhd", 3000)
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    cloud.sl.removed.add(4000000)  # SoftLayer removes a template whose import failed
+    code, _, err = run_cli(_classic_args(cloud, loc, w, "--wait"), capsys)
+    assert code == 1 and "SoftLayer_Exception_ObjectNotFound" in err and "Traceback" not in err
+    cloud.sl.stuck.add(4000001)
+    code, _, err = run_cli(_classic_args(cloud, loc, w, "--wait", "--timeout", "1"), capsys)
+    assert code == 1 and "still transaction CLOUD_IMAGE_IMPORT after 1 s" in err
+
+
+@pytest.mark.parametrize("form", ["base", "base/", "token"])
+def test_iam_url_takes_the_base_or_the_token_url(cloud, tmp_path, capsys, form) -> None:
+    """As IBM's SDKs: https://iam.cloud.ibm.com (or private.iam...) gets /identity/token."""
+    from lukspack.cloud.iam import token_url
+
+    assert token_url("https://private.iam.cloud.ibm.com") == \
+        "https://private.iam.cloud.ibm.com/identity/token"
+    assert token_url("https://iam.cloud.ibm.com/identity/token") == \
+        "https://iam.cloud.ibm.com/identity/token"
+    url = {"base": cloud.iam.url, "base/": cloud.iam.url + "/", "token": cloud.iam_url}[form]
+    loc = uploaded(capsys, tmp_path, f"classic/iam-{form.strip('/')}.vhd-0.vhd", 3000)
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    code, _, err = run_cli(_classic_args(cloud, loc, w, iam_url=url), capsys)
+    assert code == 0, err
+    assert not cloud.iam.refusals

@@ -15,6 +15,7 @@ from lukspack.cli import main
 from lukspack.cloud.errors import CloudError, CredentialsError
 from lukspack.cloud.iam import TokenSource, fetch_token
 from lukspack.cloud.kms import KeyProtect, parse_key_crn, wrap_key, wrap_plaintext
+from lukspack.errors import KeyFileError
 from tests.cloud.conftest import API_KEY, INSTANCE, ROOT_KEY, STANDARD_KEY
 
 
@@ -38,13 +39,13 @@ DEK = base64.b64encode(bytes(range(32)))  # 44 characters, decodes to a 32-byte 
 def test_what_is_wrapped_per_target() -> None:
     # IBM's VPC example: passphrase abc123 -> `echo -n abc123 | base64` -> YWJjMTIz
     assert wrap_plaintext(b"abc123", "vpc") == "YWJjMTIz"
-    with pytest.raises(CloudError, match="newline"):
+    with pytest.raises(KeyFileError, match="newline"):
         wrap_plaintext(b"abc123\n", "vpc")
     assert wrap_plaintext(DEK, "classic") == DEK.decode()  # the base64 DEK itself
     assert wrap_plaintext(DEK, "luks-raw") == DEK.decode()  # the DEK text exactly
-    with pytest.raises(CloudError, match="32 or 64 bytes"):
+    with pytest.raises(KeyFileError, match="32 or 64 bytes"):
         wrap_plaintext(base64.b64encode(bytes(24)), "classic")
-    with pytest.raises(CloudError, match="not a valid data encryption key"):
+    with pytest.raises(KeyFileError, match="not a valid data encryption key"):
         wrap_plaintext(b"abc123", "luks-raw")
 
 
@@ -94,6 +95,7 @@ def test_wrap_key_cli_writes_wdek_0600_and_unwrap_checks(cloud, tmp_path, capsys
     assert code == 0, err
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert "unwrapped once and compared" in err
+    assert "warning:" in err and "not a data encryption key" in err  # the VPC key rule's warning
     code, stdout, err = run_cli(["unwrap-key", "--wdek-file", str(out), *cloud.kms_args(),
                                  "--key-file", str(key), "--for", "vpc"], capsys)
     assert code == 0 and "matches" in stdout and "YWJjMTIz" not in stdout + err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.conftest import cloud, cos_env, s3  # noqa: F401  (SeaweedFS, the stand-ins)
+from tests.cloud.conftest import bootable_disk, cloud, cos_env, s3  # noqa: F401  (SeaweedFS, the stand-ins)
 from tests.remote.httpserver import ObjectServer
 
 

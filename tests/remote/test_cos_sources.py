@@ -92,15 +92,15 @@ def test_a_missing_cos_object_is_one_line(s3, cos_env, tmp_path) -> None:
     assert err == f"lukspack: error: {loc}: no such object"
 
 
-def test_publish_reads_a_cos_source(cloud, s3, tmp_path, capsys) -> None:
+def test_publish_reads_a_cos_source(cloud, s3, bootable_disk, tmp_path, capsys) -> None:
+    """publish's check and its encryption both read the image from the bucket."""
     import sys
 
     from tests.cloud.test_kms import run_cli
     from tests.cloud.test_publish import download, publish_args
     from tests.helpers import cli_env, run
 
-    disk = tmp_path / "disk.img"
-    run([sys.executable, "-m", "lukspack", "sample", str(disk), "--size", "16"], env=cli_env())
+    disk = bootable_disk
     src = put(s3, disk)
     key = tmp_path / "new.key"
     args = publish_args(cloud, Path("SRC"), ["--new-key-file", str(key)], name="from-cos")
@@ -108,6 +108,7 @@ def test_publish_reads_a_cos_source(cloud, s3, tmp_path, capsys) -> None:
     assert code == 0, err
     r = json.loads(out)
     assert r["encrypt"]["source"] == src and r["encrypt"]["source_reads"]["gets"] >= 1
+    assert r["check"]["FAIL"] == 0 and "for IBM Cloud vpc: " in err
     got = download(s3, r["object"], tmp_path / "dl.qcow2")
     run([sys.executable, "-m", "lukspack", "verify", str(got), "--key-file", str(key),
          "--source", str(disk)], env=cli_env())

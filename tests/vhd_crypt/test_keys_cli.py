@@ -27,9 +27,10 @@ def test_base64_and_raw_forms(n: int) -> None:
     assert decode_vhd_key(raw) == raw
 
 
-def test_raw_key_that_looks_like_text_is_raw() -> None:
-    raw = b"A" * 64  # base64 text, but it decodes to 48 bytes: the raw 64-byte key
-    assert decode_vhd_key(raw) == raw
+def test_base64_text_of_another_size_is_never_a_raw_key() -> None:
+    text = b"A" * 64  # 64 bytes, but base64 text decoding to 48: refused, never the raw key
+    with pytest.raises(KeyFileError, match="decodes to 48 bytes"):
+        decode_vhd_key(text, name="k.key")
 
 
 @pytest.mark.parametrize("data", [b"", b"x" * 31, b"x" * 63, b"y" * 65,

@@ -22,7 +22,7 @@ import click
 from lukspack import __version__
 from lukspack.cli.progress import human, progress_bar
 from lukspack.errors import Interrupted, KeyFileError, LukspackError
-from lukspack.keys import generate_dek, read_key_file, wipe, write_key_file
+from lukspack.keys import read_key_file, wipe, write_key_file
 
 __all__ = ["cli", "main", "emit", "human", "key_from", "progress_bar", "KEY_FILE_HELP"]
 
@@ -83,11 +83,9 @@ def key_from(path: str, *, dek_rules: bool, size: int | None = None,
     else:
         key = read_key_file(path, dek_rules=dek_rules and not (size or offset))
     if size is not None or offset:
-        part = bytearray(key[offset : offset + size if size is not None else None])
-        wipe(key)
-        if not part:
-            raise KeyFileError(f"{path}: --keyfile-offset {offset} leaves no key bytes")
-        key = part
+        from lukspack.keys import key_part
+
+        key = key_part(key, size, offset, path)
     try:
         yield key
     finally:
@@ -115,25 +113,25 @@ def cli() -> None:
               help="Random bytes in the DEK [default: 32 for luks; 64 (AES-256-XTS) for "
                    "classic/vhd, 32 gives AES-128-XTS].")
 def keygen(file: str, target: str, nbytes: str | None) -> None:
-    """Write a new key, mode 0600, never over an existing file: a data encryption key (base64 of
-    random bytes, one line, no newline) or, --for vpc, a random passphrase."""
-    from lukspack.keys import generate_passphrase
+    """Write a new key to FILE, mode 0600, never over an existing file ('-': standard output,
+    refused on a terminal): a data encryption key (base64 of random bytes, one line, no
+    newline) or, --for vpc, a random passphrase."""
+    from lukspack.keys import new_key
 
-    if target == "vpc":
-        if nbytes is not None:
-            raise click.UsageError("--bytes does not apply to --for vpc (a 44-character "
-                                   "passphrase)")
-        key, what = generate_passphrase(), "a 44-character passphrase (qcow2+LUKS, IBM Cloud VPC)"
-    else:
-        n = int(nbytes or (64 if target in ("classic", "vhd") else 32))
-        key = generate_dek(n)
-        what = (f"a {n * 8}-bit encrypted-VHD key (AES-{n * 4}-XTS, IBM Cloud classic)"
-                if target in ("classic", "vhd") else f"a {n * 8}-bit data encryption key")
+    if file == "-" and sys.stdout.isatty():
+        raise KeyFileError("-: refusing to print a key on a terminal (redirect standard output, "
+                           "or give a file name)")
+    key, what = new_key(target, None if nbytes is None else int(nbytes))
     try:
-        write_key_file(file, key)
+        if file == "-":
+            sys.stdout.buffer.write(key)
+            sys.stdout.buffer.flush()
+        else:
+            write_key_file(file, key)
     finally:
         wipe(key)
-    click.echo(f"wrote {what} to {file} (mode 0600)", err=True)
+    click.echo(f"wrote {what} to " + ("standard output" if file == "-" else
+                                       f"{file} (mode 0600)"), err=True)
 
 
 # -- command modules ---------------------------------------------------------------------------

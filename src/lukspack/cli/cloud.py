@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import click
@@ -16,6 +17,9 @@ from lukspack.cli import emit, human, key_from, progress_bar
 
 MiB = 1 << 20
 TARGET_CHOICE = click.Choice(["vpc", "classic", "luks-raw"])
+IAM_URL_HELP = ("IAM: the base, as IBM's SDKs take it (https://iam.cloud.ibm.com, "
+                "https://private.iam.cloud.ibm.com), or the full token URL (.../identity/token) "
+                "[default: https://iam.cloud.ibm.com].")
 
 
 def cos_options(f: Any) -> Any:
@@ -28,7 +32,7 @@ def cos_options(f: Any) -> Any:
         click.option("--credentials-file", type=click.Path(dir_okay=False), default=None,
                      help="HMAC keys or API key file [default: $COS_CREDENTIALS_FILE, else "
                           "~/.bluemix/cos_credentials]; else the environment."),
-        click.option("--iam-url", default=None, help="IAM token endpoint [default: IBM's]."),
+        click.option("--iam-url", default=None, help=IAM_URL_HELP),
     ]):
         f = opt(f)
     return f
@@ -94,7 +98,7 @@ def kms_options(f: Any) -> Any:
                      help="Use private.REGION.kms.cloud.ibm.com."),
         click.option("--credentials-file", type=click.Path(dir_okay=False), default=None,
                      help="File with the API key ('apikey'); else $IBMCLOUD_API_KEY."),
-        click.option("--iam-url", default=None, help="IAM token endpoint [default: IBM's]."),
+        click.option("--iam-url", default=None, help=IAM_URL_HELP),
     ]):
         f = opt(f)
     return f
@@ -200,6 +204,8 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
     click.echo(f"wrapped for {target} with root key {root_key_id}"
                + (", unwrapped once and compared" if r["checked"] else "")
                + (f"; WDEK written to {output} (mode 0600)" if output else ""), err=True)
+    for note in r.get("warnings", []):
+        warnings.warn(note, stacklevel=1)
 
 
 @click.command(name="unwrap-key")
@@ -242,7 +248,7 @@ def api_options(f: Any) -> Any:
                                                       "redacted); send nothing."),
         click.option("--api-url", default=None, help="Override the service endpoint."),
         click.option("--credentials-file", type=click.Path(dir_okay=False), default=None),
-        click.option("--iam-url", default=None),
+        click.option("--iam-url", default=None, help=IAM_URL_HELP),
         click.option("--json", "as_json", is_flag=True),
     ]):
         f = opt(f)
@@ -314,11 +320,15 @@ def _image_lines(r: dict[str, Any]) -> list[str]:
 @click.option("--byol", is_flag=True, help="Bring your own license.")
 @click.option("--output-format", "image_format", type=click.Choice(["vhd", "raw"]), default="vhd",
               show_default=True, help="vhd: encrypted VHD; raw: the 2018 LUKS RAW.")
+@click.option("--wait", is_flag=True,
+              help="Poll the image template until no transaction is left and it is Active.")
+@click.option("--timeout", type=click.IntRange(min=1), default=4 * 3600, show_default=True,
+              help="With --wait: give up after this many seconds (exit 1; the template stays).")
 @api_options
 def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_file: str,
-                   note: str, cloud_init: bool, byol: bool, image_format: str, dry_run: bool,
-                   api_url: str | None, credentials_file: str | None, iam_url: str | None,
-                   as_json: bool) -> None:
+                   note: str, cloud_init: bool, byol: bool, image_format: str, wait: bool,
+                   timeout: int, dry_run: bool, api_url: str | None, credentials_file: str | None,
+                   iam_url: str | None, as_json: bool) -> None:
     """Create a classic image template (SoftLayer createFromIcos) from COS."""
     from lukspack.cloud import imports
 
@@ -336,8 +346,15 @@ def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_
         return
     assert creds is not None
     r = imports.send(req, creds.tokens(), "SoftLayer createFromIcos")
+    if wait:
+        done = imports.wait_classic_image(
+            r["id"], creds.tokens(), api_url=api_url, timeout_s=timeout,
+            interval_s=float(os.environ.get("LUKSPACK_POLL_S", "15")),
+            on_status=lambda st: click.echo(f"image template status: {st}", err=True))
+        r = {**r, "status": (done.get("status") or {}).get("keyName"), "waited": True}
     emit(r, as_json, [f"image template {r.get('name')}: id {r.get('id')}, global identifier "
-                      f"{r.get('globalIdentifier')}"])
+                      f"{r.get('globalIdentifier')}"
+                      + (f", status {r['status']}" if r.get("status") else "")])
 
 
 def register(cli: click.Group) -> None:

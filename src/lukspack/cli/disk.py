@@ -44,7 +44,9 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @click.command()
 @click.argument("source")
 @click.argument("output")
-@click.option("--key-file", required=True, help=KEY_FILE_HELP + " Must be a valid DEK.")
+@click.option("--key-file", required=True,
+              help=KEY_FILE_HELP + " qcow2: UTF-8 text, no final newline (QEMU's rule); RAW: a "
+                   "valid DEK; VHD: a 32 or 64-byte key or its base64.")
 @click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
               show_default=True, help="LUKS version (RAW output; qcow2 holds LUKS1).")
 @click.option("--output-format", "-O", type=click.Choice(["raw", "qcow2", "vhd"]), default=None,
@@ -110,8 +112,6 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
                           source_options=remote_options_from(**cloud))
     from lukspack.options import output_format as format_of
 
-    # an encrypted VHD's key file may hold the raw 32/64-byte key (vhd-util's form) or the DEK
-    dek_rules = format_of(output, output_format, target) != "vhd"
     sink = None
     if output.startswith("cos://"):  # streamed into a multipart upload: no local copy
         from lukspack.cli.cloud import object_sink_from
@@ -120,7 +120,8 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
 
         def sink() -> Any:
             return object_sink_from(source, output, fingerprint, **cloud)
-    with key_from(key_file, dek_rules=dek_rules) as key, progress_bar(progress) as bar:
+    # what the key means for the output's target is keys.key_for_target's, in do_encrypt
+    with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
         s = do_encrypt(source, output, key, opts, bar, sink=sink,
                        protected=(("key file", key_file),))
     kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
@@ -149,12 +150,26 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str, output_form
 @input_format_option
 @disk_option
 @cos_options
+@click.option("--key-only", is_flag=True,
+              help="Only test that the key opens IMAGE (a key slot, or the VHD key hash); decrypt "
+                   "nothing, as cryptsetup open --test-passphrase. Exit 0 it opens, 1 it does not.")
 def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
            source: str | None, as_json: bool, progress: bool | None, batch_mode: bool,
-           input_format: str | None, disk: int | None, **cloud: Any) -> None:
+           input_format: str | None, disk: int | None, key_only: bool, **cloud: Any) -> None:
     """Unlock IMAGE and decrypt its whole disk; with --source, compare it byte for byte."""
     from lukspack.plaintext import verify as do_verify
 
+    if key_only:
+        if source is not None:
+            raise click.UsageError("--key-only decrypts nothing: it cannot compare with --source")
+        from lukspack.plaintext import test_key
+
+        with key_from(key_file, dek_rules=False, size=keyfile_size,
+                      offset=keyfile_offset) as key:
+            r = test_key(image, key)
+        emit(r, as_json, [f"{image}: key opens {r['type'].upper()} {r['cipher']}; nothing "
+                          "decrypted"] + [f"note: {n}" for n in r.get("notes", [])])
+        return
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
         r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk,

@@ -38,9 +38,9 @@ def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset:
                      pbkdf_parallel)
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             key_from(new_key_file, dek_rules=False) as new:
-        r = do_add(image, key, new, kdf, key_slot=key_slot)
+        r = do_add(image, key, new, kdf, key_slot=key_slot, new_name=new_key_file)
         rule = dek_rule_broken(new)
-    if rule is not None:
+    if rule is not None and r["container"] != "qcow2":  # qcow2: the VPC rule's warning, in r
         warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
                       f"IBM Cloud data encryption key: {rule}", stacklevel=1)
     emit(r, as_json, [f"{image}: added key slot {r['added_slot']} ({r['pbkdf']}), opened with "

@@ -23,7 +23,12 @@ MiB = 1 << 20
               help="VPC: operating system name; classic: operatingSystemReferenceCode.")
 @click.option("--key-file", default=None, help="Existing key file (what encrypts the image).")
 @click.option("--new-key-file", type=click.Path(dir_okay=False), default=None,
-              help="Write a new key here (mode 0600) before anything is uploaded.")
+              help="Write a new key here (mode 0600) before anything is uploaded: VPC a "
+                   "44-character passphrase, classic VHD base64 of 64 random bytes "
+                   "(AES-256-XTS), classic RAW a 32-byte DEK (lukspack keygen's).")
+@click.option("--new-key-bytes", type=click.Choice(["32", "64"]), default=None,
+              help="Random bytes of a new classic key [default: 64 for the VHD (AES-256-XTS), "
+                   "32 gives AES-128-XTS; 32 for the LUKS RAW].")
 @click.option("--output-format", type=click.Choice(["qcow2", "vhd", "raw"]), default=None,
               help="VPC: qcow2; classic: vhd (encrypted VHD) or raw (the 2018 LUKS RAW).")
 @click.option("--resource-group", default=None, help="VPC resource group ID.")
@@ -33,8 +38,12 @@ MiB = 1 << 20
 @click.option("--kms-url", default=None)
 @click.option("--private-kms", is_flag=True, help="private.REGION.kms.cloud.ibm.com")
 @click.option("--api-url", default=None, help="VPC or SoftLayer API endpoint.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="VPC: until the image is available or failed; classic: until the template "
+                   "has no transaction left and is Active.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted publish.")
+@click.option("--skip-check", is_flag=True,
+              help="Do not run `lukspack check --target` on SOURCE first (said in the summary).")
 @click.option("--part-size", type=click.IntRange(min=5, max=5120), default=16, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1, max=64), default=4, show_default=True)
 @click.option("--pbkdf-force-iterations", type=click.IntRange(min=1000), default=None,
@@ -44,9 +53,11 @@ MiB = 1 << 20
 @click.option("--progress/--no-progress", default=True)
 def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance: str, name: str,
             os_name: str, key_file: str | None, new_key_file: str | None,
-            output_format: str | None, resource_group: str | None, note: str, cloud_init: bool,
+            new_key_bytes: str | None, output_format: str | None, resource_group: str | None,
+            note: str, cloud_init: bool,
             byol: bool, kms_url: str | None, private_kms: bool, api_url: str | None, wait: bool,
-            resume: bool, part_size: int, concurrency: int, pbkdf_force_iterations: int | None,
+            resume: bool, skip_check: bool, part_size: int, concurrency: int,
+            pbkdf_force_iterations: int | None,
             endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
             iam_url: str | None, as_json: bool, progress: bool) -> None:
     """Check, encrypt SOURCE straight into the bucket, wrap the key, import, wait, compare."""
@@ -58,6 +69,9 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
 
     if (key_file is None) == (new_key_file is None):
         raise click.UsageError("give one of --key-file and --new-key-file")
+    if new_key_bytes is not None and (new_key_file is None or target == "vpc"):
+        raise click.UsageError("--new-key-bytes goes with --new-key-file for --to classic (a new "
+                               "VPC key is a 44-character passphrase)")
     cos_opts = CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
                           credentials_file=credentials_file, iam_url=iam_url,
                           part_size=part_size * MiB, concurrency=concurrency, resume=resume)
@@ -65,7 +79,7 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
                            output_format=output_format, resource_group=resource_group, note=note,
                            cloud_init=cloud_init, byol=byol, kms_url=kms_url,
                            private_kms=private_kms, api_url=api_url, wait=wait, resume=resume,
-                           cos_options=cos_opts)
+                           skip_check=skip_check, cos_options=cos_opts)
     from lukspack.remote import RemoteOptions
 
     enc = EncryptOptions(kdf=KdfOptions(force_iterations=pbkdf_force_iterations),
@@ -75,25 +89,31 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
         click.echo(line, err=True)
 
     if new_key_file is not None:
-        checked = pub.preflight(plan, say)  # before the key is written: nothing to clean up
-        key = pub.new_key(new_key_file, target)
+        # every check (the image's too) before the key is written: nothing to clean up
+        checked = pub.preflight(plan, say, source, enc)
+        key = pub.new_key(new_key_file, plan.wrap_target,
+                          None if new_key_bytes is None else int(new_key_bytes))
         say(f"wrote a new key to {new_key_file} (mode 0600)")
         try:
             with progress_bar(progress) as bar:
-                r = pub.publish(source, plan, key, enc, bar, say, checked)
+                r = pub.publish(source, plan, key, enc, bar, say, checked, new_key_file)
         finally:
             wipe(key)
     else:
         from lukspack.cli import key_from
 
         assert key_file is not None
-        with key_from(key_file, dek_rules=True) as key, progress_bar(progress) as bar:
-            r = pub.publish(source, plan, key, enc, bar, say)
+        with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
+            r = pub.publish(source, plan, key, enc, bar, say, key_name=key_file)
     img: dict[str, Any] = r.get("image") or {}
     lines = [f"{r['object']}: {r['format']}, sha256 {r['sha256']}",
              f"image {img.get('name')}: id {img.get('id')}"
              + (f", status {img.get('status')}" if img.get("status") else "")
              + (f", crn {img['crn']}" if img.get("crn") else "")]
+    check = r.get("check") or {}
+    lines.append(f"check for IBM Cloud {plan.target}: skipped (--skip-check)" if check.get("skipped")
+                 else f"check for IBM Cloud {plan.target}: {check.get('PASS')} passed, "
+                      f"{check.get('WARN')} warnings, {check.get('FAIL')} failed")
     if img.get("checksum_match"):
         lines.append("file.checksums.sha256 matches the uploaded object")
     elif img.get("checksum_note"):

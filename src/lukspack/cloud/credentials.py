@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lukspack.cloud.errors import CredentialsError
-from lukspack.cloud.iam import IAM_URL, TokenSource
+from lukspack.cloud.iam import IAM_URL, TokenSource, token_url
 
 DEFAULT_CREDENTIALS_FILE = "~/.bluemix/cos_credentials"
 HMAC_ENV = (("COS_HMAC_ACCESS_KEY_ID", "COS_HMAC_SECRET_ACCESS_KEY"),
@@ -101,7 +101,7 @@ def load_credentials(credentials_file: str | None = None, env: Mapping[str, str]
                      iam_url: str | None = None) -> Credentials:
     """The credentials for object storage and IAM; CredentialsError when there are none."""
     env = os.environ if env is None else env
-    iam = iam_url or IAM_URL
+    iam = token_url(iam_url)  # the base (as IBM's SDKs take it) or the full token URL
     path = credentials_file or env.get("COS_CREDENTIALS_FILE") or ""
     explicit = bool(path)
     path = os.path.expanduser(path or DEFAULT_CREDENTIALS_FILE)

@@ -4,6 +4,11 @@ https://cloud.ibm.com/docs/account?topic=account-iamtoken_from_apikey: `POST
 https://iam.cloud.ibm.com/identity/token` with the form `grant_type=urn:ibm:params:oauth:grant-type:
 apikey&apikey=KEY`, `Accept: application/json`; the answer holds `access_token` and `expires_in`
 (3600 s). A long transfer asks for a new token once less than REFRESH_MARGIN_S is left.
+
+`--iam-url` takes what IBM's SDKs take (python-sdk-core's IAMTokenManager: DEFAULT_IAM_URL
+`https://iam.cloud.ibm.com`, OPERATION_PATH `/identity/token` appended, a URL already ending in
+it used as it is): the base (`https://iam.cloud.ibm.com`, `https://private.iam.cloud.ibm.com`)
+or the full token URL.
 """
 
 from __future__ import annotations
@@ -15,9 +20,24 @@ from typing import Any
 from lukspack.cloud.errors import CredentialsError, RemoteError
 
 IAM_URL = "https://iam.cloud.ibm.com/identity/token"
+OPERATION_PATH = "/identity/token"
 GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
 REFRESH_MARGIN_S = 300
 HTTP_TIMEOUT_S = 60
+
+
+def token_url(iam_url: str | None) -> str:
+    """The token endpoint for an --iam-url: the base gets /identity/token, as IBM's SDKs add it;
+    the full token URL is kept."""
+    import re
+
+    if not iam_url:
+        return IAM_URL
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", iam_url):
+        raise CredentialsError(f"--iam-url {iam_url!r} must be an http(s) URL like "
+                               "https://iam.cloud.ibm.com or https://private.iam.cloud.ibm.com")
+    url = iam_url.rstrip("/")
+    return url if url.endswith(OPERATION_PATH) else url + OPERATION_PATH
 
 
 def fetch_token(api_key: str, iam_url: str = IAM_URL) -> tuple[str, float]:
@@ -58,7 +78,7 @@ class TokenSource:
 
     def __init__(self, api_key: str, iam_url: str = IAM_URL) -> None:
         self._api_key = api_key
-        self.iam_url = iam_url
+        self.iam_url = token_url(iam_url)
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = threading.Lock()

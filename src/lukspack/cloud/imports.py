@@ -16,6 +16,13 @@ createFromIcos.json` with `{"parameters": [{name, note, operatingSystemReference
 ibmApiKey, crkCrn, wrappedDek, cloudInit, byol, isEncrypted}]}`, the field names the SoftLayer
 Python SDK sends (SoftLayer/managers/image.py, import_image_from_icos), IAM bearer auth. The
 bucket must be regional (like us-south) and a VHD's object named like NAME.vhd-0.vhd.
+Waiting (`import classic --wait`): `GET .../SoftLayer_Virtual_Guest_Block_Device_Template_Group/
+ID/getObject.json?objectMask=mask[...]` (https://sldn.softlayer.com/reference/datatypes/
+SoftLayer_Virtual_Guest_Block_Device_Template_Group): `transactionId` "will only be set when
+there is a transaction being performed on the block device template group", `transaction`
+(SoftLayer_Provisioning_Version1_Transaction, its `transactionStatus.name`) says which, and
+`status` (SoftLayer_Virtual_Guest_Block_Device_Template_Group_Status) must be Active (keyName
+ACTIVE) for a provision; the import is done when no transaction is left and the status is Active.
 
 --dry-run prints `describe(request)`: the exact request, secrets (token, API key) redacted.
 """
@@ -35,7 +42,10 @@ from lukspack.cloud.location import parse_cos
 
 VPC_API_VERSION = "2025-06-10"
 SOFTLAYER_URL = "https://api.softlayer.com/rest/v3.1"
-CREATE_FROM_ICOS = "/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json"
+TEMPLATE_GROUP = "/SoftLayer_Virtual_Guest_Block_Device_Template_Group"
+CREATE_FROM_ICOS = TEMPLATE_GROUP + "/createFromIcos.json"
+CLASSIC_MASK = ("mask[id,name,globalIdentifier,status[keyName,name],transactionId,"
+                "transaction[transactionStatus[name,friendlyName]]]")
 REDACTED = "<redacted>"
 _VPC_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _REGIONAL = re.compile(r"^[a-z]{2}-[a-z]+$")
@@ -218,3 +228,48 @@ def classic_image_request(*, name: str, uri: str, os_code: str, root_key_crn: st
     base = (api_url or SOFTLAYER_URL).rstrip("/")
     return ApiRequest("POST", base + CREATE_FROM_ICOS, {}, {"parameters": [params]},
                       secret_fields=("ibmApiKey",))
+
+
+def classic_image_get(image_id: int | str, api_url: str | None = None) -> ApiRequest:
+    base = (api_url or SOFTLAYER_URL).rstrip("/")
+    return ApiRequest("GET", f"{base}{TEMPLATE_GROUP}/{int(image_id)}/getObject.json",
+                      {"objectMask": CLASSIC_MASK}, {})
+
+
+def classic_state(image: dict[str, Any]) -> tuple[str, bool]:
+    """(what to show, done) for a template group: done when no transaction is left and the
+    status is Active."""
+    status = image.get("status") or {}
+    key = str(status.get("keyName") or status.get("name") or "").upper()
+    tx = image.get("transaction") or {}
+    tx_name = str((tx.get("transactionStatus") or {}).get("name") or "")
+    busy = bool(image.get("transactionId")) or bool(tx)
+    if busy:
+        return (f"transaction {tx_name or image.get('transactionId')}", False)
+    return (key or "no status", key == "ACTIVE")
+
+
+def wait_classic_image(image_id: int | str, tokens: TokenSource, *, api_url: str | None = None,
+                       timeout_s: float = 4 * 3600, interval_s: float = 15.0,
+                       on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Poll the image template until its import is done (returned); RemoteError at timeout,
+    CloudError when it is gone (SoftLayer removes a template whose import failed) or has a
+    status other than Active with no transaction running."""
+    req = classic_image_get(image_id, api_url)
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        image = send(req, tokens, f"SoftLayer image template {image_id}")
+        shown, done = classic_state(image)
+        if shown != last and on_status is not None:
+            on_status(shown)
+        last = shown
+        if done:
+            return image
+        if not shown.startswith("transaction") and shown != "no status":
+            raise CloudError(f"SoftLayer image template {image_id} is {shown} with no "
+                             "transaction running, not ACTIVE")
+        if time.monotonic() > deadline:
+            raise RemoteError(f"SoftLayer image template {image_id} still {shown} after "
+                              f"{timeout_s:.0f} s (--timeout)")
+        time.sleep(interval_s)

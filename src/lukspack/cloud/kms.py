@@ -17,7 +17,8 @@ What is wrapped must be exactly what the hypervisor needs back, and differs by t
   `echo -n abc123 | base64` gives `YWJjMTIz`, which is wrapped; a trailing newline in the
   passphrase would be wrapped too and the image would never unlock, so it is refused.
 - classic (vhd-util encrypted VHD): the base64 DEK, whose decoded 32 or 64 bytes are the XTS key
-  (https://cloud.ibm.com/docs/image-templates?topic=image-templates-using-end-to-end-encryption).
+  (https://cloud.ibm.com/docs/image-templates?topic=image-templates-using-end-to-end-encryption);
+  a key file holding the raw 32 or 64 bytes (vhd-util's form) is wrapped as their base64.
 - luks-raw (IBM's 2018 LUKS RAW procedure, same page): the DEK text exactly as in the key file,
   which is the LUKS passphrase.
 """
@@ -32,7 +33,7 @@ from typing import Any
 
 from lukspack.cloud.errors import CloudError, CredentialsError, RemoteError
 from lukspack.cloud.iam import HTTP_TIMEOUT_S, TokenSource
-from lukspack.keys import dek_rule_broken
+from lukspack.keys import key_for_target
 
 TARGETS = ("vpc", "classic", "luks-raw")
 KEY_ACTION_TYPE = "application/vnd.ibm.kms.key_action+json"
@@ -78,24 +79,11 @@ def check_ids(root_key_id: str, instance_id: str) -> None:
 
 
 def wrap_plaintext(key: bytes | bytearray, target: str, name: str = "key file") -> str:
-    """The `plaintext` to wrap for the target (see the module's docstring); KeyFileError-like
-    CloudError naming the file when the key cannot serve that target."""
-    if target == "vpc":
-        if key.endswith((b"\n", b"\r")):
-            raise CloudError(f"{name}: the passphrase ends with a newline, which would be wrapped "
-                             "too and the VPC image would never unlock (write it with printf %s)")
-        return base64.b64encode(bytes(key)).decode()
-    if target not in ("classic", "luks-raw"):
+    """The `plaintext` to wrap for the target: what keys.key_for_target says the key file means
+    for it (see the module's docstring); a KeyFileError naming the file when it cannot serve."""
+    if target not in TARGETS:
         raise CloudError(f"target {target!r} must be one of {', '.join(TARGETS)}")
-    rule = dek_rule_broken(key)
-    if rule is not None:
-        raise CloudError(f"{name}: not a valid data encryption key: {rule}")
-    if target == "classic":
-        n = len(base64.b64decode(bytes(key)))
-        if n not in (32, 64):
-            raise CloudError(f"{name}: an encrypted VHD's DEK must decode to 32 or 64 bytes "
-                             f"(the XTS key), not {n}")
-    return bytes(key).decode("ascii")
+    return key_for_target(target, key, name).wrap_plaintext
 
 
 class KeyProtect:
@@ -173,8 +161,12 @@ class KeyProtect:
 
 def wrap_key(kp: KeyProtect, root_key_id: str, key: bytes | bytearray, target: str, *,
              check: bool = True, name: str = "key file") -> dict[str, Any]:
-    """Wrap what the target needs; unless check is False, unwrap it once and compare."""
-    plaintext = wrap_plaintext(key, target, name)
+    """Wrap what the target needs; unless check is False, unwrap it once and compare. The
+    result's warnings are key_for_target's (a VPC passphrase that is not a DEK)."""
+    if target not in TARGETS:
+        raise CloudError(f"target {target!r} must be one of {', '.join(TARGETS)}")
+    meaning = key_for_target(target, key, name)
+    plaintext = meaning.wrap_plaintext
     wdek = kp.wrap(root_key_id, plaintext)
     checked = False
     if check:
@@ -183,8 +175,11 @@ def wrap_key(kp: KeyProtect, root_key_id: str, key: bytes | bytearray, target: s
             raise CloudError(f"Key Protect {kp.url}: the WDEK unwraps to something else than was "
                              "wrapped: do not import with it")
         checked = True
-    return {"wdek": wdek, "target": target, "root_key_id": root_key_id,
-            "instance_id": kp.instance_id, "checked": checked}
+    out = {"wdek": wdek, "target": target, "root_key_id": root_key_id,
+           "instance_id": kp.instance_id, "checked": checked}
+    if meaning.warnings:
+        out["warnings"] = meaning.warnings
+    return out
 
 
 def unwrap_matches(kp: KeyProtect, root_key_id: str, wdek: str, key: bytes | bytearray | None,

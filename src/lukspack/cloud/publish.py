@@ -1,14 +1,22 @@
 """`lukspack publish`: encrypt straight into the bucket, wrap the key, import, wait, compare.
 
-Before any byte is uploaded it checks what it can: the names and locations (the import's own
-rules), the credentials (an IAM token), the bucket (HEAD at the region's endpoint), the root
-key (wrap and unwrap a random test value), and it lists the service authorizations the import
+Before any byte is uploaded it checks what it can: the key (keys.key_for_target: what the key
+file means for the target, so wrapping cannot refuse it after the upload), the names and
+locations (the import's own rules), the image (`lukspack check --target vpc|classic`: a FAIL
+stops here, naming the failures, unless skip_check), the credentials (an IAM token), the bucket
+(HEAD at the region's endpoint), the root key (wrap and unwrap a random test value), and it
+lists the service authorizations the import
 needs (https://cloud.ibm.com/docs/vpc?topic=vpc-create-encrypted-custom-image: Cloud Block
 Storage -> Key Protect, Reader; VPC Image Service -> Cloud Object Storage, Reader); a new key
 is written (mode 0600) before the upload starts. Then: the engine encrypts into an ObjectSink
 (VPC: qcow2+LUKS; classic: the encrypted VHD, or the 2018 LUKS RAW), the key is wrapped as the
 target needs it, the image is imported and (VPC) waited for, and its file.checksums.sha256
 compared with the SHA-256 of the object as read back.
+
+When a step after the upload is refused for a reason a retry cannot change (Key Protect or the
+image service refuses the key or the request: a CloudError that is neither a RemoteError nor a
+CredentialsError), the uploaded object is deleted and the publish state removed; a transient
+failure (network, HTTP 5xx/429) or an authorization problem keeps both for `--resume`.
 
 Interrupted, `publish --resume` continues: the object sink resumes its multipart upload, and a
 small publish state (in the user's cache directory) remembers a finished upload and a created
@@ -28,7 +36,7 @@ from typing import Any
 
 from lukspack.cloud import imports
 from lukspack.cloud.credentials import Credentials, load_credentials
-from lukspack.cloud.errors import CloudError
+from lukspack.cloud.errors import CloudError, CredentialsError, RemoteError
 from lukspack.cloud.iam import TokenSource
 from lukspack.cloud.kms import KeyProtect, kms_url, parse_key_crn, wrap_key
 from lukspack.cloud.location import CosLocation, parse_cos
@@ -63,6 +71,7 @@ class PublishPlan:
     api_url: str | None = None  # VPC or SoftLayer endpoint
     wait: bool = True
     resume: bool = False
+    skip_check: bool = False  # do not run `lukspack check` on the source first
     cos_options: CosOptions = field(default_factory=CosOptions)
 
     @property
@@ -97,8 +106,47 @@ def import_request(plan: PublishPlan, loc: CosLocation, wdek: str, api_key: str
                                          image_format=plan.format, api_url=plan.api_url)
 
 
-def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, KeyProtect]:
-    """Every check that needs no upload; raises at the first failure."""
+@dataclass
+class Checked:
+    """What preflight() found: where the object goes, the credentials, the Key Protect instance
+    and the check's counts ({"target", "PASS", "WARN", "FAIL"}, or {"skipped": True})."""
+
+    loc: CosLocation
+    creds: Credentials
+    kp: KeyProtect
+    check: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_source(source: str, plan: PublishPlan, encrypt_options: Any, say: Say
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """`lukspack check --target` on the source (CheckFailed names the failures); the counts and
+    the WARN lines. With plan.skip_check, nothing is read and the summary says it was skipped."""
+    if plan.skip_check:
+        say(f"check for IBM Cloud {plan.target} skipped (--skip-check)")
+        return {"target": plan.target, "skipped": True}, []
+    from lukspack.check import ensure_fit
+    from lukspack.images import open_image
+
+    with open_image(source, getattr(encrypt_options, "input_format", None),
+                    getattr(encrypt_options, "disk", None),
+                    remote=getattr(encrypt_options, "source_options", None)) as image:
+        report = ensure_fit(image, plan.target)
+    counts = report.to_dict()["counts"]
+    say(f"checked: {source} for IBM Cloud {plan.target}: {counts['PASS']} passed, "
+        f"{counts['WARN']} warnings, {counts['FAIL']} failed")
+    return ({"target": plan.target, "skipped": False, **counts},
+            [f"check: {f.strip()}" for f in report.lines() if f.lstrip().startswith("WARN")])
+
+
+def preflight(plan: PublishPlan, say: Say, source: str | None = None,
+              encrypt_options: Any = None, key: bytes | bytearray | None = None,
+              key_name: str = "key file") -> Checked:
+    """Every check that needs no upload; raises at the first failure. key: the key file's content
+    (None when a new key will be made, which passes by construction); source: the image the
+    check reads (None: not checked, the caller did)."""
+    from lukspack.keys import key_for_target
+
     if plan.target not in ("vpc", "classic"):
         raise CloudError(f"--to {plan.target!r} must be vpc or classic")
     if plan.target == "vpc" and plan.output_format not in (None, "qcow2"):
@@ -106,6 +154,10 @@ def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, Ke
     if plan.target == "classic" and plan.format not in ("vhd", "raw"):
         raise CloudError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
                          "vhd or raw")
+    notes: list[str] = []
+    if key is not None:  # the rule wrap_key applies after the upload, applied before it
+        notes += key_for_target(plan.wrap_target, key, key_name).warnings
+        say(f"checked: {key_name} serves {plan.wrap_target}")
     loc = object_location(plan)
     crn = parse_key_crn(plan.root_key_crn)
     if crn.instance_id != plan.kms_instance:
@@ -113,6 +165,10 @@ def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, Ke
                          f"CRN ({crn.instance_id})")
     import_request(plan, loc, "placeholder-wdek", "placeholder-key")  # names, URIs, codes
     say(f"checked: name {plan.name!r}, object {loc}, root key {crn.key_id}")
+    check: dict[str, Any] = {"target": plan.target, "skipped": True}
+    if source is not None:
+        check, warned = check_source(source, plan, encrypt_options, say)
+        notes += warned
     creds = load_credentials(plan.cos_options.credentials_file, iam_url=plan.cos_options.iam_url)
     creds.tokens().token()
     say("checked: IAM token from the API key")
@@ -129,7 +185,16 @@ def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, Ke
     say(f"checked: root key {crn.key_id} wraps and unwraps a test value")
     for line in AUTHORIZATIONS[plan.target]:
         say(f"needs service authorization: {line}")
-    return loc, creds, kp
+    return Checked(loc, creds, kp, check, notes)
+
+
+def delete_object(loc: CosLocation, opts: CosOptions) -> None:
+    """Remove an uploaded object (a publish that cannot be imported leaves nothing behind)."""
+    _, _, client = connect(str(loc), opts)
+    try:
+        client.delete_object(Bucket=loc.bucket, Key=loc.key)
+    except Exception as e:
+        raise cloud_error(e, f"{loc}: delete") from None
 
 
 class PublishState:
@@ -201,28 +266,43 @@ def vpc_import_and_wait(req: imports.ApiRequest, tokens: TokenSource, *, wait: b
     return out
 
 
-def new_key(path: str, target: str) -> bytearray:
-    """A new key written (mode 0600) before anything is uploaded: 32 random bytes as base64 text,
-    printable with no newline, which serves as a VPC passphrase and as a DEK."""
-    from lukspack.keys import generate_dek, write_key_file
+def new_key(path: str, target: str, nbytes: int | None = None) -> bytearray:
+    """A new key for the target (keys.new_key: VPC a 44-character passphrase, the encrypted VHD
+    64 random bytes as base64 (AES-256-XTS; nbytes 32: AES-128-XTS), the LUKS RAW a 32-byte
+    DEK), written (mode 0600) before anything is uploaded."""
+    from lukspack.keys import new_key as make_key
+    from lukspack.keys import wipe, write_key_file
 
-    key = generate_dek(32)
-    write_key_file(path, key)
+    key, _ = make_key(target, nbytes)
+    try:
+        write_key_file(path, key)
+    except BaseException:
+        wipe(key)
+        raise
     return key
 
 
+def _final(e: BaseException) -> bool:
+    """A refusal a retry cannot change (the key, the request): not transient, not credentials."""
+    from lukspack.errors import KeyFileError
+
+    return isinstance(e, KeyFileError) or (
+        isinstance(e, CloudError) and not isinstance(e, (RemoteError, CredentialsError)))
+
+
 def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any,
-            progress: Any = None, say: Say = lambda _m: None,
-            checked: tuple[CosLocation, Credentials, KeyProtect] | None = None) -> dict[str, Any]:
+            progress: Any = None, say: Say = lambda _m: None, checked: Checked | None = None,
+            key_name: str = "key file") -> dict[str, Any]:
     """Run a publish; key is the key file's content (already written when new); checked is
-    what preflight() returned when the caller ran it already."""
+    what preflight() returned when the caller ran it already (with the source)."""
     import dataclasses
 
     from lukspack.encrypt import encrypt
     from lukspack.remote import is_remote, remote_identity
     from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
-    loc, creds, kp = checked or preflight(plan, say)
+    checked = checked or preflight(plan, say, source, encrypt_options, key, key_name)
+    loc, creds, kp = checked.loc, checked.creds, checked.kp
     state = PublishState(loc)
     if plan.resume:
         state.load()
@@ -235,7 +315,8 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
     if state.data and state.data.get("source") != {k: ident[k] for k in ("size", "mtime_ns",
                                                                             "head_sha256")}:
         raise CloudError(f"{source}: not the source of the publish being resumed")
-    summary: dict[str, Any] = {"target": plan.target, "object": str(loc), "format": plan.format}
+    summary: dict[str, Any] = {"target": plan.target, "object": str(loc), "format": plan.format,
+                               "check": checked.check}
     if "uploaded" not in state.data:
         sink_opts = ObjectSinkOptions(**{f.name: getattr(plan.cos_options, f.name)
                                          for f in dataclasses.fields(CosOptions)})
@@ -243,8 +324,9 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         sink_opts.source_identity = ident
         sink_opts.fingerprint = {"format": plan.format, "luks_type": encrypt_options.luks_type}
         sink = open_object_sink(str(loc), sink_opts)
+        # the check ran in preflight, before the key was written and anything was created
         opts = dataclasses.replace(encrypt_options, output_format=plan.format,
-                                   sink_options=sink_opts)
+                                   sink_options=sink_opts, target=None, skip_check=True)
         s = encrypt(source, str(loc), key, opts, progress, sink=sink,
                     key_material=sink.saved_key_material)
         sha = sink.output_sha256()
@@ -254,8 +336,28 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         say(f"uploaded {loc}: {s.get('total_bytes')} bytes, sha256 {sha}")
         summary["encrypt"] = s
     summary["sha256"] = state.data["uploaded"]["sha256"]
+    try:
+        summary["image"] = _wrap_and_import(plan, loc, creds, kp, key, key_name, state, summary,
+                                            say)
+    except Exception as e:
+        if "image" in state.data or not _final(e):
+            raise
+        delete_object(loc, plan.cos_options)
+        state.remove()
+        raise type(e)(f"{e}; deleted {loc}, which could not be imported (fix this and publish "
+                      "again)") from None
+    state.remove()
+    summary["authorizations"] = AUTHORIZATIONS[plan.target]
+    if checked.warnings:
+        summary["warnings"] = list(checked.warnings)
+    return summary
+
+
+def _wrap_and_import(plan: PublishPlan, loc: CosLocation, creds: Credentials, kp: KeyProtect,
+                     key: bytearray, key_name: str, state: PublishState, summary: dict[str, Any],
+                     say: Say) -> dict[str, Any]:
     crn = parse_key_crn(plan.root_key_crn)
-    wrapped = wrap_key(kp, crn.key_id, key, plan.wrap_target, check=True)
+    wrapped = wrap_key(kp, crn.key_id, key, plan.wrap_target, check=True, name=key_name)
     summary["wdek_sha256"] = hashlib.sha256(wrapped["wdek"].encode()).hexdigest()
     say(f"wrapped the key for {plan.wrap_target}, unwrapped once and compared")
     req = import_request(plan, loc, wrapped["wdek"] if "image" not in state.data
@@ -264,17 +366,19 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         image = state.data.get("image") or imports.send(req, creds.tokens(),
                                                         "SoftLayer createFromIcos")
         state.save(image=image)
-        summary["image"] = {k: image.get(k) for k in ("id", "globalIdentifier", "name")}
-    else:
-        created = state.data.get("image")
-        if created is None:
-            created = imports.send(req, creds.tokens(), "VPC image create")
-            state.save(image=created)
-            say(f"image {created.get('id')} created, status {created.get('status')}")
-        summary["image"] = vpc_import_and_wait(
-            req, creds.tokens(), wait=plan.wait, expected_sha256=summary["sha256"],
-            api_url=plan.api_url, on_status=lambda st: say(f"image status: {st}"),
-            created=created)
-    state.remove()
-    summary["authorizations"] = AUTHORIZATIONS[plan.target]
-    return summary
+        out = {k: image.get(k) for k in ("id", "globalIdentifier", "name")}
+        if plan.wait:
+            done = imports.wait_classic_image(
+                image["id"], creds.tokens(), api_url=plan.api_url,
+                interval_s=float(os.environ.get("LUKSPACK_POLL_S", "15")),
+                on_status=lambda st: say(f"image template status: {st}"))
+            out["status"] = (done.get("status") or {}).get("keyName")
+        return out
+    created = state.data.get("image")
+    if created is None:
+        created = imports.send(req, creds.tokens(), "VPC image create")
+        state.save(image=created)
+        say(f"image {created.get('id')} created, status {created.get('status')}")
+    return vpc_import_and_wait(
+        req, creds.tokens(), wait=plan.wait, expected_sha256=summary["sha256"],
+        api_url=plan.api_url, on_status=lambda st: say(f"image status: {st}"), created=created)

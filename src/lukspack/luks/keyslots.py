@@ -157,15 +157,23 @@ def _slow(fn: Callable[[], T]) -> T:
 
 
 def add_key(path: str, passphrase: bytes | bytearray, new_passphrase: bytes | bytearray,
-            kdf: KdfOptions, *, key_slot: int | None = None) -> dict[str, Any]:
-    """Add a key slot opened by new_passphrase; passphrase must open an existing slot."""
+            kdf: KdfOptions, *, key_slot: int | None = None,
+            new_name: str = "new key") -> dict[str, Any]:
+    """Add a key slot opened by new_passphrase; passphrase must open an existing slot. In a
+    qcow2+LUKS image the new passphrase follows keys.key_for_target's VPC rule (UTF-8, as QEMU
+    reads secrets), checked before anything is unlocked or written."""
     with _open_rw(path) as t:
+        notes = []
+        if t.container == "qcow2":
+            from lukspack.keys import key_for_target
+
+            notes = key_for_target("vpc", new_passphrase, new_name).warnings
         if isinstance(t.vol.header, luks1.Luks1Header):
             r = _add_luks1(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
         else:
             assert isinstance(t.vol.header, luks2.Luks2Header)
             r = _add_luks2(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
-        return {"container": t.container, **r}
+        return {"container": t.container, **r, **({"warnings": notes} if notes else {})}
 
 
 def remove_key(path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
