@@ -46,6 +46,7 @@ class SourceDigests:
         n = max(1, -(-stream_size // chunk))
         self.digests = np.zeros((n, DIGEST_BYTES), dtype=np.uint8)
         self.read = np.zeros(n, dtype=bool)  # False: a hole the container did not read (zeros)
+        self._zeros: dict[int, bytes] = {}  # XXH3 of n zero bytes
 
     def mark(self, offset: int, allocated: bool) -> None:
         """On the reader thread, in order: whether the chunk at offset was read."""
@@ -62,6 +63,17 @@ class SourceDigests:
         if not self.read[i]:
             return not _any(plain)
         return xxhash.xxh3_128_digest(plain) == self.digests[i].tobytes()
+
+    def matches_zeros(self, offset: int, n: int) -> bool:
+        """Whether the source's chunk at offset (n bytes) was zeros: a hole the engine did not
+        read, or read bytes that hash as n zeros do."""
+        i = offset // self.chunk
+        if not self.read[i]:
+            return True
+        zero = self._zeros.get(n)
+        if zero is None:
+            zero = self._zeros[n] = xxhash.xxh3_128_digest(bytes(n))
+        return zero == self.digests[i].tobytes()
 
 
 def _any(view: memoryview | bytes) -> bool:
@@ -149,12 +161,20 @@ def read_back(open_reader: Callable[[], EncryptedImage], digests: SourceDigests,
         chunk = digests.chunk
 
         def read(offset: int, view: memoryview) -> Any:
+            end = min(offset + len(view), enc.virtual_size)
+            if not any(e.allocated for e in enc.extents(offset, end)):
+                return None  # the output's tables say zeros here: nothing to read or decrypt
             return enc.read_ciphertext(offset, view)
 
         def transform_factory() -> Callable[[memoryview, int, Any], Any]:
             cipher = enc.new_cipher()
 
             def decrypt(view: memoryview, offset: int, runs: Any) -> bool:
+                if runs is None:
+                    if digests.matches_zeros(offset, len(view)):
+                        return True
+                    view[:] = bytes(len(view))  # for the message: what the output reads as
+                    return False
                 enc.decrypt_runs(cipher, view, runs)
                 return digests.matches(offset, view)
 

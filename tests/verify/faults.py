@@ -101,8 +101,6 @@ def expected_first_bad_byte(fault: Fault, source: Path, key_file: Path) -> int:
     else:
         key, bits32 = VOLUME_KEY, False
     iv = fault.seen["run"].iv_sector  # the IV the output's own layout implies
-    if fault.kind == "iv":
-        stored = _xts(key, iv + 1, sector, True, bits32)
-    else:  # shift: the first 512 bytes of the run's place were never written
-        stored = bytes(512)
+    # iv: encrypted one unit off; shift: the first 512 bytes of the run's place never written
+    stored = _xts(key, iv + 1, sector, True, bits32) if fault.kind == "iv" else bytes(512)
     return AT + _first_diff(_xts(key, iv, stored, False, bits32), sector)
