@@ -30,7 +30,7 @@ from typing import Any
 from lukspack import digest, interrupt
 from lukspack.containers.base import ChunkPlan, Container
 from lukspack.crypto.sector import make_sector_cipher
-from lukspack.errors import VerifyError
+from lukspack.errors import LukspackError, VerifyError
 from lukspack.images.base import DiskImage
 from lukspack.keys import wipe
 from lukspack.luks.kdf import KdfCache
@@ -248,8 +248,8 @@ class _Run:
                 self._read_back(sink.published_source())  # type: ignore[attr-defined]
             except BaseException as e:
                 note = sink.withdraw()  # type: ignore[attr-defined]
-                if isinstance(e, VerifyError) and note:
-                    raise VerifyError(f"{e}; {note}") from None
+                if isinstance(e, LukspackError) and note:  # one line says what is left
+                    e.args = (f"{e}; {note}",)
                 raise
         # after commit: an object's bytes are in order only once the upload is complete
         out_sha = sink.output_sha256() if opts.output_digest and \

@@ -28,7 +28,7 @@ VOLUME_KEY = bytes(range(64))  # the payload key of the LUKS containers, known t
 @dataclass
 class Fault:
     fmt: str  # raw, qcow2, vhd
-    kind: str  # iv, shift, l2, bat
+    kind: str  # iv, shift, l2, l2-hole, bat
     seen: dict[str, Any] = field(default_factory=dict)  # what the patched plan did
 
     @property
@@ -37,7 +37,8 @@ class Fault:
 
 
 FAULTS = [Fault("raw", "iv"), Fault("raw", "shift"), Fault("qcow2", "iv"), Fault("qcow2", "l2"),
-          Fault("vhd", "iv"), Fault("vhd", "bat")]
+          Fault("qcow2", "l2-hole"), Fault("vhd", "iv"), Fault("vhd", "bat")]
+HOLE = 3 * MiB  # MiB 3 of the pattern disk is zeros: qcow2 stores nothing for it
 
 
 def _xts(key: bytes, sector: int, data: bytes, encrypt: bool, bits32: bool = False) -> bytes:
@@ -73,6 +74,9 @@ def inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
             w = self.writer
             a, b = AT // CLUSTER % w.l2_entries, (AT + MiB) // CLUSTER % w.l2_entries
             w._l2[a], w._l2[b] = w._l2[b], w._l2[a]
+        elif fault.kind == "l2-hole":  # guest cluster 48 (zeros, not stored) -> cluster 64's data
+            w = self.writer
+            w._l2[HOLE // CLUSTER % w.l2_entries] = w._l2[AT // CLUSTER % w.l2_entries]
         return p
 
     monkeypatch.setattr(cls, "plan", faulty)
@@ -92,6 +96,8 @@ def expected_first_bad_byte(fault: Fault, source: Path, key_file: Path) -> int:
     sector = src[AT : AT + 512]
     if fault.kind == "l2":
         return AT + _first_diff(src[AT : AT + CLUSTER], src[AT + MiB : AT + MiB + CLUSTER])
+    if fault.kind == "l2-hole":  # the hole reads as cluster 64's plaintext
+        return HOLE + next(i for i in range(CLUSTER) if src[AT + i] != src[HOLE + i])
     if fault.kind == "bat":
         return AT + next(i for i in range(2 * MiB) if src[AT + i])  # the block reads as zeros
     if fault.fmt == "vhd":
