@@ -86,3 +86,30 @@ def test_an_honest_object_verifies_after_upload(source: Path, key: Path, cli: Cl
     loc = parse_cos(obj)
     assert s3.client().head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"] == \
         s["total_bytes"]
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.fmt == "raw"], ids=lambda f: f.ident)
+def test_a_wrong_container_fails_encrypt_to_a_block_device(fault: Fault, source: Path, key: Path,
+                                                           tmp_path: Path, cli: Cli,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A block device is read back through the reader too before encrypt reports it done (its
+    content is then undefined, as after a failed `dd`). A loop device stands in for a disk."""
+    import shutil
+    import subprocess
+
+    from tests.cli.test_outputs import _loop_device
+
+    backing = tmp_path / "disk.bin"
+    with open(backing, "wb") as f:
+        f.truncate(16 * (1 << 20))
+    dev = _loop_device(backing)
+    if dev is None:  # as tests/cli/test_outputs.py: the machine gives no loop device
+        pytest.skip("no loop device on this machine (losetup -f failed or not root)")
+    try:
+        inject(monkeypatch, fault)
+        err = cli.fails(*_encrypt_args(source, dev, fault.fmt, key), "--force")
+        at = expected_first_bad_byte(fault, source, key)
+        assert f"{dev}: verification failed: guest byte {at}," in err, err
+    finally:
+        subprocess.run([shutil.which("losetup") or "/usr/sbin/losetup", "-d", dev], check=False)
