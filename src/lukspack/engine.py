@@ -131,10 +131,11 @@ class _Run:
         self.passphrase, self.volume_key, self.opts = passphrase, volume_key, opts
         self.progress, self.key_material, self.cache = progress, key_material, cache
         self.read_at = sink.read_back() if opts.verify else None  # a file's bytes, before commit
-        # an object: read back through the reader once the upload is complete
-        self.after_commit = opts.verify and self.read_at is None and \
+        # through the reader: a file before commit; an object once the upload is complete
+        self.before_commit = self.read_at is not None and hasattr(sink, "output_source")
+        self.after_commit = opts.verify and not self.before_commit and \
             hasattr(sink, "published_source")
-        self.tee = opts.verify and self.read_at is None and not self.after_commit
+        self.tee = opts.verify and not self.before_commit and not self.after_commit
         self.source_digests: SourceDigests | None = None
         self.digest = digest.DiskDigest(container.disk_size, image.virtual_size) \
             if opts.plaintext_digest else None
@@ -239,7 +240,8 @@ class _Run:
                     raise VerifyError(f"{sink.location}: verification failed: the "
                                       f"{len(data)} bytes at output offset {dest} read back "
                                       "differently")
-            self._read_back(sink.output_source(fin.total_size))  # before anything is published
+        if self.before_commit:  # before anything is published
+            self._read_back(sink.output_source(fin.total_size))  # type: ignore[attr-defined]
         self.direct = bool(getattr(sink, "direct", False))
         sink.finish(fin.total_size)
         location = sink.commit()
