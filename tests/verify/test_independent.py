@@ -113,3 +113,38 @@ def test_a_wrong_container_fails_encrypt_to_a_block_device(fault: Fault, source:
         assert f"{dev}: verification failed: guest byte {at}," in err, err
     finally:
         subprocess.run([shutil.which("losetup") or "/usr/sbin/losetup", "-d", dev], check=False)
+
+
+@pytest.mark.parametrize("fmt,luks_type", [("raw", "luks1"), ("raw", "luks2"), ("qcow2", "luks1")])
+def test_the_read_back_spends_no_second_key_derivation(fmt: str, luks_type: str, source: Path,
+                                                       key: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader unlocks the header as written with the key file; the derivations come from
+    this encryption's KdfCache (the same inputs, read from those bytes), so verification adds
+    no PBKDF2/Argon2 run: as many are computed as with --no-verify."""
+    from lukspack.encrypt import encrypt
+    from lukspack.luks.format import KdfOptions
+    from lukspack.luks.kdf import KdfCache
+    from lukspack.options import EncryptOptions, StreamOptions
+
+    computed: list[object] = []
+    real = KdfCache.derive
+
+    def counting(self: KdfCache, k: tuple[object, ...], compute: object) -> bytearray:
+        def once() -> bytes:
+            computed.append(k)
+            return compute()  # type: ignore[operator]
+
+        return real(self, k, once)
+
+    monkeypatch.setattr(KdfCache, "derive", counting)
+    counts = {}
+    for verify in (False, True):
+        computed.clear()
+        opts = EncryptOptions(luks_type=luks_type, output_format=fmt,
+                              kdf=KdfOptions(pbkdf="pbkdf2", force_iterations=1000),
+                              stream=StreamOptions(verify=verify))
+        s = encrypt(str(source), str(tmp_path / f"o-{verify}.{fmt}"), key.read_bytes(), opts)
+        assert s["verified"] is verify
+        counts[verify] = len(computed)
+    assert counts[True] == counts[False] > 0
