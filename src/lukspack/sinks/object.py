@@ -50,6 +50,7 @@ from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha25
 from lukspack.sinks.base import ReadAt
 
 ZEROS = bytes(1 << 20)
+READ_BACK_CACHE = 16 << 20  # the block cache of the read-back through the reader
 
 
 @dataclass
@@ -223,6 +224,7 @@ class ObjectSink:
         complete_upload(self.client, self.loc, upload_id, records)
         self._sender.close()
         self._closed = True
+        self._buffers, self._cur = None, bytearray()  # the part buffers go before any read-back
         self._journal.remove()
         if self.options.verify_remote:
             self._sha256 = read_back_sha256(
@@ -232,11 +234,12 @@ class ObjectSink:
 
     def published_source(self) -> Any:
         """After commit(): the object as a ByteSource (ranged GETs through the block cache of
-        remote.RemoteFile, pinned to the ETag it has now), for the engine's read-back."""
+        remote.RemoteFile, pinned to the ETag it has now), for the engine's read-back. The
+        read-back is sequential: a 16 MiB cache holds its read-ahead (4 blocks of 1 MiB)."""
         from lukspack.remote import RemoteOptions, open_remote
 
-        return open_remote(self.location, RemoteOptions(cos=self.options,
-                                                        workers=self.options.concurrency))
+        return open_remote(self.location, RemoteOptions(
+            cos=self.options, workers=self.options.concurrency, cache_bytes=READ_BACK_CACHE))
 
     def withdraw(self) -> str:
         """After commit(): delete the object (its read-back failed); says what was done."""
