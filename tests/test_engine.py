@@ -91,8 +91,8 @@ def src(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["raw", "luks2", "qcow2"])
 def test_a_byte_corrupted_on_its_way_to_the_sink_is_caught(tmp_path: Path, src: Path,
                                                            kind: str) -> None:
-    """The verifier reads the output back right behind the writer: a payload byte (a qcow2
-    data cluster) corrupted in the sink fails verification and names the first bad byte."""
+    """The output is read back through its decrypting reader before commit: a payload byte (a
+    qcow2 data cluster) corrupted in the sink fails verification and names the first bad byte."""
     out = tmp_path / f"o.{kind}"
     at = {"raw": 2 * MiB + 5 * MiB + 12345, "luks2": 16 * MiB + 5 * MiB + 12345,
           "qcow2": 3 * 1024 * 1024 + 77}[kind]
@@ -169,8 +169,9 @@ def test_a_failing_source_stops_the_verifier(tmp_path: Path, kind: str,
 @pytest.mark.parametrize("kind", ["raw", "qcow2"])
 def test_tee_verification_when_the_sink_cannot_read_back(tmp_path: Path, src: Path,
                                                          kind: str) -> None:
-    """A sink without read_back (object storage) is verified by decrypting each chunk again
-    before it leaves; the result still opens with cryptsetup / reads back through lukspack."""
+    """A custom sink that can be read back neither before nor after commit is verified by
+    decrypting each chunk again before it leaves ("tee"); the result still reads back through
+    lukspack. (ObjectSink is read back after the upload: tests/verify.)"""
 
     class NoReadBack(Delegating):
         def read_back(self) -> None:

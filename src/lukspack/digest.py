@@ -5,9 +5,10 @@ Two algorithms, for two purposes:
 - SHA-256 is what people see: `disk_sha256` and `source_sha256` in `encrypt --json`, `verify`
   and `decrypt`. It costs 0.7 s per GiB here even with SHA-NI, so `encrypt` computes it only for
   --json.
-- XXH3-128 is what encryption-time verification compares: the plaintext of each chunk's runs as
-  read from the source against the same runs decrypted back (read back from the sink, or from a
-  copy before it leaves). That comparison guards against our own bugs and I/O faults, not
+- XXH3-128 is what encryption-time verification compares: each chunk of the guest disk as read
+  from the source against the same chunk of the output read back through its decrypting reader
+  (readback.py; a custom sink that cannot be read back: the chunk's runs decrypted again before
+  they leave, "tee"). That comparison guards against our own bugs and I/O faults, not
   against an adversary (one who can change our memory between the two reads has won already),
   so a 128-bit non-cryptographic hash is enough, at over 10 GB/s.
 """

@@ -2,13 +2,19 @@
 
     reader thread    image.read_into (holes of sparse outputs: not read) -> container.plan
                      (runs: where each ciphertext byte goes, under which IV) -> disk digest
-    worker threads   digest the plaintext of the runs, encrypt each run at its IV; "tee": decrypt
-                     a copy again with a second cipher and compare, when the sink cannot read back
-    this thread      sink.write of runs and plaintext metadata, ascending; hands each chunk to
-    verifier thread  read back right behind the writer, decrypt, compare with the digest
+    worker threads   XXH3 of each chunk as read (readback.SourceDigests), encrypt each run at
+                     its IV
+    this thread      sink.write of runs and plaintext metadata, ascending
     KDF thread       container.build_key_material (calibration, PBKDF2/Argon2: seconds, by design)
-    at the end       trailer, prefix checked in memory (unlock with the key file), prefix placed,
-                     sink.finish (durable), sink.commit (published)
+    at the end       trailer, prefix checked in memory (unlock with the key file), prefix placed;
+                     a file: prefix and trailer bytes read back, then the whole output read back
+                     through the decrypting reader `verify` uses (readback.py: offsets and IVs
+                     from the header and tables as written) and compared with the digests;
+                     sink.finish (durable), sink.commit (published); an object: read back through
+                     the reader after commit, deleted when it does not verify
+
+A custom sink that can be read neither before nor after commit gets the weaker "tee": each chunk
+decrypted again with the container's own plan before it leaves.
 
 The engine knows no format and no destination: containers/ and sinks/ do.
 """
@@ -16,7 +22,6 @@ The engine knows no format and no destination: containers/ and sinks/ do.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +30,14 @@ from typing import Any
 from lukspack import digest, interrupt
 from lukspack.containers.base import ChunkPlan, Container
 from lukspack.crypto.sector import make_sector_cipher
-from lukspack.errors import VerifyError
+from lukspack.errors import LukspackError, VerifyError
 from lukspack.images import announce
 from lukspack.images.base import DiskImage
 from lukspack.keys import wipe
+from lukspack.luks.kdf import KdfCache
 from lukspack.options import StreamOptions
-from lukspack.pipeline import lower_priority, run_stream
+from lukspack.pipeline import run_stream
+from lukspack.readback import SourceDigests, open_output, read_back
 from lukspack.sinks.base import Sink
 
 ProgressFn = Callable[[str, int, int], None]
@@ -70,79 +77,6 @@ class Background:
         return self._box.get("value")
 
 
-class Mismatch(Exception):
-    """A chunk that does not decrypt to what was read (raised inside the engine's threads)."""
-
-    def __init__(self, offset: int, where: str, plan: ChunkPlan | None = None) -> None:
-        super().__init__(offset, where)
-        self.offset, self.where, self.plan = offset, where, plan
-
-
-class ReadBackVerifier:
-    """A thread right behind the writer: reads each placed chunk back from the sink, decrypts it
-    with its own cipher and compares it with the digest of what was read from the source."""
-
-    def __init__(self, read_at: Callable[[int, int], bytes], new_cipher: Callable[[], Any]) -> None:
-        self.read_at, self.new_cipher = read_at, new_cipher
-        self.queue: queue.Queue[tuple[int, ChunkPlan, bytes] | None] = queue.Queue(maxsize=64)
-        self.error: BaseException | None = None
-        self.cancelled = False  # the run failed or was interrupted: skip what is still queued
-        self.closing = False  # no more chunks come: stop once the queue is empty
-        self.thread = threading.Thread(target=self._run, name="lukspack-verify", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        lower_priority()
-        cipher = self.new_cipher()
-        try:
-            while True:  # short waits: a signal in the main thread can never leave it asleep
-                try:
-                    item = self.queue.get(timeout=0.1)
-                except queue.Empty:
-                    if self.closing:
-                        return
-                    continue
-                if self.error is None and not self.cancelled:
-                    self._check(cipher, *item)
-        except BaseException as e:
-            self.error = e
-
-    def _check(self, cipher: Any, offset: int, plan: ChunkPlan, want: bytes) -> None:
-        d = digest.new(digest.VERIFY)
-        for r in plan.runs:
-            data = bytearray(self.read_at(r.dest, r.length))
-            cipher.decrypt(data, r.iv_sector)
-            d.update(data)
-        if d.digest() != want:
-            raise Mismatch(offset, "read back from the output", plan)
-        for dest, meta in plan.metadata:
-            if self.read_at(dest, len(meta)) != meta:
-                raise Mismatch(offset, f"metadata at output offset {dest} read back")
-
-    def submit(self, offset: int, plan: ChunkPlan, want: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        while True:
-            try:
-                self.queue.put((offset, plan, want), timeout=0.1)
-                return
-            except queue.Full:
-                if self.error is not None or not self.thread.is_alive():
-                    raise self.error or RuntimeError("verifier stopped") from None
-
-    def close(self, cancel: bool = False) -> None:
-        """No more chunks: wait for the verifier to check what is queued and raise what it
-        found. cancel: the run is over (an error or a signal); what is queued is not checked."""
-        self.cancelled = self.cancelled or cancel
-        self.closing = True
-        while self.thread.is_alive():
-            if not cancel:
-                interrupt.check()
-            self.thread.join(0.1)
-        if self.error is not None:
-            raise self.error
-
-
 def encrypt_image(image: DiskImage, container: Container, sink: Sink,
                   passphrase: bytes | bytearray, opts: StreamOptions,
                   progress: ProgressFn | None = None, *, key_material: bytes | None = None,
@@ -155,7 +89,9 @@ def encrypt_image(image: DiskImage, container: Container, sink: Sink,
     else:
         volume_key = container.recover_volume_key(key_material, passphrase, cache)
     try:
-        with interrupt.deferred():
+        with interrupt.deferred(), contextlib.ExitStack() as stack:
+            if cache is None:  # the header check and the read-back reuse the build's KDF
+                cache = stack.enter_context(KdfCache())
             summary = _Run(image, container, sink, passphrase, volume_key, opts, progress,
                            key_material, cache).run()
     except BaseException:
@@ -195,8 +131,13 @@ class _Run:
         self.image, self.container, self.sink = image, container, sink
         self.passphrase, self.volume_key, self.opts = passphrase, volume_key, opts
         self.progress, self.key_material, self.cache = progress, key_material, cache
-        self.read_at = sink.read_back() if opts.verify else None
-        self.tee = opts.verify and self.read_at is None
+        self.read_at = sink.read_back() if opts.verify else None  # a file's bytes, before commit
+        # through the reader: a file before commit; an object once the upload is complete
+        self.before_commit = self.read_at is not None and hasattr(sink, "output_source")
+        self.after_commit = opts.verify and not self.before_commit and \
+            hasattr(sink, "published_source")
+        self.tee = opts.verify and not self.before_commit and not self.after_commit
+        self.source_digests: SourceDigests | None = None
         self.digest = digest.DiskDigest(container.disk_size, image.virtual_size) \
             if opts.plaintext_digest else None
         self.kept = False
@@ -214,6 +155,8 @@ class _Run:
             image.read_into(offset, view)  # which checks the source is unchanged
         else:
             image.check_unchanged()  # a RAW that shrank reads as holes: say so at once
+        if self.source_digests is not None:
+            self.source_digests.mark(offset, allocated)
         if self.digest is not None:
             self.digest.update(offset, view if allocated else None, n)
         return self.container.plan(offset, view if allocated else None, allocated)
@@ -224,36 +167,40 @@ class _Run:
         concurrent = self.sink.concurrent_writes and not self.opts.verify
         sink = self.sink
 
+        digests = self.source_digests
+
         def transform(view: memoryview, offset: int, plan: ChunkPlan) -> Any:
-            want = digest.runs_digest(view, plan.runs) if self.opts.verify and plan.runs else None
+            if digests is not None:
+                digests.add(offset, view)
+            want = digest.runs_digest(view, plan.runs) if check is not None and plan.runs \
+                else None
             for r in plan.runs:
                 cipher.encrypt(view[r.start : r.start + r.length], r.iv_sector)
-            if check is not None and plan.runs:  # tee: decrypt a copy again before it leaves
+            if want is not None:  # tee: decrypt a copy again before it leaves
                 d = digest.new(digest.VERIFY)
                 for r in plan.runs:
                     copy = bytearray(view[r.start : r.start + r.length])
-                    check.decrypt(copy, r.iv_sector)
+                    check.decrypt(copy, r.iv_sector)  # type: ignore[union-attr]
                     d.update(copy)
                 if d.digest() != want:
-                    raise Mismatch(offset, "decrypted again before it was sent")
-                want = None
+                    raise VerifyError(f"{sink.location}: verification failed: the chunk at "
+                                      f"guest offset {offset}, decrypted again before it was "
+                                      "sent, does not decrypt to the source's bytes")
             if concurrent:  # direct I/O: each worker writes its own chunk
                 for r in plan.runs:
                     sink.write(r.dest, view[r.start : r.start + r.length])
-            return plan, want, concurrent
+            return plan, concurrent
 
         return transform
 
     def write(self, offset: int, view: memoryview, meta: Any) -> None:  # this thread, in order
-        plan, want, written = meta
+        plan, written = meta
         placements: list[tuple[int, Any]] = list(plan.metadata)
         if not written:
             placements += [(r.dest, view[r.start : r.start + r.length]) for r in plan.runs]
         placements.sort(key=lambda p: p[0])
         for dest, data in placements:
             self.sink.write(dest, data)
-        if self.verifier is not None and want is not None:
-            self.verifier.submit(offset, plan, want)
         if not self.kept and self.header.done():
             self._keep()
 
@@ -273,23 +220,14 @@ class _Run:
         else:
             material = self.key_material
             self.header = Background(lambda: material)
-        self.verifier = ReadBackVerifier(self.read_at, self.new_cipher) \
-            if self.read_at is not None else None
         chunk = max(c.chunk_align, opts.chunk_size // c.chunk_align * c.chunk_align)
-        try:
-            run_stream(c.stream_size, self.read, self.write,
-                       transform_factory=self.transform_factory, chunk_size=chunk,
-                       workers=opts.workers,
-                       progress=phase_progress(self.progress, "encrypt", c.stream_size))
-            if self.verifier is not None:
-                self.verifier.close()
-            self.image.check_unchanged()  # after the last read, before anything is committed
-        except Mismatch as m:
-            raise VerifyError(self._mismatch_message(m)) from None
-        finally:
-            if self.verifier is not None and self.verifier.thread.is_alive():
-                with contextlib.suppress(BaseException):
-                    self.verifier.close(cancel=True)
+        if opts.verify and not self.tee:
+            self.source_digests = SourceDigests(c.stream_size, chunk)
+        run_stream(c.stream_size, self.read, self.write,
+                   transform_factory=self.transform_factory, chunk_size=chunk,
+                   workers=opts.workers,
+                   progress=phase_progress(self.progress, "encrypt", c.stream_size))
+        self.image.check_unchanged()  # after the last read, before anything is committed
         if hasattr(sink, "start_writeback"):
             sink.start_writeback()  # the disk drains while the key slot is derived
         key_material = self.header.join()
@@ -307,36 +245,36 @@ class _Run:
                     raise VerifyError(f"{sink.location}: verification failed: the "
                                       f"{len(data)} bytes at output offset {dest} read back "
                                       "differently")
+        if self.before_commit:  # before anything is published
+            self._read_back(sink.output_source(fin.total_size))  # type: ignore[attr-defined]
         self.direct = bool(getattr(sink, "direct", False))
         sink.finish(fin.total_size)
         location = sink.commit()
+        if self.after_commit:
+            try:
+                self._read_back(sink.published_source())  # type: ignore[attr-defined]
+            except BaseException as e:
+                note = sink.withdraw()  # type: ignore[attr-defined]
+                if isinstance(e, LukspackError) and note:  # one line says what is left
+                    e.args = (f"{e}; {note}",)
+                raise
         # after commit: an object's bytes are in order only once the upload is complete
         out_sha = sink.output_sha256() if opts.output_digest and \
             hasattr(sink, "output_sha256") else None
         return self._summary(location, fin.total_size, out_sha)
 
-    def _mismatch_message(self, m: Mismatch) -> str:
-        where = f"the chunk at guest offset {m.offset}"
-        if m.plan is not None and self.read_at is not None:
-            with contextlib.suppress(Exception):  # the message is best effort, the failure is not
-                where = self._first_difference(m.offset, m.plan)
-        return (f"{self.sink.location}: verification failed: {where} {m.where} does not "
-                "decrypt to the source's bytes")
-
-    def _first_difference(self, offset: int, plan: ChunkPlan) -> str:
-        """Re-read the source chunk (the stream has stopped) and find the first differing byte,
-        as `qemu-img compare` names it."""
-        assert self.read_at is not None
-        cipher = self.new_cipher()
-        for r in plan.runs:
-            src = bytearray(r.length)
-            self.image.read_into(offset + r.start, src)
-            got = bytearray(self.read_at(r.dest, r.length))
-            cipher.decrypt(got, r.iv_sector)
-            if got != src:
-                i = next(k for k in range(r.length) if got[k] != src[k])
-                return f"guest byte {offset + r.start + i} (output offset {r.dest + i})"
-        return f"the chunk at guest offset {offset}"
+    def _read_back(self, source: Any) -> None:
+        """The output as written, through the decrypting reader, against the source's digests."""
+        c, sink = self.container, self.sink
+        assert self.source_digests is not None
+        try:
+            read_back(lambda: open_output(c.name, source, sink.location, self.passphrase,
+                                          self.cache),
+                      self.source_digests, disk_size=c.disk_size, stream_size=c.stream_size,
+                      source=self.image, label=sink.location, workers=self.opts.workers,
+                      progress=phase_progress(self.progress, "verify", c.stream_size))
+        finally:
+            source.close()
 
     def _summary(self, location: str, total: int, out_sha: str | None) -> dict[str, Any]:
         c, image = self.container, self.image
@@ -362,6 +300,6 @@ class _Run:
             d["warnings"] = list(image.warnings)
         d["direct_io"] = self.direct
         d["verified"] = self.opts.verify
-        d["verification"] = ("read back" if self.read_at is not None else "tee") \
-            if self.opts.verify else None
+        d["verification"] = None if not self.opts.verify else "tee" if self.tee else \
+            "read back" + (" after upload" if self.after_commit else "")
         return d

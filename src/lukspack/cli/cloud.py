@@ -59,7 +59,8 @@ def transfer_options(f: Any) -> Any:
                      help="Where the state file goes [default: beside FILE, else the user's "
                           "cache directory]."),
         click.option("--verify-remote", is_flag=True,
-                     help="Read the object back (parallel ranged GETs) and compare."),
+                     help="Also read the object back part by part (parallel ranged GETs) and "
+                          "compare each with the SHA-256 it was sent with."),
     ]):
         f = opt(f)
     return f

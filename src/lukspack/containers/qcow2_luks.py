@@ -4,7 +4,8 @@ The LUKS1 header area lives in clusters named by the qcow2 crypto header extensi
 qemu lays it out (the payload offset right after the key material, not aligned to 1 MiB); only
 non-zero clusters of allocated source extents are stored, each encrypted with aes-xts-plain64
 whose IV is its *host* offset / 512, as qemu does for LUKS in qcow2 (block/qcow2.c). Sparse:
-unallocated source extents are never read, scanned, encrypted or verified.
+unallocated source extents are never read, scanned or encrypted; the read-back verification
+skips what the written L2 tables call holes (readback.py) and checks the source had zeros there.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from lukspack.crypto.sector import SectorCipher
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import CHECK_EVERY, DiskImage, Extent
 from lukspack.images.qcow2 import Qcow2Image
+from lukspack.images.source import ByteSource
 from lukspack.luks import open_luks
 from lukspack.luks.volume import LuksVolume, file_reader
 
@@ -101,7 +102,7 @@ class Qcow2LuksImage(EncryptedImage):
     format_name = "qcow2"
 
     def __init__(self, qcow: Qcow2Image, vol: LuksVolume, key: bytearray) -> None:
-        super().__init__(qcow.path, qcow.fd)
+        super().__init__(qcow.path, qcow.source)  # a local file or a remote object
         self.qcow, self.vol, self.key = qcow, vol, key
         self.virtual_size = qcow.virtual_size
         self.cluster_size = qcow.cluster_size
@@ -125,9 +126,9 @@ class Qcow2LuksImage(EncryptedImage):
         self.fd = -1
 
 
-def open_qcow2_luks(path: str, fd: int) -> tuple[Qcow2Image, LuksVolume]:
+def open_qcow2_luks(path: str, fd: int | ByteSource) -> tuple[Qcow2Image, LuksVolume]:
     """Open an encrypted qcow2 and parse the LUKS header its crypto extension points to."""
-    qcow = Qcow2Image(path, fd, allow_encrypted=True)
+    qcow = Qcow2Image(path, fd, allow_encrypted=True)  # type: ignore[arg-type]
     if qcow.crypto_header is None:
         raise UnsupportedError(f"{path}: is a qcow2 image without encryption; there is nothing "
                                "to unlock")
@@ -139,7 +140,7 @@ def open_qcow2_luks(path: str, fd: int) -> tuple[Qcow2Image, LuksVolume]:
                               f"the qcow2 crypto header area ({length} bytes)")
         return qcow.pread(base + offset, size, "LUKS header")
 
-    vol = open_luks(path, fd, read_at, size=length)
+    vol = open_luks(path, qcow.fd, read_at, size=length)
     if vol.version != 1:
         raise UnsupportedError(f"{path}: LUKS{vol.version} inside qcow2 is not supported "
                                "(qemu writes LUKS1)")

@@ -6,9 +6,14 @@ The engine calls, from one thread unless `concurrent_writes`:
                                     an upper bound; a sink that needs room checks it here
     write(offset, data)             payload and trailer bytes, offsets ascending, all >= prefix_size
     write_prefix(offset, data)      bytes inside [0, prefix_size), once they are known (late)
-    read_back() -> ReadAt | None    a reader of what was written, for verification right behind
-                                    the writer; None when the sink cannot read back cheaply (the
-                                    engine then decrypts each chunk again before it leaves: "tee")
+    read_back() -> ReadAt | None    a reader of what was written, before commit (the engine
+                                    compares the prefix and trailer bytes); None when the sink
+                                    cannot read back before commit (an object)
+    output_source(size)             (with read_back) the output as a ByteSource before commit: the
+                                    engine reads it back through the decrypting reader
+    published_source(), withdraw()  (an object, optional) the output as a ByteSource after commit,
+                                    and its removal when that read-back fails; a sink with
+                                    neither way gets the weaker "tee" (readback.py, engine.py)
     keep_key_material(data)        the container's key material (LUKS header area) as soon as the
                                     key derivation has built it, before the prefix is placed: a
                                     resumable sink saves it (it is public in the image anyway)

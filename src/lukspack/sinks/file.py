@@ -8,9 +8,9 @@ other). Any failure or signal before commit() removes the temporary file. write_
 all-zero 4 KiB blocks as holes, as `qemu-img convert -O raw` does.
 
 BlockDeviceSink: a block device is written in place, as `dd of=/dev/sdX` (needs --force;
-checks the device is large enough before writing; never renames; fsyncs; reads back for
-verification; write_sparse writes zeros too: the device holds old data). A failed run leaves
-the device's content undefined, as dd does.
+checks the device is large enough before writing; never renames; fsyncs; read back for
+verification before it is reported done; write_sparse writes zeros too: the device holds old
+data). A failed run leaves the device's content undefined, as dd does.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from lukspack.errors import FormatError, OutputError
+from lukspack.images.source import ByteSource
 from lukspack.sinks.base import ReadAt
 from lukspack.sinks.paths import (
     check_output_path,
@@ -135,6 +136,13 @@ class _Descriptor:
             return data
 
         return read_at
+
+    def output_source(self, size: int) -> ByteSource:
+        """The output's first `size` bytes as a ByteSource, for the engine's read-back through
+        the decrypting reader before commit (the descriptor stays the sink's)."""
+        from lukspack.readback import BoundedFile
+
+        return BoundedFile(self.fd, self.location, size)
 
     # -- helpers -------------------------------------------------------------------------------
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:

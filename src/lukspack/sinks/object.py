@@ -7,12 +7,14 @@ prefix (part 1: LUKS header, qcow2 header and tables, and the first payload byte
 full. S3 assembles parts by number, not by arrival. Memory: the held parts, plus part size
 times (concurrency + 1).
 
-Verification without a local file: read_back() is None, so the engine decrypts each chunk again
-before it leaves; the server checks each part's Content-MD5; with verify_remote the object is
-read back after completion with parallel ranged GETs, each part compared with the SHA-256 it
-was sent with, and the SHA-256 of the whole object computed from what was read
-(output_sha256()). A whole-object SHA-256 cannot be computed while streaming: the prefix is
-its first bytes and arrives last.
+Verification without a local file: read_back() is None (no part can be read before the upload
+is complete); the server checks each part's Content-MD5; once complete, published_source() gives
+the object as a ByteSource (ranged GETs, remote.RemoteFile, pinned to the ETag) and the engine
+reads it back through the decrypting reader (readback.py); withdraw() deletes the object when
+that fails. With verify_remote the object is also read back with parallel ranged GETs, each part
+compared with the SHA-256 it was sent with, and the SHA-256 of the whole object computed from
+what was read (output_sha256()). A whole-object SHA-256 cannot be computed while streaming: the
+prefix is its first bytes and arrives last.
 
 Resume: the state file (see cloud/multipart.py) keeps the upload id, part size, the parts the
 server accepted (size, ETag, MD5, SHA-256), the source's identity, the output options'
@@ -48,6 +50,7 @@ from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha25
 from lukspack.sinks.base import ReadAt
 
 ZEROS = bytes(1 << 20)
+READ_BACK_CACHE = 16 << 20  # the block cache of the read-back through the reader
 
 
 @dataclass
@@ -221,12 +224,30 @@ class ObjectSink:
         complete_upload(self.client, self.loc, upload_id, records)
         self._sender.close()
         self._closed = True
+        self._buffers, self._cur = None, bytearray()  # the part buffers go before any read-back
         self._journal.remove()
         if self.options.verify_remote:
             self._sha256 = read_back_sha256(
                 self.client, self.loc, self._total, self._part_size, self.options.concurrency,
                 {n: r.sha256 for n, r in records.items()})
         return str(self.loc)
+
+    def published_source(self) -> Any:
+        """After commit(): the object as a ByteSource (ranged GETs through the block cache of
+        remote.RemoteFile, pinned to the ETag it has now), for the engine's read-back. The
+        read-back is sequential: a 16 MiB cache holds its read-ahead (4 blocks of 1 MiB)."""
+        from lukspack.remote import RemoteOptions, open_remote
+
+        return open_remote(self.location, RemoteOptions(
+            cos=self.options, workers=self.options.concurrency, cache_bytes=READ_BACK_CACHE))
+
+    def withdraw(self) -> str:
+        """After commit(): delete the object (its read-back failed); says what was done."""
+        try:
+            self.client.delete_object(Bucket=self.loc.bucket, Key=self.loc.key)
+        except Exception as e:
+            return f"deleting the object failed: {cloud_error(e, f'{self.loc}: delete object')}"
+        return "the object was deleted"
 
     def abort(self) -> None:
         """On a failure or signal: keep the upload for --resume when the failure may pass (an
