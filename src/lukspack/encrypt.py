@@ -12,7 +12,7 @@ from lukspack.containers.raw_luks import RawLuks
 from lukspack.engine import ProgressFn, encrypt_image
 from lukspack.images import DiskImage, open_image, source_files
 from lukspack.luks.kdf import KdfCache
-from lukspack.options import EncryptOptions, output_format
+from lukspack.options import EncryptOptions, fingerprint, for_format, output_format
 from lukspack.remote import source_reads
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
@@ -22,21 +22,19 @@ OBJECT_SCHEME = "cos://"
 
 
 def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Container:
-    """The container for the output format; bad options fail here, before any output exists."""
-    fmt = output_format(output, opts.output_format, opts.target)
-    name = output
-    if fmt == "qcow2":
-        if opts.key_bytes != 64:
-            from lukspack.errors import UnsupportedError
-
-            raise UnsupportedError("qcow2+LUKS output has a 512-bit key (aes-xts-plain64 with two "
-                                   f"AES-256 keys, as qemu writes it), not {opts.key_bytes * 8}")
-        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
-                         fields=opts.fields)
+    """The container for the output format; bad options fail here, before any output exists
+    (options.for_format: an option the format does not take is a usage error)."""
+    opts = for_format(opts, output_format(output, opts.output_format, opts.target))
+    fmt, name = opts.output_format, output
     if fmt == "vhd":
         from lukspack.containers.encrypted_vhd import EncryptedVhd
 
         return EncryptedVhd(image.virtual_size, name=name)  # type: ignore[return-value]
+    assert opts.kdf is not None and opts.luks_type is not None and opts.key_bytes is not None
+    if fmt == "qcow2":
+        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
+                         fields=opts.fields)
+    assert opts.sector_size is not None
     return RawLuks(image.virtual_size, opts.luks_type, opts.kdf, sector_size=opts.sector_size,
                    key_bytes=opts.key_bytes, name=name, fields=opts.fields)
 
@@ -44,9 +42,16 @@ def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Conta
 def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
               protected: tuple[tuple[str, str], ...] = ()) -> Sink:
     if output.startswith(OBJECT_SCHEME):
-        from lukspack.sinks.object import open_object_sink
+        from dataclasses import replace
 
-        return open_object_sink(output, opts.sink_options)
+        from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
+
+        sink_options = opts.sink_options
+        if isinstance(sink_options, ObjectSinkOptions) and sink_options.fingerprint is None:
+            # what a --resume must find unchanged (options.fingerprint)
+            fmt = output_format(output, opts.output_format, opts.target)
+            sink_options = replace(sink_options, fingerprint=fingerprint(opts, fmt))
+        return open_object_sink(output, sink_options)
     return open_file_output(output, force=opts.force,
                             protected=tuple(("source", s) for s in sources) + protected,
                             direct=not opts.stream.verify)
@@ -61,6 +66,7 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     sink: a sink, or a function that makes one once the options have been checked (nothing is
     created for a run that fails its checks); a resumable sink's saved key material is used
     when key_material is not given."""
+    for_format(opts, output_format(output, opts.output_format, opts.target))  # usage first
     if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
         check_output_path(output, opts.force, (("source", source), *protected))
     with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:

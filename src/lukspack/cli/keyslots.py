@@ -24,7 +24,7 @@ from lukspack.cli.options import batch_option, check_kdf_usage, json_option, kdf
 @batch_option
 def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
             new_key_file: str, key_slot: int | None, hash_: str | None, pbkdf: str | None,
-            iter_time: int, pbkdf_memory: int | None, pbkdf_parallel: int | None,
+            iter_time: int | None, pbkdf_memory: int | None, pbkdf_parallel: int | None,
             pbkdf_force_iterations: int | None, as_json: bool, batch_mode: bool) -> None:
     """Add a key slot to IMAGE (LUKS1, LUKS2 or qcow2+LUKS, in place), as luksAddKey."""
     from lukspack.keys import dek_rule_broken
@@ -34,7 +34,7 @@ def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset:
     if key_file == "-" and new_key_file == "-":
         raise click.UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
     check_kdf_usage("luks2", hash_, None)
-    kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
+    kdf = KdfOptions(hash_, iter_time or 2000, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
                      pbkdf_parallel)
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             key_from(new_key_file, dek_rules=False) as new:

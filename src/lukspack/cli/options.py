@@ -42,9 +42,9 @@ def kdf_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--pbkdf", type=click.Choice(["argon2id", "argon2i", "pbkdf2"]), default=None,
                      help="Key slot KDF [default: argon2id for LUKS2, pbkdf2 for LUKS1]."),
-        click.option("--iter-time", "-i", type=click.IntRange(min=1), default=2000,
-                     show_default=True,
-                     help="Milliseconds of KDF to unlock, calibrated as cryptsetup does."),
+        click.option("--iter-time", "-i", type=click.IntRange(min=1), default=None,
+                     help="Milliseconds of KDF to unlock, calibrated as cryptsetup does "
+                          "[default: 2000]."),
         click.option("--pbkdf-memory", type=click.IntRange(min=1), default=None,
                      help="Argon2 memory cost in KiB [default: 1048576, at most half the RAM]."),
         click.option("--pbkdf-parallel", type=click.IntRange(min=1), default=None,

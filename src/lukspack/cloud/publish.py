@@ -219,6 +219,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
     import dataclasses
 
     from lukspack.encrypt import encrypt
+    from lukspack.options import fingerprint
     from lukspack.remote import is_remote, remote_identity
     from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
@@ -241,7 +242,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
                                          for f in dataclasses.fields(CosOptions)})
         sink_opts.resume, sink_opts.verify_remote = plan.resume, True
         sink_opts.source_identity = ident
-        sink_opts.fingerprint = {"format": plan.format, "luks_type": encrypt_options.luks_type}
+        sink_opts.fingerprint = fingerprint(encrypt_options, plan.format)
         sink = open_object_sink(str(loc), sink_opts)
         opts = dataclasses.replace(encrypt_options, output_format=plan.format,
                                    sink_options=sink_opts)

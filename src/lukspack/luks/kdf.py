@@ -372,7 +372,8 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
                                f"maximum {U32_MAX}")
     if pbkdf == "pbkdf2":
         if memory_kb is not None or parallel is not None:
-            raise UnsupportedError("--pbkdf-memory and --pbkdf-parallel do not apply to pbkdf2")
+            raise UnsupportedOption("--pbkdf-memory and --pbkdf-parallel do not apply to "
+                                    "pbkdf2 (Argon2 costs)")
         if force_iterations is not None and force_iterations < MIN_ITERATIONS:
             raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the "
                                    f"minimum {MIN_ITERATIONS} for pbkdf2")
