@@ -204,9 +204,9 @@ def info(image: str, as_json: bool, input_format: str | None, disk: int | None,
 
 @click.command()
 @click.argument("source")
-@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2", "vhd"]),
-              default="luks1", show_default=True, help="The output: LUKS1/LUKS2 RAW or the "
-              "encrypted VHD.")
+@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2", "luks", "vhd"]),
+              default="luks1", show_default=True, help="The output: LUKS1/LUKS2 RAW (luks: "
+              "cryptsetup's name for luks1) or the encrypted VHD.")
 @json_option
 @input_format_option
 @disk_option
@@ -214,8 +214,11 @@ def info(image: str, as_json: bool, input_format: str | None, disk: int | None,
 def size(source: str, luks_type: str, as_json: bool, input_format: str | None,
          disk: int | None, **cloud: Any) -> None:
     """Size of the encrypted image: the documented step 4 (RAW + header, whole MiB) done right."""
+    from lukspack.options import luks_type_name
     from lukspack.sizing import size_report
 
+    if luks_type != "vhd":
+        luks_type = luks_type_name(luks_type)
     r = size_report(source, luks_type, input_format, disk, remote=remote_options_from(**cloud))
     if luks_type == "vhd":
         emit(r, as_json, [f"{k}: {v}" for k, v in r.items() if k not in ("source", "type")])
