@@ -3,6 +3,9 @@ location, then run the one engine (engine.py)."""
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,13 +15,33 @@ from lukspack.containers.raw_luks import RawLuks
 from lukspack.engine import ProgressFn, encrypt_image
 from lukspack.images import DiskImage, open_image, source_files
 from lukspack.luks.kdf import KdfCache
-from lukspack.options import EncryptOptions, fingerprint, for_format, output_format
+from lukspack.options import (
+    FORMAT_NAMES,
+    EncryptOptions,
+    fingerprint,
+    for_format,
+    format_name,
+    kdf_note,
+    output_format,
+)
 from lukspack.remote import source_reads
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
 from lukspack.sinks.paths import check_output_path
 
 OBJECT_SCHEME = "cos://"
+log = logging.getLogger(__name__)
+
+
+def _why_format(output: str, opts: EncryptOptions) -> str:
+    if opts.output_format is not None:
+        return f"from --output-format {opts.output_format}"
+    if opts.target is not None:
+        return f"from --target {opts.target}"
+    suffix = output.rsplit(".", 1)[-1].lower() if "." in output.rsplit("/", 1)[-1] else ""
+    if suffix in ("qcow2", "qcow", "vhd"):
+        return f"from the name's suffix .{suffix}"
+    return "the name ends in neither .qcow2 nor .vhd (say -O qcow2 or -O vhd for those)"
 
 
 def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Container:
@@ -66,16 +89,34 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     sink: a sink, or a function that makes one once the options have been checked (nothing is
     created for a run that fails its checks); a resumable sink's saved key material is used
     when key_material is not given."""
-    for_format(opts, output_format(output, opts.output_format, opts.target))  # usage first
+    fmt = output_format(output, opts.output_format, opts.target)
+    for_format(opts, fmt)  # usage errors first
+    log.info("output %s: %s, %s", output, FORMAT_NAMES[format_name(fmt)],
+             _why_format(output, opts))
+    note = kdf_note(opts, fmt)
+    if note is not None:  # said before anything starts
+        warnings.warn(note, stacklevel=2)
     if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
         check_output_path(output, opts.force, (("source", source), *protected))
+    t0 = time.perf_counter()
     with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:
+        log.info("source %s: %s (%s), %d bytes virtual, opened in %.3f s", image.path,
+                 image.format_name, "from --input-format" if opts.input_format else
+                 "detected from its content", image.virtual_size, time.perf_counter() - t0)
         container = make_container(image, output, opts)
+        log.info("layout: %s, %d bytes before the payload, %d-byte disk, at most %d bytes, "
+                 "%s; %s-%s, %d-bit key, %d-byte sectors", container.name,
+                 container.prefix_size, container.disk_size, container.size_hint,
+                 "sparse (holes not stored)" if container.sparse else "every byte written",
+                 container.cipher_name, container.cipher_mode, container.key_bytes * 8,
+                 container.sector_size)
         report = None
         if opts.target is not None and not opts.skip_check:
             from lukspack.check import ensure_fit
 
+            t1 = time.perf_counter()
             report = ensure_fit(image, opts.target)  # CheckFailed names the failures
+            log.info("check for %s: passed in %.3f s", opts.target, time.perf_counter() - t1)
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
         elif callable(sink) and not hasattr(sink, "write"):

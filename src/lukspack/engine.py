@@ -16,6 +16,7 @@ The engine knows no format and no destination: containers/ and sinks/ do.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ from lukspack.pipeline import lower_priority, run_stream
 from lukspack.sinks.base import Sink
 
 ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
 
 
 def phase_progress(progress: ProgressFn | None, phase: str, total: int
@@ -272,6 +274,10 @@ class _Run:
         self.verifier = ReadBackVerifier(self.read_at, self.new_cipher) \
             if self.read_at is not None else None
         chunk = max(c.chunk_align, opts.chunk_size // c.chunk_align * c.chunk_align)
+        log.info("stream: %d-byte chunks, %d workers, verification %s", chunk, opts.workers,
+                 ("read back" if self.read_at is not None else "tee") if opts.verify
+                 else "off (--no-verify)")
+        t0 = time.perf_counter()
         try:
             run_stream(c.stream_size, self.read, self.write,
                        transform_factory=self.transform_factory, chunk_size=chunk,
@@ -285,9 +291,14 @@ class _Run:
             if self.verifier is not None and self.verifier.thread.is_alive():
                 with contextlib.suppress(BaseException):
                     self.verifier.close(cancel=True)
+        log.info("stage encrypt: %.3f s for %d bytes", time.perf_counter() - t0, c.stream_size)
         if hasattr(sink, "start_writeback"):
             sink.start_writeback()  # the disk drains while the key slot is derived
+        t0 = time.perf_counter()
         key_material = self.header.join()
+        log.info("stage key slot: waited %.3f s for the key derivation after the stream",
+                 time.perf_counter() - t0)
+        t0 = time.perf_counter()
         if not self.kept:
             self._keep()
         fin = c.finish(key_material)
@@ -302,9 +313,15 @@ class _Run:
                     raise VerifyError(f"{sink.location}: verification failed: the "
                                       f"{len(data)} bytes at output offset {dest} read back "
                                       "differently")
+        log.info("stage header: built, checked and placed in %.3f s",
+                 time.perf_counter() - t0)
         self.direct = bool(getattr(sink, "direct", False))
+        t0 = time.perf_counter()
         sink.finish(fin.total_size)
+        log.info("stage finish: %.3f s (durable)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         location = sink.commit()
+        log.info("stage commit: %.3f s (%s)", time.perf_counter() - t0, location)
         # after commit: an object's bytes are in order only once the upload is complete
         out_sha = sink.output_sha256() if opts.output_digest and \
             hasattr(sink, "output_sha256") else None

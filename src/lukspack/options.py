@@ -218,6 +218,22 @@ def for_format(opts: EncryptOptions, fmt: str) -> EncryptOptions:
                    cipher=opts.cipher or CIPHERS[0])
 
 
+def kdf_note(opts: EncryptOptions, fmt: str) -> str | None:
+    """How long the key slot KDF will take, when over a minute (luks/estimate.py); None for
+    shorter ones and for the encrypted VHD (no KDF)."""
+    from lukspack.luks.estimate import long_kdf_note
+
+    r = for_format(opts, fmt)
+    if r.output_format == "vhd":
+        return None
+    assert r.kdf is not None and r.key_bytes is not None
+    k = r.kdf
+    pbkdf = k.pbkdf or ("argon2id" if r.luks_type == "luks2" else "pbkdf2")
+    return long_kdf_note(pbkdf, k.hash, r.key_bytes, iter_time_ms=k.iter_time_ms,
+                         force_iterations=k.force_iterations, memory_kb=k.memory_kb,
+                         parallel=k.parallel)
+
+
 HASHES = ("sha1", "sha256", "sha512")
 
 
@@ -281,4 +297,5 @@ def _shown(v: Any) -> str:
 
 __all__ = [
     "EncryptOptions", "StreamOptions", "for_format", "fingerprint", "fingerprint_change",
+    "kdf_note",
     "format_name", "luks_type_name", "output_format", "kdf_options", "header_fields"]

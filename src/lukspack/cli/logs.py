@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 LOGGER = "lukspack"
-_started = time.monotonic()
+_started = time.time()  # record.created is wall-clock time
 
 
 class _Format(logging.Formatter):
