@@ -187,6 +187,9 @@ def for_format(opts: EncryptOptions, fmt: str) -> EncryptOptions:
     encrypted VHD takes none of the LUKS options; qcow2+LUKS no --sector-size, --type luks2,
     --key-size 256 or LUKS2 header fields (and, LUKS1 inside, no Argon2)."""
     fmt = format_name(fmt)
+    if opts.skip_check and opts.target is None:
+        raise UsageError("--skip-check skips the check of --target: give --target, or drop "
+                         "--skip-check")
     luks_type = luks_type_name(opts.luks_type) if opts.luks_type is not None else None
     if fmt == "vhd":
         _refuse(fmt, _given(opts))

@@ -31,6 +31,23 @@ def _stream(verify: bool = True, as_json: bool = False, digest: bool = True) -> 
                          output_digest=as_json and digest)
 
 
+COS_ONLY = ("resume", "part_size", "concurrency", "state_dir", "verify_remote")
+
+
+def _check_encrypt_conflicts(output: str, as_json: bool, no_digest: bool) -> None:
+    """Options that say nothing without another are usage errors, not silently dropped."""
+    if no_digest and not as_json:
+        raise click.UsageError("--no-digest skips the SHA-256 of --json: give --json, or drop "
+                               "--no-digest")
+    if not output.startswith("cos://"):
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in COS_ONLY
+                 if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to a cos:// OUTPUT (a multipart "
+                                   f"upload), not {output}")
+
+
 @click.command()
 @click.argument("source")
 @click.argument("output")
@@ -102,6 +119,7 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str | None,
                           force=force, stream=_stream(verify, as_json, not no_digest),
                           target=target, skip_check=skip_check,
                           source_options=remote_options_from(**cloud))
+    _check_encrypt_conflicts(output, as_json, no_digest)  # --skip-check alone: options.py
     if key_size is not None and key_size % 8:
         raise click.UsageError(f"--key-size {key_size} is not a whole number of bytes")
     fmt = format_of(output, output_format, target)
@@ -151,14 +169,19 @@ def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: 
     """Unlock IMAGE and decrypt its whole disk; with --source, compare it byte for byte."""
     from lukspack.plaintext import verify as do_verify
 
+    if source is None and (input_format is not None or disk is not None):
+        raise click.UsageError("--input-format and --disk describe --source: give --source "
+                               "(IMAGE's format is read from its content)")
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
         r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk,
                       remote=remote_options_from(**cloud))
     lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
              f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
-    lines += [f"matches {r['source']} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
-        if source else []
+    if source:
+        rest = r["disk_bytes"] - r["source_bytes"]
+        lines.append(f"matches {r['source']} ({r['source_bytes']} bytes"
+                     + (f"; the other {rest} bytes of the disk decrypt to zeros)" if rest else ")"))
     lines += [f"note: {n}" for n in r.get("notes", [])]
     emit(r, as_json, lines)
 

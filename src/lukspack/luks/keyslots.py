@@ -87,12 +87,17 @@ class _Target:
 def _locate(fd: int, path: str) -> _Target:
     """Find the LUKS header by content: at 0 of a RAW image, or in a qcow2's crypto clusters."""
     if os.pread(fd, 4, 0) != QCOW2_MAGIC:
+        from lukspack.disks import not_encrypted
+
+        plain = not_encrypted(path, fd)  # a plain VHD, VMDK...: said so, not a hex magic
+        if plain is not None:
+            raise LukspackError(plain)
         t = _Target(fd, path, 0, os.lseek(fd, 0, os.SEEK_END), "raw")
         t.vol = open_luks(path, fd)
         return t
     image = Qcow2Image(path, fd, allow_encrypted=True)  # validates header, L1, crypto extension
     if image.crypto_header is None:
-        raise LukspackError(f"{path}: is a qcow2 image without encryption; it has no key slots")
+        raise LukspackError(f"{path}: not encrypted (qcow2, no LUKS); it has no key slots")
     base, length = image.crypto_header
     t = _Target(fd, path, base, length, "qcow2")
     t.vol = open_region(path, t.read_at, length)
