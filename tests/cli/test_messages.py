@@ -88,6 +88,9 @@ def test_the_rest_is_mentioned_only_when_there_is_one(cli: Cli, keyfile: Path, t
     (["publish", "s.raw", "--to", "vpc", "--cos", "cos://us-south/b", "--root-key-crn", "c",
       "--kms-instance", "i", "--name", "n", "--os", "o", "--key-file", "k", "--new-key-file",
       "n"], "one of --key-file and --new-key-file"),
+    (["publish", "s.raw", "--to", "vpc", "--cos", "cos://us-south/b", "--root-key-crn", "c",
+      "--kms-instance", "i", "--name", "n", "--os", "o", "--key-file", "k", "--output-format",
+      "vhd"], "--output-format must be qcow2"),
 ])
 def test_conflicting_options_exit_2(cli: Cli, tmp_path: Path, args: list[str], said: str) -> None:
     pattern_disk(tmp_path / "s.raw", 1)

@@ -99,13 +99,15 @@ def import_request(plan: PublishPlan, loc: CosLocation, wdek: str, api_key: str
 
 def preflight(plan: PublishPlan, say: Say) -> tuple[CosLocation, Credentials, KeyProtect]:
     """Every check that needs no upload; raises at the first failure."""
+    from lukspack.errors import UsageError  # options that conflict: exit 2
+
     if plan.target not in ("vpc", "classic"):
-        raise CloudError(f"--to {plan.target!r} must be vpc or classic")
+        raise UsageError(f"--to {plan.target!r} must be vpc or classic")
     if plan.target == "vpc" and plan.output_format not in (None, "qcow2"):
-        raise CloudError("VPC imports qcow2+LUKS: --output-format must be qcow2")
+        raise UsageError("VPC imports qcow2+LUKS: --output-format must be qcow2")
     if plan.target == "classic" and plan.format not in ("vhd", "raw"):
-        raise CloudError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
-                         "vhd or raw")
+        raise UsageError("classic imports the encrypted VHD or the 2018 LUKS RAW: "
+                         "--output-format vhd or raw")
     loc = object_location(plan)
     crn = parse_key_crn(plan.root_key_crn)
     if crn.instance_id != plan.kms_instance:
