@@ -247,3 +247,10 @@ def test_f_vpc_reads_a_vhd(cli: Cli, keyfile: Path, disk: Path, tmp_path: Path) 
                        "--json", *FAST).stdout)
     assert s["source_format"] == "vhd"
     assert s["virtual_size"] >= 4 * MiB
+
+
+def test_f_luks_is_a_usage_error_saying_decrypt(cli: Cli, keyfile: Path, disk: Path,
+                                                tmp_path: Path) -> None:
+    err = cli.fails("encrypt", disk, tmp_path / "o.img", "--key-file", keyfile, "-f", "luks",
+                    code=2)
+    assert "decrypt it first" in err and not (tmp_path / "o.img").exists()

@@ -9,10 +9,15 @@ import click
 INPUT_FORMATS = ["raw", "vhd", "qcow2", "vmdk", "vhdx", "ova"]
 HASHES = ("sha1", "sha256", "sha512")
 
-INPUT_ALIASES = {"vpc": "vhd"}  # qemu-img's -f names
+# qemu-img's -f names: vpc is its VHD; luks (a LUKS image) is a usage error saying to decrypt
+INPUT_ALIASES = {"vpc": "vhd", "luks": "luks"}
 
 
 def _input_format(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value == "luks":
+        raise click.UsageError("-f luks names an encrypted image; a source is read as a plain "
+                               "disk: decrypt it first (lukspack decrypt IMAGE OUT.raw "
+                               "--key-file KEY)")
     return INPUT_ALIASES.get(value, value) if value is not None else None
 
 
@@ -20,7 +25,7 @@ input_format_option = click.option(
     "--input-format", "-f", type=click.Choice(INPUT_FORMATS + list(INPUT_ALIASES)), default=None,
     callback=_input_format,
     help="Input container format; vpc is qemu-img's name for vhd (default: detected from the "
-         "content).")
+         "content; luks: an encrypted source is refused).")
 
 progress_option = click.option(
     "--progress/--no-progress", "-p", default=None,
