@@ -74,7 +74,11 @@ def not_encrypted(path: str, fd: int, fmt: str | None = None) -> str | None:
         if is_encrypted_vhd(fd):
             return None
     what = PLAIN_NAMES.get(found or "")
-    return f"{path}: not encrypted ({what}); there is no key to open or add" if what else None
+    if what is None:
+        return None
+    with open_image(path, found):  # a damaged image says what is damaged, not "not encrypted"
+        pass
+    return f"{path}: not encrypted ({what}); there is no key to open or add"
 
 
 def open_encrypted(path: str, passphrase: bytes | bytearray,
