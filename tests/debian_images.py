@@ -44,7 +44,9 @@ def encrypted_images(debian_images: Path, tmp_path_factory: pytest.TempPathFacto
     for name, fmt in (("good.qcow2", "qcow2"), ("good.luks", "raw"), ("good.vhd", "vhd")):
         subprocess.run([sys.executable, "-m", "lukspack", "encrypt", str(debian_images / GOOD),
                         str(out / name), "--key-file", str(session_keyfile), "--output-format", fmt,
-                        "--no-verify", "--no-progress", *FAST], check=True, env=cli_env(),
+                        "--no-verify", "--no-progress",
+                        *([] if fmt == "vhd" else FAST)],  # the VHD has no key slots
+                       check=True, env=cli_env(),
                        stdout=subprocess.DEVNULL)
         made[fmt] = out / name
     return made

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lukspack.engine import ProgressFn, phase_progress
-from lukspack.errors import LukspackError
+from lukspack.errors import LukspackError, UnsupportedError
 from lukspack.images import DiskImage, announce, open_image, source_files
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
@@ -36,6 +36,14 @@ def convert(source: str, output: str, to: str, *, force: bool = False,
     if to not in CONVERT_TARGETS:
         raise LukspackError(f"--to {to} is not supported (use {', '.join(CONVERT_TARGETS)})")
     check_output_path(output, force, (("source", source), *protected))  # before any read
+    from lukspack.disks import encryption_of
+
+    kind = encryption_of(source, input_format)
+    if kind is not None:
+        what = {"luks": "LUKS", "qcow2-luks": "qcow2+LUKS", "vhd-crypt": "encrypted VHD"}[kind]
+        raise UnsupportedError(f"{source}: is encrypted ({what}); convert reads plain images: "
+                               f"decrypt it first (lukspack decrypt {source} OUT.raw --key-file "
+                               "KEY)")
     with open_image(source, input_format, disk, remote=remote) as image:
         size = image.virtual_size
         out = open_file_output(output, force=force, protected=tuple(

@@ -53,10 +53,47 @@ def encryption_of(path: str, fmt: str | None = None) -> str | None:
         os.close(fd)
 
 
+PLAIN_NAMES = {"qcow2": "qcow2, no LUKS", "vhd": "vhd, neither LUKS nor vhd-util encryption",
+               "vhdx": "vhdx, no LUKS", "vmdk": "vmdk, no LUKS", "ova": "ova, no LUKS"}
+
+
+def not_encrypted(path: str, fd: int, fmt: str | None = None) -> str | None:
+    """'PATH: not encrypted (qcow2, no LUKS)' when the file is a plain image of a format that
+    lukspack names (qcow2, VHD, VHDX, VMDK, OVA), else None (a RAW file: LUKS parsing says
+    what its first bytes are)."""
+    try:
+        sniffed = sniff_file(path, fd)
+    except LukspackError:
+        return None
+    found = fmt or sniffed.format
+    if found == "qcow2" and sniffed.qcow2_crypt_method:  # LUKS, or qcow2's old AES-CBC
+        return None
+    if found == "vhd":
+        from lukspack.images.vhd_crypt import is_encrypted_vhd
+
+        if is_encrypted_vhd(fd):
+            return None
+    what = PLAIN_NAMES.get(found or "")
+    if what is None:
+        return None
+    with open_image(path, found):  # a damaged image says what is damaged, not "not encrypted"
+        pass
+    return f"{path}: not encrypted ({what}); there is no key to open or add"
+
+
 def open_encrypted(path: str, passphrase: bytes | bytearray,
                    fmt: str | None = None) -> EncryptedImage:
-    """Unlock an encrypted image with the key file; the reader decrypts."""
+    """Unlock an encrypted image with the key file; the reader decrypts. A plain image of a
+    format lukspack names is refused saying so: 'not encrypted (qcow2, no LUKS)'."""
     kind = encryption_of(path, fmt)
+    if kind is None and not is_remote(path):
+        fd = _open_fd(path)
+        try:
+            plain = not_encrypted(path, fd, fmt)
+        finally:
+            os.close(fd)
+        if plain is not None:
+            raise LukspackError(plain)
     if kind == "vhd-crypt":
         from lukspack.images.vhd_crypt import open_encrypted_vhd
 

@@ -3,6 +3,9 @@ location, then run the one engine (engine.py)."""
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,31 +15,49 @@ from lukspack.containers.raw_luks import RawLuks
 from lukspack.engine import ProgressFn, encrypt_image
 from lukspack.images import DiskImage, open_image, source_files
 from lukspack.luks.kdf import KdfCache
-from lukspack.options import EncryptOptions, output_format
+from lukspack.options import (
+    FORMAT_NAMES,
+    EncryptOptions,
+    fingerprint,
+    for_format,
+    format_name,
+    kdf_note,
+    output_format,
+)
 from lukspack.remote import source_reads
 from lukspack.sinks.base import Sink
 from lukspack.sinks.file import open_file_output
 from lukspack.sinks.paths import check_output_path
 
 OBJECT_SCHEME = "cos://"
+log = logging.getLogger(__name__)
+
+
+def _why_format(output: str, opts: EncryptOptions) -> str:
+    if opts.output_format is not None:
+        return f"from --output-format {opts.output_format}"
+    if opts.target is not None:
+        return f"from --target {opts.target}"
+    suffix = output.rsplit(".", 1)[-1].lower() if "." in output.rsplit("/", 1)[-1] else ""
+    if suffix in ("qcow2", "qcow", "vhd"):
+        return f"from the name's suffix .{suffix}"
+    return "the name ends in neither .qcow2 nor .vhd (say -O qcow2 or -O vhd for those)"
 
 
 def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Container:
-    """The container for the output format; bad options fail here, before any output exists."""
-    fmt = output_format(output, opts.output_format, opts.target)
-    name = output
-    if fmt == "qcow2":
-        if opts.key_bytes != 64:
-            from lukspack.errors import UnsupportedError
-
-            raise UnsupportedError("qcow2+LUKS output has a 512-bit key (aes-xts-plain64 with two "
-                                   f"AES-256 keys, as qemu writes it), not {opts.key_bytes * 8}")
-        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
-                         fields=opts.fields)
+    """The container for the output format; bad options fail here, before any output exists
+    (options.for_format: an option the format does not take is a usage error)."""
+    opts = for_format(opts, output_format(output, opts.output_format, opts.target))
+    fmt, name = opts.output_format, output
     if fmt == "vhd":
         from lukspack.containers.encrypted_vhd import EncryptedVhd
 
         return EncryptedVhd(image.virtual_size, name=name)  # type: ignore[return-value]
+    assert opts.kdf is not None and opts.luks_type is not None and opts.key_bytes is not None
+    if fmt == "qcow2":
+        return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
+                         fields=opts.fields)
+    assert opts.sector_size is not None
     return RawLuks(image.virtual_size, opts.luks_type, opts.kdf, sector_size=opts.sector_size,
                    key_bytes=opts.key_bytes, name=name, fields=opts.fields)
 
@@ -44,9 +65,16 @@ def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Conta
 def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
               protected: tuple[tuple[str, str], ...] = ()) -> Sink:
     if output.startswith(OBJECT_SCHEME):
-        from lukspack.sinks.object import open_object_sink
+        from dataclasses import replace
 
-        return open_object_sink(output, opts.sink_options)
+        from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
+
+        sink_options = opts.sink_options
+        if isinstance(sink_options, ObjectSinkOptions) and sink_options.fingerprint is None:
+            # what a --resume must find unchanged (options.fingerprint)
+            fmt = output_format(output, opts.output_format, opts.target)
+            sink_options = replace(sink_options, fingerprint=fingerprint(opts, fmt))
+        return open_object_sink(output, sink_options)
     return open_file_output(output, force=opts.force,
                             protected=tuple(("source", s) for s in sources) + protected,
                             direct=not opts.stream.verify)
@@ -61,20 +89,38 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     sink: a sink, or a function that makes one once the options have been checked (nothing is
     created for a run that fails its checks); a resumable sink's saved key material is used
     when key_material is not given."""
+    fmt = output_format(output, opts.output_format, opts.target)
+    for_format(opts, fmt)  # usage errors first
+    log.info("output %s: %s, %s", output, FORMAT_NAMES[format_name(fmt)],
+             _why_format(output, opts))
+    note = kdf_note(opts, fmt)
+    if note is not None:  # said before anything starts
+        warnings.warn(note, stacklevel=2)
     from lukspack.keys import key_for_target
 
     # what the key means for the output's target, before any output exists (keys.py's one rule)
-    key_notes = key_for_target(output_format(output, opts.output_format, opts.target), passphrase,
-                               dict(protected).get("key file", "key file")).warnings
+    key_notes = key_for_target(fmt, passphrase, dict(protected).get("key file", "key file")).warnings
     if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
         check_output_path(output, opts.force, (("source", source), *protected))
+    t0 = time.perf_counter()
     with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:
+        log.info("source %s: %s (%s), %d bytes virtual, opened in %.3f s", image.path,
+                 image.format_name, "from --input-format" if opts.input_format else
+                 "detected from its content", image.virtual_size, time.perf_counter() - t0)
         container = make_container(image, output, opts)
+        log.info("layout: %s, %d bytes before the payload, %d-byte disk, at most %d bytes, "
+                 "%s; %s-%s, %d-bit key, %d-byte sectors", container.name,
+                 container.prefix_size, container.disk_size, container.size_hint,
+                 "sparse (holes not stored)" if container.sparse else "every byte written",
+                 container.cipher_name, container.cipher_mode, container.key_bytes * 8,
+                 container.sector_size)
         report = None
         if opts.target is not None and not opts.skip_check:
             from lukspack.check import ensure_fit
 
+            t1 = time.perf_counter()
             report = ensure_fit(image, opts.target)  # CheckFailed names the failures
+            log.info("check for %s: passed in %.3f s", opts.target, time.perf_counter() - t1)
         if sink is None:
             sink = make_sink(output, opts, source_files(image), protected)
         elif callable(sink) and not hasattr(sink, "write"):

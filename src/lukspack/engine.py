@@ -22,6 +22,7 @@ The engine knows no format and no destination: containers/ and sinks/ do.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from lukspack.readback import SourceDigests, open_output, read_back
 from lukspack.sinks.base import Sink
 
 ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
 
 
 def phase_progress(progress: ProgressFn | None, phase: str, total: int
@@ -223,14 +225,23 @@ class _Run:
         chunk = max(c.chunk_align, opts.chunk_size // c.chunk_align * c.chunk_align)
         if opts.verify and not self.tee:
             self.source_digests = SourceDigests(c.stream_size, chunk)
+        log.info("stream: %d-byte chunks, %d workers, verification %s", chunk, opts.workers,
+                 ("tee" if self.tee else "read back through the reader") if opts.verify
+                 else "off (--no-verify)")
+        t0 = time.perf_counter()
         run_stream(c.stream_size, self.read, self.write,
                    transform_factory=self.transform_factory, chunk_size=chunk,
                    workers=opts.workers,
                    progress=phase_progress(self.progress, "encrypt", c.stream_size))
         self.image.check_unchanged()  # after the last read, before anything is committed
+        log.info("stage encrypt: %.3f s for %d bytes", time.perf_counter() - t0, c.stream_size)
         if hasattr(sink, "start_writeback"):
             sink.start_writeback()  # the disk drains while the key slot is derived
+        t0 = time.perf_counter()
         key_material = self.header.join()
+        log.info("stage key slot: waited %.3f s for the key derivation after the stream",
+                 time.perf_counter() - t0)
+        t0 = time.perf_counter()
         if not self.kept:
             self._keep()
         fin = c.finish(key_material)
@@ -245,11 +256,17 @@ class _Run:
                     raise VerifyError(f"{sink.location}: verification failed: the "
                                       f"{len(data)} bytes at output offset {dest} read back "
                                       "differently")
+        log.info("stage header: built, checked and placed in %.3f s",
+                 time.perf_counter() - t0)
         if self.before_commit:  # before anything is published
             self._read_back(sink.output_source(fin.total_size))  # type: ignore[attr-defined]
         self.direct = bool(getattr(sink, "direct", False))
+        t0 = time.perf_counter()
         sink.finish(fin.total_size)
+        log.info("stage finish: %.3f s (durable)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         location = sink.commit()
+        log.info("stage commit: %.3f s (%s)", time.perf_counter() - t0, location)
         if self.after_commit:
             try:
                 self._read_back(sink.published_source())  # type: ignore[attr-defined]
@@ -267,6 +284,7 @@ class _Run:
         """The output as written, through the decrypting reader, against the source's digests."""
         c, sink = self.container, self.sink
         assert self.source_digests is not None
+        t0 = time.perf_counter()
         try:
             read_back(lambda: open_output(c.name, source, sink.location, self.passphrase,
                                           self.cache),
@@ -275,6 +293,8 @@ class _Run:
                       progress=phase_progress(self.progress, "verify", c.stream_size))
         finally:
             source.close()
+        log.info("stage verify: read back through the %s reader in %.3f s", c.name,
+                 time.perf_counter() - t0)
 
     def _summary(self, location: str, total: int, out_sha: str | None) -> dict[str, Any]:
         c, image = self.container, self.image

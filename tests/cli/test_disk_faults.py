@@ -78,7 +78,8 @@ def test_a_big_sparse_disk_fits_a_small_filesystem(tmp_path: Path, keyfile: Path
         f.seek(3 << 30)
         f.write(os.urandom(2 << 20))
     for out in ("out.qcow2", "out.vhd"):
+        fast = FAST if out.endswith(".qcow2") else []  # the encrypted VHD has no key slots
         p = _in_small_fs(tmp_path, "24m", _lk("encrypt", str(src), out, "--key-file",
-                                               str(keyfile), *FAST))
+                                               str(keyfile), *fast))
         assert p.returncode == 0, p.stderr
         assert f"LEFT: {out}" in p.stdout

@@ -51,8 +51,10 @@ def publish_args(cloud, src: Path, key_args: list[str], *extra: str, to: str = "
     return ["publish", str(src), "--to", to, "--cos", BUCKET, "--root-key-crn",
             crn or cloud.root_key_crn, "--kms-instance", instance, "--name", name, "--os", os_name,
             *key_args, "--api-url", api, "--kms-url", cloud.kp.url, "--iam-url", cloud.iam_url,
-            "--pbkdf-force-iterations", "1000", "--part-size", "5", "--no-progress",
-            *(["--json"] if as_json else []), *extra]
+            # the encrypted VHD has no key slots: --pbkdf-force-iterations is a usage error
+            *([] if to == "classic" and "raw" not in extra else
+              ["--pbkdf-force-iterations", "1000"]),
+            "--part-size", "5", "--no-progress", *(["--json"] if as_json else []), *extra]
 
 
 def download(s3, location: str, to: Path) -> Path:

@@ -41,7 +41,9 @@ def test_streamed_encryption_opens_with_the_peers(cos_env, s3, disk, keyfile, tm
     name = "img.vhd-0.vhd" if fmt == "vhd" else f"img.{fmt}"
     loc = f"cos://{s3server.REGION}/{s3server.BUCKET}/stream/{tmp_path.name}/{name}"
     code, out, err = run_cli(["encrypt", str(disk), loc, "--key-file", str(keyfile),
-                              "--output-format", fmt, *extra, *FAST, "--no-progress", "--json"],
+                              "--output-format", fmt, *extra,
+                              *([] if fmt == "vhd" else FAST),  # the VHD has no key slots
+                              "--no-progress", "--json"],
                              capsys)
     assert code == 0, err
     s = json.loads(out)

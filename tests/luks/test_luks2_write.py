@@ -144,8 +144,10 @@ def test_calibrated_argon2id(cli: Cli, keyfile: Path, source: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--type", "luks1", "--pbkdf", "argon2id"], "usage error: LUKS1 key slots use pbkdf2 only"),
-    (["--type", "luks1", "--sector-size", "4096"], "LUKS1 has 512-byte sectors only"),
-    (["--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-memory", "65536"], "do not apply to pbkdf2"),
+    (["--type", "luks1", "--sector-size", "4096"],
+     "usage error: --sector-size 4096 needs --type luks2 (LUKS1 has 512-byte sectors only)"),
+    (["--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-memory", "65536"],
+     "usage error: --pbkdf-memory and --pbkdf-parallel do not apply to pbkdf2"),
     (["--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "3"], "minimum 4"),
     (["--type", "luks2", "--pbkdf-memory", "16"], "--pbkdf-memory 16 is outside"),
     (["--type", "luks2", "--pbkdf-parallel", "8"], "--pbkdf-parallel 8 is outside 1..4"),

@@ -174,7 +174,7 @@ def test_wrong_key_and_unencrypted_qcow2_change_nothing(capsys: pytest.CaptureFi
     qemu_img("convert", "-f", "raw", "-O", "qcow2", str(made["plain"]), str(plain_qcow2))
     before = plain_qcow2.read_bytes()
     code, _, err = run_cli(capsys, "remove-key", plain_qcow2, "--key-file", made["k0"])
-    assert code == 1 and "qcow2 image without encryption" in err
+    assert code == 1 and "not encrypted (qcow2, no LUKS)" in err
     assert plain_qcow2.read_bytes() == before
 
 

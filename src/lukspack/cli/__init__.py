@@ -146,6 +146,9 @@ def _register_all() -> None:
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"lukspack.cli.{name}").register(cli)
+    from lukspack.cli.options import cryptsetup_spellings
+
+    cryptsetup_spellings(cli)  # -d for --key-file, -v/--verbose and --debug, on every command
 
 
 _register_all()

@@ -10,7 +10,6 @@ from lukspack.cli import KEY_FILE_HELP, emit, human, key_from, progress_bar
 from lukspack.cli.cloud import cos_options, remote_options_from, stream_options
 from lukspack.cli.options import (
     batch_option,
-    check_kdf_usage,
     disk_option,
     force_option,
     input_format_option,
@@ -21,8 +20,8 @@ from lukspack.cli.options import (
 )
 
 MiB = 1 << 20
-CIPHERS = ("aes-xts-plain64",)
-KEY_SIZES = (256, 512)
+# qemu-img's -O names too; vmdk, vhdx and vdi are refused by the library, naming the format
+OUTPUT_FORMAT_NAMES = ["raw", "qcow2", "vhd", "luks", "vpc", "vmdk", "vhdx", "vdi"]
 
 
 def _stream(verify: bool = True, as_json: bool = False, digest: bool = True) -> Any:
@@ -32,13 +31,21 @@ def _stream(verify: bool = True, as_json: bool = False, digest: bool = True) -> 
                          output_digest=as_json and digest)
 
 
-def _check_cipher(cipher: str, key_size: int) -> None:
-    if cipher not in CIPHERS:
-        raise click.UsageError(f"--cipher {cipher} is not supported (supported: "
-                               f"{', '.join(CIPHERS)})")
-    if key_size not in KEY_SIZES:
-        raise click.UsageError(f"--key-size {key_size} is not supported for {cipher} "
-                               f"(supported: {', '.join(map(str, KEY_SIZES))})")
+COS_ONLY = ("resume", "part_size", "concurrency", "state_dir", "verify_remote")
+
+
+def _check_encrypt_conflicts(output: str, as_json: bool, no_digest: bool) -> None:
+    """Options that say nothing without another are usage errors, not silently dropped."""
+    if no_digest and not as_json:
+        raise click.UsageError("--no-digest skips the SHA-256 of --json: give --json, or drop "
+                               "--no-digest")
+    if not output.startswith("cos://"):
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in COS_ONLY
+                 if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to a cos:// OUTPUT (a multipart "
+                                   f"upload), not {output}")
 
 
 @click.command()
@@ -47,26 +54,29 @@ def _check_cipher(cipher: str, key_size: int) -> None:
 @click.option("--key-file", required=True,
               help=KEY_FILE_HELP + " qcow2: UTF-8 text, no final newline (QEMU's rule); RAW: a "
                    "valid DEK; VHD: a 32 or 64-byte key or its base64.")
-@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2"]), default="luks1",
-              show_default=True, help="LUKS version (RAW output; qcow2 holds LUKS1).")
-@click.option("--output-format", "-O", type=click.Choice(["raw", "qcow2", "vhd"]), default=None,
-              help="raw: LUKS RAW; qcow2: qcow2 with LUKS inside (IBM Cloud VPC); vhd: the "
-                   "vhd-util encrypted VHD (IBM Cloud classic) [default: from OUTPUT's suffix, "
-                   ".qcow2 or .vhd, else raw].")
-@click.option("--cipher", "-c", default="aes-xts-plain64", show_default=True,
-              help="Payload cipher (aes-xts-plain64 only).")
-@click.option("--key-size", "-s", type=int, default=512, show_default=True,
-              help="Volume key bits (256 or 512).")
-@click.option("--hash", "hash_", default="sha256", show_default=True,
-              help="PBKDF2, AF and digest hash.")
+@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2", "luks"]), default=None,
+              help="LUKS version of a RAW output; luks is cryptsetup's name for luks1 (qcow2 "
+                   "holds LUKS1; the encrypted VHD none) [default: luks1].")
+@click.option("--output-format", "-O", type=click.Choice(OUTPUT_FORMAT_NAMES), default=None,
+              help="raw (qemu-img: luks): LUKS RAW; qcow2: qcow2 with LUKS inside (IBM Cloud "
+                   "VPC); vhd (qemu-img: vpc): the vhd-util encrypted VHD (IBM Cloud classic); "
+                   "vmdk, vhdx and vdi are not written [default: from OUTPUT's suffix, .qcow2 "
+                   "or .vhd, else raw].")
+@click.option("--cipher", "-c", default=None,
+              help="Payload cipher, LUKS outputs (aes-xts-plain64 only) [default: "
+                   "aes-xts-plain64].")
+@click.option("--key-size", "-s", type=int, default=None,
+              help="Volume key bits, LUKS outputs (256 or 512; qcow2: 512) [default: 512].")
+@click.option("--hash", "hash_", default=None,
+              help="PBKDF2, AF and digest hash, LUKS outputs [default: sha256].")
 @kdf_options
-@click.option("--sector-size", type=click.Choice(["512", "4096"]), default="512",
-              show_default=True, help="LUKS2 encryption sector size (LUKS1: 512 only).")
+@click.option("--sector-size", type=click.Choice(["512", "4096"]), default=None,
+              help="Encryption sector size, LUKS2 RAW only (LUKS1: 512) [default: 512].")
 @click.option("--uuid", default=None, help="The LUKS header's UUID [default: random].")
 @click.option("--label", default=None, help="LUKS2 header label.")
 @click.option("--subsystem", default=None, help="LUKS2 header subsystem.")
-@click.option("--key-slot", "-S", type=int, default=0, show_default=True,
-              help="The key slot the key file opens.")
+@click.option("--key-slot", "-S", type=int, default=None,
+              help="The key slot the key file opens, LUKS outputs [default: 0].")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the header with the key file and the payload against the source.")
 @force_option
@@ -84,42 +94,46 @@ def _check_cipher(cipher: str, key_size: int) -> None:
                    "format (vpc: qcow2+LUKS, classic: encrypted VHD) unless -O says otherwise.")
 @click.option("--skip-check", is_flag=True,
               help="With --target: do not run the check (encrypt even an image it would fail).")
-def encrypt(source: str, output: str, key_file: str, luks_type: str, output_format: str | None,
-            cipher: str, key_size: int, hash_: str, pbkdf: str | None, iter_time: int,
+def encrypt(source: str, output: str, key_file: str, luks_type: str | None,
+            output_format: str | None, cipher: str | None, key_size: int | None,
+            hash_: str | None, pbkdf: str | None, iter_time: int | None,
             pbkdf_memory: int | None, pbkdf_parallel: int | None,
-            pbkdf_force_iterations: int | None, sector_size: str, uuid: str | None,
-            label: str | None, subsystem: str | None, key_slot: int, verify: bool, force: bool,
-            as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
+            pbkdf_force_iterations: int | None, sector_size: str | None, uuid: str | None,
+            label: str | None, subsystem: str | None, key_slot: int | None, verify: bool,
+            force: bool, as_json: bool, no_digest: bool, progress: bool | None, batch_mode: bool,
             input_format: str | None, disk: int | None, target: str | None,
             skip_check: bool, **cloud: Any) -> None:
     """Encrypt SOURCE (raw, VHD, VHDX, qcow2, VMDK, VDI or OVA; a file, cos://REGION/BUCKET/OBJECT
     or an http(s):// URL) into OUTPUT: LUKS1 or LUKS2 RAW, qcow2 with LUKS inside (IBM Cloud
-    VPC), or the encrypted VHD (IBM Cloud classic)."""
+    VPC), or the encrypted VHD (IBM Cloud classic). An option the output format does not take
+    is a usage error (the encrypted VHD takes none of the LUKS options)."""
     from lukspack.encrypt import encrypt as do_encrypt
-    from lukspack.luks.format import HeaderFields, KdfOptions
-    from lukspack.options import EncryptOptions
+    from lukspack.options import EncryptOptions, fingerprint, for_format, header_fields, kdf_options
+    from lukspack.options import output_format as format_of
 
-    check_kdf_usage(luks_type, hash_, pbkdf)
-    _check_cipher(cipher, key_size)
-    kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,
-                     pbkdf_parallel)
-    opts = EncryptOptions(luks_type=luks_type, kdf=kdf, sector_size=int(sector_size),
-                          key_bytes=key_size // 8,
-                          fields=HeaderFields(uuid, label, subsystem, key_slot),
+    kdf = kdf_options(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,
+                      pbkdf_parallel)
+    opts = EncryptOptions(luks_type=luks_type, kdf=kdf,
+                          sector_size=int(sector_size) if sector_size else None,
+                          key_bytes=key_size // 8 if key_size is not None else None,
+                          fields=header_fields(uuid, label, subsystem, key_slot), cipher=cipher,
                           output_format=output_format, input_format=input_format, disk=disk,
                           force=force, stream=_stream(verify, as_json, not no_digest),
                           target=target, skip_check=skip_check,
                           source_options=remote_options_from(**cloud))
-    from lukspack.options import output_format as format_of
-
+    _check_encrypt_conflicts(output, as_json, no_digest)  # --skip-check alone: options.py
+    if key_size is not None and key_size % 8:
+        raise click.UsageError(f"--key-size {key_size} is not a whole number of bytes")
+    fmt = format_of(output, output_format, target)
+    for_format(opts, fmt)  # a usage error before the key file is read
     sink = None
     if output.startswith("cos://"):  # streamed into a multipart upload: no local copy
         from lukspack.cli.cloud import object_sink_from
 
-        fingerprint = {"format": format_of(output, output_format, target), "luks_type": luks_type}
+        print_ = fingerprint(opts, fmt)
 
         def sink() -> Any:
-            return object_sink_from(source, output, fingerprint, **cloud)
+            return object_sink_from(source, output, print_, **cloud)
     # what the key means for the output's target is keys.key_for_target's, in do_encrypt
     with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
         s = do_encrypt(source, output, key, opts, bar, sink=sink,
@@ -170,14 +184,19 @@ def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: 
         emit(r, as_json, [f"{image}: key opens {r['type'].upper()} {r['cipher']}; nothing "
                           "decrypted"] + [f"note: {n}" for n in r.get("notes", [])])
         return
+    if source is None and (input_format is not None or disk is not None):
+        raise click.UsageError("--input-format and --disk describe --source: give --source "
+                               "(IMAGE's format is read from its content)")
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
             progress_bar(progress) as bar:
         r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk,
                       remote=remote_options_from(**cloud))
     lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
              f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
-    lines += [f"matches {r['source']} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
-        if source else []
+    if source:
+        rest = r["disk_bytes"] - r["source_bytes"]
+        lines.append(f"matches {r['source']} ({r['source_bytes']} bytes"
+                     + (f"; the other {rest} bytes of the disk decrypt to zeros)" if rest else ")"))
     lines += [f"note: {n}" for n in r.get("notes", [])]
     emit(r, as_json, lines)
 
@@ -223,9 +242,9 @@ def info(image: str, as_json: bool, input_format: str | None, disk: int | None,
 
 @click.command()
 @click.argument("source")
-@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2", "vhd"]),
-              default="luks1", show_default=True, help="The output: LUKS1/LUKS2 RAW or the "
-              "encrypted VHD.")
+@click.option("--type", "luks_type", type=click.Choice(["luks1", "luks2", "luks", "vhd"]),
+              default="luks1", show_default=True, help="The output: LUKS1/LUKS2 RAW (luks: "
+              "cryptsetup's name for luks1) or the encrypted VHD.")
 @json_option
 @input_format_option
 @disk_option
@@ -233,8 +252,11 @@ def info(image: str, as_json: bool, input_format: str | None, disk: int | None,
 def size(source: str, luks_type: str, as_json: bool, input_format: str | None,
          disk: int | None, **cloud: Any) -> None:
     """Size of the encrypted image: the documented step 4 (RAW + header, whole MiB) done right."""
+    from lukspack.options import luks_type_name
     from lukspack.sizing import size_report
 
+    if luks_type != "vhd":
+        luks_type = luks_type_name(luks_type)
     r = size_report(source, luks_type, input_format, disk, remote=remote_options_from(**cloud))
     if luks_type == "vhd":
         emit(r, as_json, [f"{k}: {v}" for k, v in r.items() if k not in ("source", "type")])

@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import click
 
 from lukspack.cli import KEY_FILE_HELP, emit, key_from
-from lukspack.cli.options import batch_option, check_kdf_usage, json_option, kdf_options, keyfile_options
+from lukspack.cli.options import (
+    batch_option,
+    check_kdf_usage,
+    json_option,
+    kdf_options,
+    keyfile_options,
+    progress_option,
+)
+
+
+@contextmanager
+def kdf_progress(enabled: bool | None) -> Iterator[Any]:
+    """Progress of a key derivation on stderr, as encrypt's: redrawn on a terminal, with -p a
+    line every few seconds elsewhere: the phase (unlock, calibrate, key slot), the seconds so
+    far and, when known, the seconds it takes."""
+    from lukspack.cli import progress as p
+
+    tty = sys.stderr.isatty()
+    if enabled is False or (enabled is None and not tty):
+        yield None
+        return
+    state = {"phase": "", "last": 0.0, "width": 0}
+
+    def end() -> None:
+        if tty and state["width"]:
+            sys.stderr.write("\n")
+            state["width"] = 0
+
+    def show(phase: str, seconds: float, expected: float | None) -> None:
+        if phase != state["phase"]:
+            end()
+            state["phase"], state["last"] = phase, 0.0
+        every = p.REDRAW_EVERY if tty else p.LINE_EVERY
+        if state["last"] and seconds - state["last"] < every:
+            return
+        state["last"] = seconds
+        text = f"{phase:>8} {seconds:5.1f} s" + (f" of about {expected:.1f} s"
+                                                 if expected else "")
+        if tty:
+            sys.stderr.write("\r" + text + " " * max(0, int(state["width"]) - len(text)))
+            state["width"] = len(text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    try:
+        yield show
+    finally:
+        end()
 
 
 @click.command(name="add-key")
@@ -21,11 +73,13 @@ from lukspack.cli.options import batch_option, check_kdf_usage, json_option, kdf
               help="PBKDF2 and AF hash [LUKS2 default: sha256; LUKS1: the header's].")
 @kdf_options
 @json_option
+@progress_option
 @batch_option
 def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
             new_key_file: str, key_slot: int | None, hash_: str | None, pbkdf: str | None,
-            iter_time: int, pbkdf_memory: int | None, pbkdf_parallel: int | None,
-            pbkdf_force_iterations: int | None, as_json: bool, batch_mode: bool) -> None:
+            iter_time: int | None, pbkdf_memory: int | None, pbkdf_parallel: int | None,
+            pbkdf_force_iterations: int | None, as_json: bool, progress: bool | None,
+            batch_mode: bool) -> None:
     """Add a key slot to IMAGE (LUKS1, LUKS2 or qcow2+LUKS, in place), as luksAddKey."""
     from lukspack.keys import dek_rule_broken
     from lukspack.luks.format import KdfOptions
@@ -34,11 +88,11 @@ def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset:
     if key_file == "-" and new_key_file == "-":
         raise click.UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
     check_kdf_usage("luks2", hash_, None)
-    kdf = KdfOptions(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
+    kdf = KdfOptions(hash_, iter_time or 2000, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
                      pbkdf_parallel)
     with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
-            key_from(new_key_file, dek_rules=False) as new:
-        r = do_add(image, key, new, kdf, key_slot=key_slot, new_name=new_key_file)
+            key_from(new_key_file, dek_rules=False) as new, kdf_progress(progress) as bar:
+        r = do_add(image, key, new, kdf, key_slot=key_slot, new_name=new_key_file, progress=bar)
         rule = dek_rule_broken(new)
     if rule is not None and r["container"] != "qcow2":  # qcow2: the VPC rule's warning, in r
         warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "

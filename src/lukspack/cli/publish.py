@@ -64,8 +64,7 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
     from lukspack.cloud import publish as pub
     from lukspack.cloud.upload import CosOptions
     from lukspack.keys import wipe
-    from lukspack.luks.format import KdfOptions
-    from lukspack.options import EncryptOptions
+    from lukspack.options import EncryptOptions, for_format, kdf_options
 
     if (key_file is None) == (new_key_file is None):
         raise click.UsageError("give one of --key-file and --new-key-file")
@@ -82,8 +81,10 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
                            skip_check=skip_check, cos_options=cos_opts)
     from lukspack.remote import RemoteOptions
 
-    enc = EncryptOptions(kdf=KdfOptions(force_iterations=pbkdf_force_iterations),
-                         luks_type="luks1", source_options=RemoteOptions(cos=cos_opts))
+    # --pbkdf-force-iterations with the encrypted VHD (no key slots): a usage error, now
+    enc = EncryptOptions(kdf=kdf_options(force_iterations=pbkdf_force_iterations),
+                         source_options=RemoteOptions(cos=cos_opts))
+    for_format(enc, plan.format)
 
     def say(line: str) -> None:
         click.echo(line, err=True)

@@ -145,15 +145,16 @@ def preflight(plan: PublishPlan, say: Say, source: str | None = None,
     """Every check that needs no upload; raises at the first failure. key: the key file's content
     (None when a new key will be made, which passes by construction); source: the image the
     check reads (None: not checked, the caller did)."""
+    from lukspack.errors import UsageError  # options that conflict: exit 2
     from lukspack.keys import key_for_target
 
     if plan.target not in ("vpc", "classic"):
-        raise CloudError(f"--to {plan.target!r} must be vpc or classic")
+        raise UsageError(f"--to {plan.target!r} must be vpc or classic")
     if plan.target == "vpc" and plan.output_format not in (None, "qcow2"):
-        raise CloudError("VPC imports qcow2+LUKS: --output-format must be qcow2")
+        raise UsageError("VPC imports qcow2+LUKS: --output-format must be qcow2")
     if plan.target == "classic" and plan.format not in ("vhd", "raw"):
-        raise CloudError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
-                         "vhd or raw")
+        raise UsageError("classic imports the encrypted VHD or the 2018 LUKS RAW: "
+                         "--output-format vhd or raw")
     notes: list[str] = []
     if key is not None:  # the rule wrap_key applies after the upload, applied before it
         notes += key_for_target(plan.wrap_target, key, key_name).warnings
@@ -298,6 +299,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
     import dataclasses
 
     from lukspack.encrypt import encrypt
+    from lukspack.options import fingerprint
     from lukspack.remote import is_remote, remote_identity
     from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
@@ -322,7 +324,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
                                          for f in dataclasses.fields(CosOptions)})
         sink_opts.resume, sink_opts.verify_remote = plan.resume, True
         sink_opts.source_identity = ident
-        sink_opts.fingerprint = {"format": plan.format, "luks_type": encrypt_options.luks_type}
+        sink_opts.fingerprint = fingerprint(encrypt_options, plan.format)
         sink = open_object_sink(str(loc), sink_opts)
         # the check ran in preflight, before the key was written and anything was created
         opts = dataclasses.replace(encrypt_options, output_format=plan.format,

@@ -105,6 +105,9 @@ def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
     return cth // heads, heads, spt
 
 
+TAP_CREATORS = (b"tap\x00", b"tap ")
+
+
 class VhdImage(DiskImage):
     format_name = "vhd"
 
@@ -132,7 +135,9 @@ class VhdImage(DiskImage):
         self.disk_type = footer["disk_type"]
         self.virtual_size = footer["current_size"]
         chs = footer["cylinders"] * footer["heads"] * footer["sectors_per_track"] * SECTOR
-        if chs != self.virtual_size:
+        # blktap and vhd-util (creator 'tap': XenServer, IBM Cloud classic, lukspack's encrypted
+        # VHD) size a disk by current_size only: the geometry is no question there
+        if chs != self.virtual_size and footer["creator_application"] not in TAP_CREATORS:
             self.notes.append(f"CHS geometry gives {chs} bytes, current_size {self.virtual_size}; "
                               "current_size is used")
         if self.virtual_size % SECTOR:

@@ -13,6 +13,7 @@ Argon2 calibration (`crypt_argon2_check`) searches memory first, then time, for 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ HASHES = ("sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160")
 LUKS_MKD_ITERATIONS_MS = 125  # cryptsetup: the volume-key digest costs 1/8 s
 MIN_ITERATIONS = 1000  # cryptsetup's LUKS_SLOT_ITERATIONS_MIN and LUKS_MKD_ITERATIONS_MIN
 _CALIBRATION_MS = 500
+log = logging.getLogger(__name__)
 U32_MAX = (1 << 32) - 1  # LUKS1 iteration fields and cryptsetup's option and cost limits
 # --iter-time up to this many ms cannot make a PBKDF2 count overflow 32 bits below 8.5 million
 # iterations per second (over twice the fastest rate cryptsetup benchmarks report); a longer time
@@ -181,10 +183,14 @@ def pbkdf2_cost(hash_name: str, key_length: int, iter_time_ms: int = 2000,
         if force_iterations > U32_MAX:
             raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is above the "
                                    f"maximum {U32_MAX}")
+        log.info("key slot KDF: pbkdf2-%s, %d iterations (--pbkdf-force-iterations)",
+                 hash_name, force_iterations)
         return Pbkdf2Cost(force_iterations, MIN_ITERATIONS)
     _check_iter_time(iter_time_ms)
     rate = pbkdf2_rate(hash_name, key_length)
     slot = max(MIN_ITERATIONS, rate * iter_time_ms // 1000)
+    log.info("key slot KDF: pbkdf2-%s, %d iterations (%d per second here, for --iter-time "
+             "%d ms)", hash_name, slot, rate, iter_time_ms)
     if slot > U32_MAX:  # cryptsetup's crypt_pbkdf_check refuses this too (-EINVAL)
         raise UnsupportedError(f"--iter-time {iter_time_ms} ms needs {slot} PBKDF2-{hash_name} "
                                f"iterations on this machine ({rate} per second), above the "
@@ -372,7 +378,8 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
                                f"maximum {U32_MAX}")
     if pbkdf == "pbkdf2":
         if memory_kb is not None or parallel is not None:
-            raise UnsupportedError("--pbkdf-memory and --pbkdf-parallel do not apply to pbkdf2")
+            raise UnsupportedOption("--pbkdf-memory and --pbkdf-parallel do not apply to "
+                                    "pbkdf2 (Argon2 costs)")
         if force_iterations is not None and force_iterations < MIN_ITERATIONS:
             raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the "
                                    f"minimum {MIN_ITERATIONS} for pbkdf2")
@@ -399,6 +406,10 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
     threads = min(threads, os.cpu_count() or 1)
     memory = min(memory, adjusted_phys_memory_kb())
     if forced:  # no benchmark: the values are used as given
+        log.info("key slot KDF: %s, time cost %d, %d KiB, %d threads (forced)", pbkdf,
+                 force_iterations, memory, threads)
         return SlotKdf(pbkdf, force_iterations, hash_name, memory, threads)
     t, m = argon2_calibrate(pbkdf, key_length, iter_time_ms, memory, threads)
+    log.info("key slot KDF: %s, time cost %d, %d KiB, %d threads (calibrated for --iter-time "
+             "%d ms)", pbkdf, t, m, threads, iter_time_ms)
     return SlotKdf(pbkdf, t, hash_name, m, threads)

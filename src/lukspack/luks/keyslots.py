@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import struct
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -40,6 +43,8 @@ from lukspack.luks.open import open_luks, open_region
 from lukspack.luks.volume import LuksVolume
 
 T = TypeVar("T")
+KdfProgress = Callable[[str, float, "float | None"], None]
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -52,6 +57,7 @@ class _Target:
     length: int  # bytes of the LUKS area (the file size for a RAW image)
     container: str  # "raw" or "qcow2"
     vol: LuksVolume = dataclasses.field(init=False)
+    progress: KdfProgress | None = dataclasses.field(default=None, init=False)
 
     def read_at(self, offset: int, size: int) -> bytes:
         if offset < 0 or offset + size > self.length:
@@ -81,12 +87,17 @@ class _Target:
 def _locate(fd: int, path: str) -> _Target:
     """Find the LUKS header by content: at 0 of a RAW image, or in a qcow2's crypto clusters."""
     if os.pread(fd, 4, 0) != QCOW2_MAGIC:
+        from lukspack.disks import not_encrypted
+
+        plain = not_encrypted(path, fd)  # a plain VHD, VMDK...: said so, not a hex magic
+        if plain is not None:
+            raise LukspackError(plain)
         t = _Target(fd, path, 0, os.lseek(fd, 0, os.SEEK_END), "raw")
         t.vol = open_luks(path, fd)
         return t
     image = Qcow2Image(path, fd, allow_encrypted=True)  # validates header, L1, crypto extension
     if image.crypto_header is None:
-        raise LukspackError(f"{path}: is a qcow2 image without encryption; it has no key slots")
+        raise LukspackError(f"{path}: not encrypted (qcow2, no LUKS); it has no key slots")
     base, length = image.crypto_header
     t = _Target(fd, path, base, length, "qcow2")
     t.vol = open_region(path, t.read_at, length)
@@ -135,10 +146,12 @@ def _open_rw(path: str) -> Iterator[_Target]:
         os.close(fd)
 
 
-def _slow(fn: Callable[[], T]) -> T:
+def _slow(fn: Callable[[], T], progress: KdfProgress | None = None, phase: str = "kdf",
+          expected: float | None = None) -> T:
     """Run key derivation in a thread and wait in short steps: Argon2 with a large cost can take
     minutes in one C call, which would hold off the CLI's SIGINT/SIGTERM handling. Writes stay in
-    the calling thread, so an interrupt never leaves half a header behind."""
+    the calling thread, so an interrupt never leaves half a header behind. progress(phase,
+    seconds so far, seconds expected or None) is called at each step and once at the end."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -147,10 +160,14 @@ def _slow(fn: Callable[[], T]) -> T:
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
+    started = time.monotonic()
     t = threading.Thread(target=run, name="lukspack-kdf", daemon=True)
     t.start()
     while t.is_alive():
         t.join(0.1)
+        if progress is not None:
+            progress(phase, time.monotonic() - started, expected)
+    log.info("%s: %.3f s", phase, time.monotonic() - started)
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -158,11 +175,15 @@ def _slow(fn: Callable[[], T]) -> T:
 
 def add_key(path: str, passphrase: bytes | bytearray, new_passphrase: bytes | bytearray,
             kdf: KdfOptions, *, key_slot: int | None = None,
-            new_name: str = "new key") -> dict[str, Any]:
+            new_name: str = "new key", progress: KdfProgress | None = None
+            ) -> dict[str, Any]:
     """Add a key slot opened by new_passphrase; passphrase must open an existing slot. In a
     qcow2+LUKS image the new passphrase follows keys.key_for_target's VPC rule (UTF-8, as QEMU
-    reads secrets), checked before anything is unlocked or written."""
+    reads secrets), checked before anything is unlocked or written.
+    progress(phase, seconds, expected seconds or None): called while each KDF runs ("unlock",
+    "calibrate", "key slot"). A KDF over a minute is announced first (a warning)."""
     with _open_rw(path) as t:
+        t.progress = progress
         notes = []
         if t.container == "qcow2":
             from lukspack.keys import key_for_target
@@ -187,8 +208,33 @@ def remove_key(path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
         return {"container": t.container, **r}
 
 
+def _expected(kdf: KdfOptions, pbkdf: str, key_bytes: int) -> float | None:
+    """Seconds the new key slot's KDF takes: --iter-time when calibrated, else estimated
+    (only for a forced cost that may be long)."""
+    from lukspack.luks.estimate import estimate_kdf_seconds
+
+    est = estimate_kdf_seconds(pbkdf, kdf.hash or "sha256", key_bytes,
+                               iter_time_ms=kdf.iter_time_ms,
+                               force_iterations=kdf.force_iterations, memory_kb=kdf.memory_kb,
+                               parallel=kdf.parallel, measure=False)
+    return est or None
+
+
+def _announce(kdf: KdfOptions, luks_type: str, key_bytes: int) -> None:
+    """Say before it starts how long a KDF over a minute will take (luks/estimate.py)."""
+    from lukspack.luks.estimate import long_kdf_note
+
+    pbkdf = kdf.pbkdf or ("argon2id" if luks_type == "luks2" else "pbkdf2")
+    note = long_kdf_note(pbkdf, kdf.hash or "sha256", key_bytes, iter_time_ms=kdf.iter_time_ms,
+                         force_iterations=kdf.force_iterations, memory_kb=kdf.memory_kb,
+                         parallel=kdf.parallel)
+    if note is not None:
+        warnings.warn(note, stacklevel=3)
+
+
 def _unlock(t: _Target, passphrase: bytes | bytearray) -> tuple[bytearray, int]:
-    return _slow(lambda: t.vol.header.unlock_slot(t.read_at, passphrase, t.path))
+    return _slow(lambda: t.vol.header.unlock_slot(t.read_at, passphrase, t.path), t.progress,
+                 "unlock")
 
 
 # -- LUKS1 -------------------------------------------------------------------------------------
@@ -203,12 +249,14 @@ def _add_luks1(t: _Target, hdr: luks1.Luks1Header, passphrase: bytes | bytearray
     free = [i for i, s in enumerate(hdr.slots) if not s.enabled]
     index = _pick_slot(t.path, key_slot, free, luks1.NUM_KEYS)
     kdf.check("luks1", hdr.key_bytes)
+    _announce(kdf, "luks1", hdr.key_bytes)
     key, opened = _unlock(t, passphrase)
     try:
-        cost = _slow(lambda: kdf.slot_kdf("luks1", hdr.key_bytes))
+        cost = _slow(lambda: kdf.slot_kdf("luks1", hdr.key_bytes), t.progress, "calibrate")
         assert cost is not None
         material = _slow(lambda: luks1.seal_slot(hdr, index, key, new_passphrase,
-                                                 cost.iterations))
+                                                 cost.iterations), t.progress, "key slot",
+                         _expected(kdf, "pbkdf2", hdr.key_bytes))
     finally:
         wipe(key)
     t.write(hdr.slots[index].key_material_offset * luks1.SECTOR, material)
@@ -303,15 +351,17 @@ def _add_luks2(t: _Target, hdr: luks2.Luks2Header, passphrase: bytes | bytearray
     except UnsupportedError:
         encryption, area_key = "aes-xts-plain64", 64
     kdf.check("luks2", area_key)
+    _announce(kdf, "luks2", area_key)
     area_size = luks2_format.keyslot_area_size(key_size)
     offset = _find_area(hdr, area_size, vol.path)
     key, opened = _unlock(t, passphrase)
     try:
-        cost = _slow(lambda: kdf.slot_kdf("luks2", area_key))
+        cost = _slow(lambda: kdf.slot_kdf("luks2", area_key), t.progress, "calibrate")
         assert cost is not None
         slot = luks2_format.new_keyslot(index, key_size, cost, offset, area_size, encryption,
                                         area_key)
-        material = _slow(lambda: seal_keyslot(slot, key, new_passphrase))
+        material = _slow(lambda: seal_keyslot(slot, key, new_passphrase), t.progress,
+                         "key slot", _expected(kdf, cost.type, area_key))
     finally:
         wipe(key)
     slots[str(index)] = luks2_format.keyslot_json(slot)

@@ -18,7 +18,10 @@ prefix is its first bytes and arrives last.
 
 Resume: the state file (see cloud/multipart.py) keeps the upload id, part size, the parts the
 server accepted (size, ETag, MD5, SHA-256), the source's identity, the output options'
-fingerprint and the LUKS header area (key_material: its key slots are encrypted with the
+fingerprint (options.fingerprint: every option that shapes the output: format, LUKS type,
+cipher, key size, sector size, hash, PBKDF and its cost, UUID, label, subsystem, key slot; a
+resume with any of them changed is refused before anything is streamed, naming it) and the LUKS
+header area (key_material: its key slots are encrypted with the
 passphrase and are public in the object anyway). Never the volume key or the passphrase.
 A resumed run regenerates the whole image (XTS is deterministic under the recovered volume
 key) and sends only the parts the server does not hold with the same MD5.
@@ -47,6 +50,7 @@ from lukspack.cloud.multipart import (
 )
 from lukspack.cloud.s3 import cloud_error
 from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha256, resumable_failure
+from lukspack.options import fingerprint_change
 from lukspack.sinks.base import ReadAt
 
 ZEROS = bytes(1 << 20)
@@ -58,7 +62,7 @@ class ObjectSinkOptions(CosOptions):
     """CosOptions, plus what a resume must find unchanged."""
 
     source_identity: dict[str, Any] | None = None  # cloud.multipart.source_identity(SOURCE)
-    fingerprint: dict[str, Any] | None = None  # output options (format, LUKS type, cipher ...)
+    fingerprint: dict[str, Any] | None = None  # options.fingerprint(): what shapes the output
 
 
 class ObjectSink:
@@ -101,10 +105,11 @@ class ObjectSink:
         if change:
             raise CloudError(f"{self.location}: the source changed since the kept upload started "
                              f"({change}); run without --resume to start again")
-        if (up.get("fingerprint") or None) != (opts.fingerprint or None):
+        changed = fingerprint_change(up.get("fingerprint"), opts.fingerprint)
+        if changed:  # before anything is streamed: the kept parts are of another image
             raise CloudError(f"{self.location}: the kept upload was made with other output "
-                             f"options ({up.get('fingerprint')}); run without --resume to start "
-                             "again")
+                             f"options: {changed}; resume with the same options, or run "
+                             "without --resume to start again")
         if j.key_material is None or not upload_exists(self.client, self.loc, up["upload_id"]):
             self._discard(j)  # nothing useful kept: start again
             return
