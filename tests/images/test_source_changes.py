@@ -59,7 +59,8 @@ def encrypt(src: Path, out: Path, keyfile: Path, progress: Any) -> dict[str, Any
     from lukspack.luks.format import KdfOptions
     from lukspack.options import EncryptOptions
 
-    opts = EncryptOptions(kdf=KdfOptions("sha256", 2000, 1000))
+    # the encrypted VHD has no key slots: a KDF option for it is a usage error
+    opts = EncryptOptions(kdf=None if out.suffix == ".vhd" else KdfOptions("sha256", 2000, 1000))
     return do_encrypt(str(src), str(out), bytearray(keyfile.read_bytes()), opts, progress)
 
 

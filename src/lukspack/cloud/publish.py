@@ -326,9 +326,10 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         sink_opts.source_identity = ident
         sink_opts.fingerprint = fingerprint(encrypt_options, plan.format)
         sink = open_object_sink(str(loc), sink_opts)
-        # the check ran in preflight, before the key was written and anything was created
+        # the check ran in preflight, before the key was written and anything was created: no
+        # target here, so encrypt does not run it again
         opts = dataclasses.replace(encrypt_options, output_format=plan.format,
-                                   sink_options=sink_opts, target=None, skip_check=True)
+                                   sink_options=sink_opts, target=None, skip_check=False)
         s = encrypt(source, str(loc), key, opts, progress, sink=sink,
                     key_material=sink.saved_key_material)
         sha = sink.output_sha256()
