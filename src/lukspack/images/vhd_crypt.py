@@ -209,6 +209,7 @@ class EncryptedVhdImage(EncryptedImage, VhdImage):
     format_name = "vhd"
     unit = SECTOR
     cipher = f"{CIPHER_NAME}-{CIPHER_MODE}"
+    bat: np.ndarray  # always there: an encrypted VHD is dynamic (checked below)
 
     def __init__(self, path: str, fd: int, key: bytes | bytearray | None = None) -> None:
         super().__init__(path, fd)  # EncryptedImage -> VhdImage: footer, header, BAT
@@ -405,7 +406,8 @@ def open_encrypted_vhd(path: str, passphrase: bytes | bytearray) -> EncryptedVhd
 def encrypted_vhd_info(path: str, scan_quirks: bool = False) -> dict[str, Any]:
     """What `lukspack info` shows of an encrypted VHD: its VHD fields, nonce, key hash, batmap;
     with scan_quirks, also vhd-util's quirk sectors (reads every allocated block, no key)."""
-    with open_encrypted_vhd_with_key(path, None) as image:
+    image = open_encrypted_vhd_with_key(path, None)
+    with image:
         out = image.info()
         if scan_quirks:
             count, blocks = scan_quirk_sectors(image)
