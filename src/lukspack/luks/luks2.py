@@ -1,4 +1,4 @@
-"""LUKS2 on-disk format: two binary headers with JSON areas, key slots, format and unlock.
+"""LUKS2 on-disk format: two binary headers (luks2_binary.py) with JSON areas, key slots, unlock.
 
 Layout (as `cryptsetup luksFormat --type luks2` writes it): the primary binary header (magic
 `LUKS\\xba\\xbe`) at 0 and the secondary (`SKUL\\xba\\xbe`) at hdr_size, each 4096 bytes followed by
@@ -18,112 +18,40 @@ import hashlib
 import hmac
 import secrets
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from lukspack.crypto.sector import check_cipher, split_cipher_spec
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import KdfCache, SlotKdf, check_hash
+from lukspack.luks.luks2_binary import (
+    BIN_LEN,
+    HDR_SALT_SIZE,
+    MAGIC_1ST,
+    MAGIC_2ND,
+    VERSION,
+    BinaryHeader,
+    checksum,
+    pack_copy,
+)
 from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, SlotUnlocking
-from lukspack.structs import Layout
 
-MAGIC_1ST = b"LUKS\xba\xbe"
-MAGIC_2ND = b"SKUL\xba\xbe"
-VERSION = 2
-BIN_LEN = lj.BIN_LEN
+__all__ = [  # the binary header's names (luks2_binary.py) are re-exported
+    "BIN_LEN", "DEFAULT_DATA_OFFSET", "DEFAULT_METADATA_SIZE", "HDR_SALT_SIZE", "MAGIC_1ST",
+    "MAGIC_2ND", "MAX_KEYSLOTS", "PRIORITIES", "SALT_SIZE", "SECTOR", "STRIPES", "VERSION",
+    "BinaryHeader", "CopyFault", "CopyProblem", "KeyslotUnusable", "Luks2Header",
+    "MalformedKeyslot", "Payload", "UnsupportedKeyslot", "checksum", "find_secondary",
+    "pack_copy", "read_header"]
+
 SECTOR = 512
 STRIPES = 4000
 SALT_SIZE = 32  # key slot and digest salts
-HDR_SALT_SIZE = 64  # binary header salt
 DEFAULT_METADATA_SIZE = 16 << 10
 DEFAULT_DATA_OFFSET = 16 << 20
 MAX_KEYSLOTS = lj.OBJECTS_MAX
 PRIORITIES = {0: "ignored", 1: "normal", 2: "preferred"}
 
-
-
-class BinaryFields(NamedTuple):
-    """struct luks2_hdr_disk (cryptsetup lib/luks2/luks2.h), the first 512 bytes; then
-    _padding4096 up to 4096 bytes."""
-
-    magic: bytes
-    version: int
-    hdr_size: int
-    seqid: int
-    label: bytes
-    checksum_alg: bytes
-    salt: bytes
-    uuid: bytes
-    subsystem: bytes
-    hdr_offset: int
-    padding: bytes  # _padding[184]
-    csum: bytes
-
-
-_BIN = Layout(">6sHQQ48s32s64s40s48sQ184s64s", BinaryFields)
-assert _BIN.size == 512
-
-
-@dataclass
-class BinaryHeader:
-    hdr_size: int
-    seqid: int
-    uuid: str
-    label: str = ""
-    subsystem: str = ""
-    checksum_alg: str = "sha256"
-    salt: bytes = field(default_factory=lambda: secrets.token_bytes(HDR_SALT_SIZE))
-    hdr_offset: int = 0
-    csum: bytes = bytes(64)
-    magic: bytes = MAGIC_1ST
-    version: int = VERSION
-
-    def pack(self) -> bytes:
-        raw = _BIN.pack(BinaryFields(
-            magic=self.magic, version=self.version, hdr_size=self.hdr_size, seqid=self.seqid,
-            label=self.label.encode()[:47], checksum_alg=self.checksum_alg.encode()[:31],
-            salt=self.salt, uuid=self.uuid.encode()[:39], subsystem=self.subsystem.encode()[:47],
-            hdr_offset=self.hdr_offset, padding=bytes(184), csum=self.csum))
-        return raw + bytes(BIN_LEN - len(raw))
-
-    @classmethod
-    def unpack(cls, data: bytes) -> BinaryHeader:
-        f = _BIN.unpack(data)
-        return cls(magic=f.magic, version=f.version, hdr_size=f.hdr_size, seqid=f.seqid,
-                   label=_cstr(f.label), checksum_alg=_cstr(f.checksum_alg), salt=f.salt,
-                   uuid=_cstr(f.uuid), subsystem=_cstr(f.subsystem), hdr_offset=f.hdr_offset,
-                   csum=f.csum)
-
-
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
-
-
-def checksum(alg: str, binary: bytes, json_area: bytes) -> bytes:
-    """The header checksum: alg over the binary header (csum zeroed) and the whole JSON area."""
-    try:
-        h = hashlib.new(alg)
-    except ValueError:
-        raise lj.InvalidMetadata(f"checksum algorithm {alg!r} is not supported") from None
-    h.update(binary[:448] + bytes(64) + binary[512:BIN_LEN])
-    h.update(json_area)
-    return h.digest()
-
-
-def pack_copy(b: BinaryHeader, j: dict[str, Any], secondary: bool) -> bytes:
-    """One header copy (binary header + NUL-padded JSON area, hdr_size bytes) with its checksum."""
-    text = lj.dumps(j).encode()
-    area = b.hdr_size - BIN_LEN
-    if len(text) > area - 1:
-        raise LukspackError(f"LUKS2 JSON ({len(text)} bytes) does not fit the {area}-byte area")
-    json_area = text + bytes(area - len(text))
-    copy = BinaryHeader(**{**b.__dict__, "magic": MAGIC_2ND if secondary else MAGIC_1ST,
-                           "hdr_offset": b.hdr_size if secondary else 0, "csum": bytes(64)})
-    raw = copy.pack()
-    digest = checksum(copy.checksum_alg, raw, json_area)
-    copy.csum = digest + bytes(64 - len(digest))
-    return copy.pack() + json_area
 
 
 class KeyslotUnusable(LukspackError):
