@@ -48,6 +48,13 @@ class VerifyError(LukspackError):
     """The written image does not decrypt to the source."""
 
 
+class BootTestFailed(LukspackError):
+    """`boot-test`: the seed's marker did not reach the serial console (BootResult.raise_on_fail);
+    exit code 1, like a FAIL of `check`."""
+
+    exit_code = 1
+
+
 class Interrupted(LukspackError):
     """Work stopped by a signal; exit code 130 (SIGINT) or 143 (SIGTERM)."""
 

@@ -9,7 +9,7 @@ import pytest
 
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images import detect_format, open_image
-from lukspack.images.vhd import DYN_HEADER, FOOTER, vhd_checksum
+from lukspack.images.vhd import DYN_HEADER, FOOTER, pack_footer
 from tests.helpers import Cli, MiB, pattern_disk, qemu_img, same_prefix
 
 
@@ -92,16 +92,7 @@ def test_fixed_vhd_is_recognised_by_its_footer_and_the_name_breaks_ties(tmp_path
 def _patch_footer(path: Path, at_end: bool, **fields: int) -> None:
     data = bytearray(path.read_bytes())
     off = len(data) - 512 if at_end else 0
-    names = ["cookie", "features", "version", "data_offset", "timestamp", "creator_app",
-             "creator_version", "creator_os", "original_size", "current_size", "cylinders",
-             "heads", "spt", "disk_type", "checksum", "uuid", "saved_state"]
-    values = list(FOOTER.unpack_from(data, off))
-    for k, v in fields.items():
-        values[names.index(k)] = v
-    values[14] = 0
-    raw = FOOTER.pack(*values)
-    values[14] = vhd_checksum(raw, 64)
-    data[off : off + 512] = FOOTER.pack(*values)
+    data[off : off + 512] = pack_footer(FOOTER.unpack(data, off)._replace(**fields))
     path.write_bytes(bytes(data))
 
 

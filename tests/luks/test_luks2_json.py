@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lukspack.errors import LukspackError
+from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.luks import luks2, luks2_format
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import SlotKdf
@@ -108,3 +108,31 @@ def test_round_trip_is_exact() -> None:
 def test_parse_json_area_refusals(text: bytes) -> None:
     with pytest.raises(lj.InvalidMetadata):
         lj.parse_json_area(text + bytes(16))
+
+
+@pytest.mark.parametrize("name", ["disk.img", "vm: disk.img", "a: b: c.img"])
+def test_a_keyslot_lukspack_cannot_try_is_a_typed_error(name: str) -> None:
+    """The reason a slot is not tried comes from the error's fields, not from its text split on
+    ': ' (which cut a file name holding ': ' in two)."""
+    j = copy.deepcopy(_JSON)
+    j["keyslots"]["0"]["af"]["stripes"] = 3999
+    data = _with_json(j)
+    hdr = luks2.read_header(lambda o, n: data[o : o + n], len(data), name)
+    with pytest.raises(luks2.UnsupportedKeyslot) as e:
+        hdr.keyslot("0", name)
+    assert isinstance(e.value, UnsupportedError)
+    assert (e.value.image, e.value.slot) == (name, "0")
+    assert e.value.reason == "LUKS2 keyslot 0 has 3999 AF stripes, not 4000"
+    assert str(e.value) == f"{name}: {e.value.reason}"
+    assert hdr.metadata(name).skipped == (e.value.reason,)
+
+
+def test_a_malformed_keyslot_is_a_format_error_with_fields() -> None:
+    j = copy.deepcopy(_JSON)
+    j["keyslots"]["0"]["kdf"]["salt"] = "not base64!"
+    data = _with_json(j)
+    hdr = luks2.read_header(lambda o, n: data[o : o + n], len(data), "x: y")
+    with pytest.raises(luks2.MalformedKeyslot) as e:
+        hdr.keyslot("0", "x: y")
+    assert isinstance(e.value, FormatError) and e.value.reason.startswith("LUKS2 keyslot 0 salt")
+    assert hdr.metadata("x: y").skipped == (e.value.reason,)

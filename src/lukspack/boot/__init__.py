@@ -3,6 +3,8 @@ ConfigDrive seed and wait for cloud-init to print the seed's marker."""
 
 from __future__ import annotations
 
-from lukspack.boot.qemu import BootError, BootResult, boot_test, image_kind
+from lukspack.boot.qemu import BootError, BootResult, Outcome, Watched, boot_test, image_kind
+from lukspack.errors import BootTestFailed
 
-__all__ = ["BootError", "BootResult", "boot_test", "image_kind"]
+__all__ = ["BootError", "BootResult", "BootTestFailed", "Outcome", "Watched", "boot_test",
+           "image_kind"]

@@ -9,6 +9,7 @@ writes go to a temporary overlay in a private directory, never to the image.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lukspack.boot.seed import DATASOURCES, marker, write_seed
-from lukspack.errors import LukspackError
+from lukspack.errors import BootTestFailed, LukspackError
 
 QEMU = "qemu-system-x86_64"
 SEABIOS = "/usr/share/seabios/bios-256k.bin"
@@ -56,6 +57,19 @@ class BootResult:
     reason: str = ""
     console_tail: list[str] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """What `boot-test` prints on stdout: PASS with the attempts, or FAIL."""
+        if not self.passed:
+            return [f"{self.image}: FAIL ({self.image_format}, {self.datasource}, {self.accel})"]
+        return [f"{self.image}: PASS: {self.marker} on the serial console after "
+                f"{self.seconds_to_marker or 0:.1f} s ({self.image_format}, {self.datasource}, "
+                f"{self.accel})"] + [f"  {a}" for a in self.attempts]
+
+    def raise_on_fail(self) -> None:
+        """BootTestFailed (exit code 1) unless the marker was seen."""
+        if not self.passed:
+            raise BootTestFailed(f"{self.image}: boot test failed: {self.reason}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"result": "PASS" if self.passed else "FAIL", "image": self.image,
@@ -156,7 +170,48 @@ class _Console:
         return [ln for ln in text.split("\n") if ln.strip()][-TAIL_LINES:]
 
 
-def _stop(proc: subprocess.Popen) -> None:
+class Outcome(enum.Enum):
+    """How one QEMU run ended; boot_test decides on these values, never on the reason's text."""
+
+    MARKER = "marker seen"
+    QEMU_EXITED = "QEMU exited before the marker"
+    TIMEOUT = "no marker within the timeout"
+    EXITED_BEFORE_KERNEL = "QEMU exited before the kernel started"  # next accelerator
+    NO_KERNEL = "no kernel message within the KVM probe"  # next accelerator
+
+
+RETRY_OUTCOMES = (Outcome.EXITED_BEFORE_KERNEL, Outcome.NO_KERNEL)
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One run's outcome, its reason in words, and QEMU's exit code when it exited."""
+
+    outcome: Outcome
+    reason: str = ""
+    exit_code: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is Outcome.MARKER
+
+    @property
+    def retry(self) -> bool:
+        """Give this accelerator up for the next one."""
+        return self.outcome in RETRY_OUTCOMES
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """What QEMU opens: the image (or lukspack's decrypted copy), its kind, the secret file."""
+
+    path: str
+    kind: str  # QEMU's view: raw for the decrypted copy
+    label: str  # what the result reports as image_format
+    secret: str | None
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -171,101 +226,143 @@ def boot_test(image: str, *, passphrase: bytes | bytearray | None = None, dataso
               kvm_probe: float = KVM_PROBE_SECONDS, progress: ProgressFn | None = None) -> BootResult:
     """Boot image with a generated seed; passed when the user-data's marker reaches the serial
     console within timeout seconds. accel: auto (KVM, falling back to TCG), kvm or tcg."""
-    if datasource not in DATASOURCES:
-        raise BootError(f"datasource {datasource!r} is not one of {', '.join(DATASOURCES)}")
-    if shutil.which(QEMU) is None:
-        raise BootError(f"{QEMU} not found (Debian: apt-get install qemu-system-x86)")
-    kind = image_kind(image)
-    if kind in ("luks", "qcow2+luks") and passphrase is None:
-        raise BootError(f"{image}: {kind} image needs --key-file")
-    serve_decrypted = False
-    if passphrase is not None and kind not in ("luks", "qcow2+luks"):
-        from lukspack.disks import encryption_of
-
-        if encryption_of(image) is None:
-            raise BootError(f"{image}: is not encrypted ({kind}); boot it without --key-file")
-        serve_decrypted = True  # QEMU cannot open it: lukspack's reader decrypts it for QEMU
-    if accel == "auto":
-        plan = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
-    elif accel in ("kvm", "tcg"):
-        plan = [accel]
-    else:
-        raise BootError(f"accel {accel!r} is not auto, kvm or tcg")
+    kind, serve_decrypted = check_bootable(image, passphrase, datasource)
+    plan = accelerators(accel)
     token = os.urandom(8).hex()
-    needle = marker(token).encode()
     work = tempfile.mkdtemp(prefix="lukspack-boot-")
     started = time.monotonic()
     attempts: list[str] = []
     try:
         seed = os.path.join(work, "seed.iso")
         write_seed(seed, datasource, token)
-        secret = None
-        disk, disk_kind = image, kind
-        if serve_decrypted:
-            from lukspack.boot.plaintext import write_decrypted
-
-            disk, disk_kind = os.path.join(work, "plaintext.raw"), "raw"
-            kind += "-crypt, decrypted by lukspack"
-            write_decrypted(image, passphrase, disk, progress)  # type: ignore[arg-type]
-        elif passphrase is not None:
-            secret = os.path.join(work, "key")
-            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, bytes(passphrase))
-            finally:
-                os.close(fd)
-        env = {**os.environ, "TMPDIR": work}  # where -snapshot puts its overlay
-        result = None
+        disk = _prepare_disk(work, image, kind, passphrase, serve_decrypted, progress)
         for n, acc in enumerate(plan):
-            serial = os.path.join(work, f"serial-{acc}.log")
-            console = _Console(serial)
-            cmd = qemu_command(disk, disk_kind, seed, serial, acc, secret, memory_mb)
-            with open(os.path.join(work, f"qemu-{acc}.err"), "wb") as err:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=err, env=env, start_new_session=True)
+            last = n + 1 == len(plan)
             run_start = time.monotonic()
-            try:
-                result = _watch(proc, console, needle, acc, run_start, started, timeout,
-                                kvm_probe if n + 1 < len(plan) else None, progress)
-            finally:
-                _stop(proc)
-            if isinstance(result, str):  # fall back to the next accelerator
-                attempts.append(f"{acc}: {result}; retried with {plan[n + 1].upper()}")
+            watched, console = _run_qemu(work, disk, seed, acc, memory_mb, marker(token).encode(),
+                                         started, timeout, None if last else kvm_probe, progress)
+            if watched.retry and not last:
+                attempts.append(f"{acc}: {watched.reason}; retried with {plan[n + 1].upper()}")
                 continue
-            passed, reason = result
-            if not passed and proc.returncode not in (None, 0) and reason.startswith("QEMU exited"):
-                with open(os.path.join(work, f"qemu-{acc}.err"), "rb") as f:
-                    msg = f.read().decode(errors="replace").strip().splitlines()
-                reason += ": " + (msg[-1] if msg else f"exit code {proc.returncode}")
-            attempts.append(f"{acc}: {'marker seen' if passed else reason}")
-            return BootResult(passed, image, kind, datasource, acc, marker(token),
-                              time.monotonic() - run_start if passed else None,
+            reason = "" if watched.passed else failure_reason(
+                watched, os.path.join(work, f"qemu-{acc}.err"))
+            attempts.append(f"{acc}: {Outcome.MARKER.value if watched.passed else reason}")
+            return BootResult(watched.passed, image, disk.label, datasource, acc, marker(token),
+                              time.monotonic() - run_start if watched.passed else None,
                               time.monotonic() - started, reason,
-                              [] if passed else console.lines(), attempts)
+                              [] if watched.passed else console.lines(), attempts)
         raise AssertionError("unreachable: the last accelerator never falls back")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _watch(proc: subprocess.Popen, console: _Console, needle: bytes, accel: str, run_start: float,
-           started: float, timeout: float, kvm_probe: float | None,
-           progress: ProgressFn | None) -> tuple[bool, str] | str:
-    """(passed, reason), or a string: why this accelerator is given up for the next one."""
+def check_bootable(image: str, passphrase: bytes | bytearray | None, datasource: str
+                   ) -> tuple[str, bool]:
+    """(the image's kind, whether lukspack must decrypt it for QEMU); BootError when the boot
+    cannot start (an unknown datasource, no QEMU, a key missing or given for a plain image)."""
+    if datasource not in DATASOURCES:
+        raise BootError(f"datasource {datasource!r} is not one of {', '.join(DATASOURCES)}")
+    if shutil.which(QEMU) is None:
+        raise BootError(f"{QEMU} not found (Debian: apt-get install qemu-system-x86)")
+    kind = image_kind(image)
+    if kind in ("luks", "qcow2+luks"):
+        if passphrase is None:
+            raise BootError(f"{image}: {kind} image needs --key-file")
+        return kind, False
+    if passphrase is None:
+        return kind, False
+    from lukspack.disks import encryption_of
+
+    if encryption_of(image) is None:
+        raise BootError(f"{image}: is not encrypted ({kind}); boot it without --key-file")
+    return kind, True  # QEMU cannot open it: lukspack's reader decrypts it for QEMU
+
+
+def accelerators(accel: str) -> list[str]:
+    """The accelerators to try in order: auto is KVM then TCG where /dev/kvm opens."""
+    if accel == "auto":
+        return ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    if accel in ("kvm", "tcg"):
+        return [accel]
+    raise BootError(f"accel {accel!r} is not auto, kvm or tcg")
+
+
+def _prepare_disk(work: str, image: str, kind: str, passphrase: bytes | bytearray | None,
+                  serve_decrypted: bool, progress: ProgressFn | None) -> _Disk:
+    """The drive QEMU opens, in the private directory work: a decrypted sparse copy (an image
+    QEMU cannot decrypt), or the image with the passphrase in a secret file (mode 0600)."""
+    if passphrase is None:
+        return _Disk(image, kind, kind, None)
+    if serve_decrypted:
+        from lukspack.boot.plaintext import write_decrypted
+
+        copy = os.path.join(work, "plaintext.raw")
+        write_decrypted(image, passphrase, copy, progress)
+        return _Disk(copy, "raw", f"{kind}-crypt, decrypted by lukspack", None)
+    secret = os.path.join(work, "key")
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, bytes(passphrase))
+    finally:
+        os.close(fd)
+    return _Disk(image, kind, kind, secret)
+
+
+def _run_qemu(work: str, disk: _Disk, seed: str, acc: str, memory_mb: int, needle: bytes,
+              started: float, timeout: float, kvm_probe: float | None,
+              progress: ProgressFn | None) -> tuple[Watched, _Console]:
+    """Start QEMU with accelerator acc, watch its serial console, stop it."""
+    serial = os.path.join(work, f"serial-{acc}.log")
+    console = _Console(serial)
+    cmd = qemu_command(disk.path, disk.kind, seed, serial, acc, disk.secret, memory_mb)
+    env = {**os.environ, "TMPDIR": work}  # where -snapshot puts its overlay
+    with open(os.path.join(work, f"qemu-{acc}.err"), "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, start_new_session=True)
+    try:
+        return watch(proc, console, needle, acc, time.monotonic(), started, timeout, kvm_probe,
+                     progress), console
+    finally:
+        _stop(proc)
+
+
+def failure_reason(watched: Watched, stderr_path: str) -> str:
+    """The reason of a failed run; when QEMU itself exited with an error, its last stderr line
+    (what it could not open, a wrong password) is added."""
+    if watched.outcome is not Outcome.QEMU_EXITED or watched.exit_code in (None, 0):
+        return watched.reason
+    try:
+        with open(stderr_path, "rb") as f:
+            msg = f.read().decode(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        msg = []
+    return f"{watched.reason}: {msg[-1] if msg else f'exit code {watched.exit_code}'}"
+
+
+def watch(proc: subprocess.Popen[bytes], console: _Console, needle: bytes, accel: str,
+          run_start: float, started: float, timeout: float, kvm_probe: float | None,
+          progress: ProgressFn | None) -> Watched:
+    """Poll the console until the marker, QEMU's exit or the timeout; with kvm_probe (a next
+    accelerator to try), a run that shows no kernel message in time is a retry outcome."""
     while True:
         if console.poll(needle):
-            return True, ""
+            return Watched(Outcome.MARKER)
         now = time.monotonic()
-        if proc.poll() is not None:
+        code = proc.poll()
+        if code is not None:
             if console.poll(needle):
-                return True, ""
+                return Watched(Outcome.MARKER)
             if kvm_probe is not None and not console.kernel_seen:
-                return f"QEMU exited (code {proc.returncode}) before the kernel started"
-            return False, f"QEMU exited (code {proc.returncode}) before the marker appeared"
+                return Watched(Outcome.EXITED_BEFORE_KERNEL,
+                               f"QEMU exited (code {code}) before the kernel started", code)
+            return Watched(Outcome.QEMU_EXITED,
+                           f"QEMU exited (code {code}) before the marker appeared", code)
         if kvm_probe is not None and not console.kernel_seen and now - run_start > kvm_probe:
-            return (f"no kernel message on the serial console in {kvm_probe:.0f} s (a nested KVM "
-                    "stuck in real-mode boot code)")
+            return Watched(Outcome.NO_KERNEL, f"no kernel message on the serial console in "
+                           f"{kvm_probe:.0f} s (a nested KVM stuck in real-mode boot code)")
         if now - started > timeout:
-            return False, f"no marker on the serial console within {timeout:.0f} s ({accel})"
+            return Watched(Outcome.TIMEOUT,
+                           f"no marker on the serial console within {timeout:.0f} s ({accel})")
         if progress is not None:
             progress("boot", int(now - started), int(timeout))
         time.sleep(POLL_SECONDS)

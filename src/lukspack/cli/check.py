@@ -8,13 +8,7 @@ from typing import Any
 
 import click
 
-from lukspack.errors import LukspackError
-
 TARGET_HELP = "IBM Cloud VPC (KVM, NoCloud) or classic (Xen, ConfigDrive)."
-
-
-class BootTestFailed(LukspackError):
-    """The marker did not reach the serial console."""
 
 
 def _check(source: str, key_file: str | None, fmt: str | None, target: str,
@@ -92,19 +86,12 @@ def register(cli: click.Group) -> None:
             with key_from(key_file, dek_rules=False) as key:
                 result = boot_test(image, passphrase=key, datasource=datasource, timeout=timeout,
                                    accel=accel, memory_mb=memory)
-        data = result.to_dict()
-        if result.passed:
-            lines = [f"{image}: PASS: {result.marker} on the serial console after "
-                     f"{result.seconds_to_marker:.1f} s ({result.image_format}, {datasource}, "
-                     f"{result.accel})"] + [f"  {a}" for a in result.attempts]
-            emit(data, as_json, lines)
-            return
-        if as_json:
-            emit(data, True, [])
+        if as_json or result.passed:
+            emit(result.to_dict(), as_json, result.lines())
         else:
-            click.echo(f"{image}: FAIL ({result.image_format}, {datasource}, {result.accel})")
+            click.echo(result.lines()[0])
             click.echo("serial console, last lines:", err=True)
             for line in result.console_tail:
                 click.echo(f"  | {line}", err=True)
         sys.stderr.flush()
-        raise BootTestFailed(f"{image}: boot test failed: {result.reason}")
+        result.raise_on_fail()

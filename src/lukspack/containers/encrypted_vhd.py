@@ -33,12 +33,15 @@ from lukspack.errors import FormatError, OutputError, UnsupportedError, VerifyEr
 from lukspack.images.vhd import (
     BAT_UNUSED,
     DISK_DYNAMIC,
+    DYN_CHECKSUM_AT,
     DYN_HEADER,
-    FOOTER,
+    DYNAMIC_COOKIE,
     FOOTER_COOKIE,
     SECTOR,
+    Footer,
     chs_geometry,
     make_dynamic_header,
+    pack_footer,
     parse_footer,
     vhd_checksum,
 )
@@ -74,11 +77,12 @@ FOOTER_FEATURES, FOOTER_FORMAT_VERSION, FOOTER_HOST_OS = 2, 0x00010000, b"\0\0\0
 def make_tap_footer(size: int, timestamp: int, unique_id: bytes) -> bytes:
     """The footer libvhd writes (vhd_initialize_footer): creator 'tap' 1.3, OS 0, dynamic."""
     cyl, heads, spt = chs_geometry(size // SECTOR)
-    fields = [FOOTER_COOKIE, FOOTER_FEATURES, FOOTER_FORMAT_VERSION, SECTOR, timestamp,
-              TAP_CREATOR, TAP_VERSION, FOOTER_HOST_OS, size, size, cyl, heads, spt,
-              DISK_DYNAMIC, 0, unique_id, 0]
-    fields[14] = vhd_checksum(FOOTER.pack(*fields), 64)
-    return FOOTER.pack(*fields)
+    return pack_footer(Footer(
+        cookie=FOOTER_COOKIE, features=FOOTER_FEATURES, file_format_version=FOOTER_FORMAT_VERSION,
+        data_offset=SECTOR, time_stamp=timestamp, creator_application=TAP_CREATOR,
+        creator_version=TAP_VERSION, creator_host_os=FOOTER_HOST_OS, original_size=size,
+        current_size=size, cylinders=cyl, heads=heads, sectors_per_track=spt,
+        disk_type=DISK_DYNAMIC, checksum=0, unique_id=unique_id, saved_state=0))
 
 
 def _slot_at_or_after(sector: int) -> int:
@@ -267,10 +271,11 @@ class EncryptedVhd:
                 raise VerifyError(f"{where}: footer {name} is {footer[name]!r}, not {value!r}")
         dyn = prefix[SECTOR : TABLE_OFFSET]
         h = DYN_HEADER.unpack(dyn)
-        if h[0] != b"cxsparse" or vhd_checksum(dyn, 36) != h[6]:
+        if h.cookie != DYNAMIC_COOKIE or vhd_checksum(dyn, DYN_CHECKSUM_AT) != h.checksum:
             raise VerifyError(f"{where}: dynamic header cookie or checksum is wrong")
-        if (h[2], h[4], h[5]) != (TABLE_OFFSET, self.layout.blocks, BLOCK):
-            raise VerifyError(f"{where}: dynamic header geometry {(h[2], h[4], h[5])} is not "
+        geometry = (h.table_offset, h.max_table_entries, h.block_size)
+        if geometry != (TABLE_OFFSET, self.layout.blocks, BLOCK):
+            raise VerifyError(f"{where}: dynamic header geometry {geometry} is not "
                               f"{(TABLE_OFFSET, self.layout.blocks, BLOCK)}")
         bat = np.frombuffer(prefix, dtype=">u4", count=self.layout.blocks, offset=TABLE_OFFSET)
         if not np.array_equal(bat, self.bat):

@@ -15,9 +15,9 @@ from typing import Any
 
 from lukspack.containers.base import ChunkPlan, Finished, Run
 from lukspack.errors import VerifyError
-from lukspack.luks import open_luks_bytes
 from lukspack.luks.format import HeaderFields, HeaderPlan, KdfOptions, plan_header
 from lukspack.luks.kdf import KdfCache
+from lukspack.luks.open import open_luks_bytes
 from lukspack.luks.volume import LuksVolume
 
 MiB = 1 << 20

@@ -9,14 +9,14 @@ the sector bitmap is not consulted when reading an allocated block.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import BlockRuns, DiskImage, Extent
+from lukspack.structs import Layout
 
 FOOTER_COOKIE = b"conectix"
 DYNAMIC_COOKIE = b"cxsparse"
@@ -31,15 +31,51 @@ MAX_VIRTUAL_SIZE = 64 << 40  # far above the 2040 GiB of the specification; VHDX
 CREATOR = b"win "  # see make_footer
 DISK_TYPES = {0: "none", 2: "fixed", 3: "dynamic", 4: "differencing"}
 
-# cookie, features, file_format_version, data_offset, time_stamp, creator_application,
-# creator_version, creator_host_os, original_size, current_size, cylinders, heads,
-# sectors_per_track, disk_type, checksum, unique_id, saved_state
-FOOTER = struct.Struct(">8sIIQI4sI4sQQHBBII16sB427x")
-# cookie, data_offset, table_offset, header_version, max_table_entries, block_size, checksum,
-# parent_unique_id, parent_time_stamp, reserved, parent_unicode_name, parent_locators, reserved
-DYN_HEADER = struct.Struct(">8sQQIIII16sII512s192s256x")
+
+
+class Footer(NamedTuple):
+    """The 512-byte footer (and its copy at 0 in a dynamic VHD), the specification's names."""
+
+    cookie: bytes
+    features: int
+    file_format_version: int
+    data_offset: int
+    time_stamp: int
+    creator_application: bytes
+    creator_version: int
+    creator_host_os: bytes
+    original_size: int
+    current_size: int
+    cylinders: int
+    heads: int
+    sectors_per_track: int
+    disk_type: int
+    checksum: int
+    unique_id: bytes
+    saved_state: int
+
+
+class DynHeader(NamedTuple):
+    """The 1024-byte dynamic disk header (`cxsparse`)."""
+
+    cookie: bytes
+    data_offset: int
+    table_offset: int
+    header_version: int
+    max_table_entries: int
+    block_size: int
+    checksum: int
+    parent_unique_id: bytes
+    parent_time_stamp: int
+    reserved: int
+    parent_unicode_name: bytes
+    parent_locators: bytes
+
+
+FOOTER = Layout(">8sIIQI4sI4sQQHBBII16sB427x", Footer)
+DYN_HEADER = Layout(">8sQQIIII16sII512s192s256x", DynHeader)
 _CHECKSUM_AT_FOOTER = 64
-_CHECKSUM_AT_DYN = 36
+_CHECKSUM_AT_DYN = DYN_CHECKSUM_AT = 36  # the checksum field's offset
 
 
 def vhd_checksum(data: bytes, at: int) -> int:
@@ -52,13 +88,9 @@ def parse_footer(data: bytes) -> dict[str, Any] | None:
     """The footer's fields when data is a footer with a valid cookie and checksum, else None."""
     if len(data) < FOOTER_SIZE or data[:8] != FOOTER_COOKIE:
         return None
-    f = FOOTER.unpack_from(data)
-    keys = ("cookie", "features", "file_format_version", "data_offset", "time_stamp",
-            "creator_application", "creator_version", "creator_host_os", "original_size",
-            "current_size", "cylinders", "heads", "sectors_per_track", "disk_type", "checksum",
-            "unique_id", "saved_state")
-    fields = dict(zip(keys, f, strict=True))
-    fields["checksum_ok"] = vhd_checksum(data[:FOOTER_SIZE], _CHECKSUM_AT_FOOTER) == f[14]
+    f = FOOTER.unpack(data)
+    fields: dict[str, Any] = f._asdict()
+    fields["checksum_ok"] = vhd_checksum(data[:FOOTER_SIZE], _CHECKSUM_AT_FOOTER) == f.checksum
     return fields
 
 
@@ -71,19 +103,21 @@ def make_footer(size: int, disk_type: int = DISK_FIXED, data_offset: int = 0xFFF
     creators do they trust current_size, which is the true size of any disk lukspack writes.
     """
     cyl, heads, spt = chs_geometry(size // SECTOR)
-    fields = [FOOTER_COOKIE, 2, 0x00010000, data_offset, timestamp, CREATOR, 0x000A0000, b"Wi2k",
-              size, size, cyl, heads, spt, disk_type, 0, unique_id, 0]
-    raw = FOOTER.pack(*fields)
-    fields[14] = vhd_checksum(raw, _CHECKSUM_AT_FOOTER)
-    return FOOTER.pack(*fields)
+    return pack_footer(Footer(FOOTER_COOKIE, 2, 0x00010000, data_offset, timestamp, CREATOR,
+                              0x000A0000, b"Wi2k", size, size, cyl, heads, spt, disk_type, 0,
+                              unique_id, 0))
+
+
+def pack_footer(footer: Footer) -> bytes:
+    """The footer's bytes, its checksum computed (whatever footer.checksum says)."""
+    raw = FOOTER.pack(footer._replace(checksum=0))
+    return FOOTER.pack(footer._replace(checksum=vhd_checksum(raw, _CHECKSUM_AT_FOOTER)))
 
 
 def make_dynamic_header(table_offset: int, entries: int, block_size: int) -> bytes:
-    fields = [DYNAMIC_COOKIE, 0xFFFFFFFFFFFFFFFF, table_offset, 0x00010000, entries, block_size,
-              0, bytes(16), 0, 0, bytes(512), bytes(192)]
-    raw = DYN_HEADER.pack(*fields)
-    fields[6] = vhd_checksum(raw, _CHECKSUM_AT_DYN)
-    return DYN_HEADER.pack(*fields)
+    h = DynHeader(DYNAMIC_COOKIE, 0xFFFFFFFFFFFFFFFF, table_offset, 0x00010000, entries,
+                  block_size, 0, bytes(16), 0, 0, bytes(512), bytes(192))
+    return DYN_HEADER.pack(h._replace(checksum=vhd_checksum(DYN_HEADER.pack(h), _CHECKSUM_AT_DYN)))
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
@@ -169,13 +203,13 @@ class VhdImage(DiskImage):
                               f"(size {self.file_size})")
         raw = self.pread(off, DYN_HEADER_SIZE, "dynamic header")
         h = DYN_HEADER.unpack(raw)
-        if h[0] != DYNAMIC_COOKIE:
-            raise FormatError(f"{path}: VHD dynamic header cookie is {h[0]!r}, not 'cxsparse'")
-        if vhd_checksum(raw, _CHECKSUM_AT_DYN) != h[6]:
-            raise FormatError(f"{path}: VHD dynamic header checksum 0x{h[6]:08x} is wrong "
+        if h.cookie != DYNAMIC_COOKIE:
+            raise FormatError(f"{path}: VHD dynamic header cookie is {h.cookie!r}, not 'cxsparse'")
+        if vhd_checksum(raw, _CHECKSUM_AT_DYN) != h.checksum:
+            raise FormatError(f"{path}: VHD dynamic header checksum 0x{h.checksum:08x} is wrong "
                               f"(computed 0x{vhd_checksum(raw, _CHECKSUM_AT_DYN):08x})")
-        table_offset, entries, block_size = h[2], h[4], h[5]
-        self.dyn_header = {"table_offset": table_offset, "header_version": h[3],
+        table_offset, entries, block_size = h.table_offset, h.max_table_entries, h.block_size
+        self.dyn_header = {"table_offset": table_offset, "header_version": h.header_version,
                            "max_table_entries": entries, "block_size": block_size}
         if block_size < SECTOR or block_size & (block_size - 1) or block_size > MAX_BLOCK_SIZE:
             raise FormatError(f"{path}: VHD block_size {block_size} is not a power of two "

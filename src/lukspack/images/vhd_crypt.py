@@ -25,9 +25,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,9 +41,35 @@ from lukspack.images.vhd import (
     VhdImage,
     parse_footer,
 )
+from lukspack.structs import Layout
 
-# cookie, batmap_offset, batmap_size, batmap_version, checksum, marker, keyhash flag, nonce, hash
-BATMAP_HEADER = struct.Struct(">8sQIIIBB32s32s418x")
+
+class BatmapHeader(NamedTuple):
+    """include/vhd.h struct dd_batmap_hdr, its struct vhd_keyhash flattened (keyhash_*)."""
+
+    cookie: bytes
+    batmap_offset: int  # bytes
+    batmap_size: int  # sectors
+    batmap_version: int
+    checksum: int
+    marker: int
+    keyhash_cookie: int  # 1: the key hash is set
+    keyhash_nonce: bytes
+    keyhash_hash: bytes
+
+
+class _DynHeaderStart(NamedTuple):
+    """The first fields of the dynamic header (images.vhd.DynHeader), enough to find the BAT."""
+
+    cookie: bytes
+    data_offset: int
+    table_offset: int
+    header_version: int
+    max_table_entries: int
+
+
+BATMAP_HEADER = Layout(">8sQIIIBB32s32s418x", BatmapHeader)
+_DYN_HEADER_START = Layout(">8sQQII", _DynHeaderStart)
 BATMAP_COOKIE = b"tdbatmap"
 BATMAP_VERSION = 0x00010002  # VHD_BATMAP_CURRENT_VERSION (1.2): unsigned checksum bytes
 BATMAP_VERSION_1_1 = 0x00010001  # signed-char checksum
@@ -84,8 +109,10 @@ def batmap_header_offset(table_offset: int, bat_entries: int) -> int:
 
 def pack_batmap_header(batmap_offset: int, batmap_sectors: int, checksum: int, nonce: bytes,
                        hash_: bytes, encrypted: bool = True) -> bytes:
-    return BATMAP_HEADER.pack(BATMAP_COOKIE, batmap_offset, batmap_sectors, BATMAP_VERSION,
-                              checksum, 0, 1 if encrypted else 0, nonce, hash_)
+    return BATMAP_HEADER.pack(BatmapHeader(
+        cookie=BATMAP_COOKIE, batmap_offset=batmap_offset, batmap_size=batmap_sectors,
+        batmap_version=BATMAP_VERSION, checksum=checksum, marker=0,
+        keyhash_cookie=1 if encrypted else 0, keyhash_nonce=nonce, keyhash_hash=hash_))
 
 
 def parse_batmap(path: str, header: bytes, file_size: int, header_offset: int,
@@ -97,8 +124,10 @@ def parse_batmap(path: str, header: bytes, file_size: int, header_offset: int,
     if len(header) < BATMAP_HEADER.size:
         raise FormatError(f"{path}: batmap header at offset {header_offset} is past the end of the "
                           f"file (size {file_size})")
-    cookie, off, sectors, version, checksum, marker, flag, nonce, hash_ = \
-        BATMAP_HEADER.unpack_from(header)
+    h = BATMAP_HEADER.unpack(header)
+    cookie, off, sectors, version, checksum = (h.cookie, h.batmap_offset, h.batmap_size,
+                                               h.batmap_version, h.checksum)
+    marker, flag, nonce, hash_ = h.marker, h.keyhash_cookie, h.keyhash_nonce, h.keyhash_hash
     if cookie != BATMAP_COOKIE:
         raise FormatError(f"{path}: batmap header cookie at offset {header_offset} is {cookie!r}, "
                           "not 'tdbatmap'")
@@ -141,8 +170,8 @@ def _batmap_header_offset_of(src: ByteSource, size: int) -> int | None:
     dyn = src.read_at(footer["data_offset"], 40) if footer["data_offset"] < size else b""
     if len(dyn) < 40 or dyn[:8] != b"cxsparse":
         return None
-    table_offset, entries = struct.unpack_from(">Q", dyn, 16)[0], struct.unpack_from(">I", dyn, 28)[0]
-    return batmap_header_offset(table_offset, entries)
+    start = _DYN_HEADER_START.unpack(dyn)
+    return batmap_header_offset(start.table_offset, start.max_table_entries)
 
 
 def is_encrypted_vhd(path_or_fd: str | int | ByteSource) -> bool:
@@ -180,6 +209,7 @@ class EncryptedVhdImage(EncryptedImage, VhdImage):
     format_name = "vhd"
     unit = SECTOR
     cipher = f"{CIPHER_NAME}-{CIPHER_MODE}"
+    bat: np.ndarray  # always there: an encrypted VHD is dynamic (checked below)
 
     def __init__(self, path: str, fd: int, key: bytes | bytearray | None = None) -> None:
         super().__init__(path, fd)  # EncryptedImage -> VhdImage: footer, header, BAT
@@ -376,7 +406,8 @@ def open_encrypted_vhd(path: str, passphrase: bytes | bytearray) -> EncryptedVhd
 def encrypted_vhd_info(path: str, scan_quirks: bool = False) -> dict[str, Any]:
     """What `lukspack info` shows of an encrypted VHD: its VHD fields, nonce, key hash, batmap;
     with scan_quirks, also vhd-util's quirk sectors (reads every allocated block, no key)."""
-    with open_encrypted_vhd_with_key(path, None) as image:
+    image = open_encrypted_vhd_with_key(path, None)
+    with image:
         out = image.info()
         if scan_quirks:
             count, blocks = scan_quirk_sectors(image)

@@ -7,18 +7,22 @@ stays light): `open_luks`, `open_luks_path`, `open_luks_bytes` (open.py), `LuksV
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ loads them
+    from lukspack.luks.kdf import KdfCache
+    from lukspack.luks.open import open_luks, open_luks_bytes, open_luks_path
+    from lukspack.luks.volume import LuksVolume, ReadAt
 
 __all__ = ["KdfCache", "LuksVolume", "ReadAt", "open_luks", "open_luks_bytes", "open_luks_path"]
 
+_HOMES = {"open_luks": "open", "open_luks_path": "open", "open_luks_bytes": "open",
+          "LuksVolume": "volume", "ReadAt": "volume", "KdfCache": "kdf"}
+
 
 def __getattr__(name: str) -> Any:
-    if name in ("open_luks", "open_luks_path", "open_luks_bytes"):
-        from lukspack.luks import open as module
-    elif name in ("LuksVolume", "ReadAt"):
-        from lukspack.luks import volume as module  # type: ignore[no-redef]
-    elif name == "KdfCache":
-        from lukspack.luks import kdf as module  # type: ignore[no-redef]
-    else:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module 'lukspack.luks' has no attribute {name!r}")
-    return getattr(module, name)
+    return getattr(importlib.import_module(f"lukspack.luks.{home}"), name)

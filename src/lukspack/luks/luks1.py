@@ -9,15 +9,15 @@ sector 4096 (2 MiB), aligned to 1 MiB.
 from __future__ import annotations
 
 import secrets
-import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lukspack.crypto.sector import check_cipher
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.luks.kdf import U32_MAX, KdfCache, SlotKdf, check_hash, pbkdf2
 from lukspack.luks.metadata import Digest, Keyslot, Metadata, SlotUnlocking, seal_keyslot
+from lukspack.structs import Layout
 
 MAGIC = b"LUKS\xba\xbe"
 # cryptsetup-reencrypt (offline LUKS1 reencryption, src/utils_reencrypt_luks1.c NOMAGIC) puts this
@@ -35,11 +35,36 @@ ALIGN_KEYSLOTS = 4096
 ALIGN_PAYLOAD = 1 << 20
 HEADER_SIZE = 592
 
-# magic, version, cipherName, cipherMode, hashSpec, payloadOffset, keyBytes, mkDigest,
-# mkDigestSalt, mkDigestIterations, uuid
-_PHDR = struct.Struct(">6sH32s32s32sII20s32sI40s")
-# active, passwordIterations, passwordSalt, keyMaterialOffset, stripes
-_KEYBLOCK = struct.Struct(">II32sII")
+
+
+class PhdrFields(NamedTuple):
+    """struct luks_phdr (cryptsetup lib/luks1/luks.h) up to the key slots."""
+
+    magic: bytes
+    version: int
+    cipherName: bytes  # cryptsetup's field names, as in luks.h
+    cipherMode: bytes
+    hashSpec: bytes
+    payloadOffset: int
+    keyBytes: int
+    mkDigest: bytes
+    mkDigestSalt: bytes
+    mkDigestIterations: int
+    uuid: bytes
+
+
+class KeyblockFields(NamedTuple):
+    """One of luks_phdr's eight keyblock entries."""
+
+    active: int
+    passwordIterations: int
+    passwordSalt: bytes
+    keyMaterialOffset: int
+    stripes: int
+
+
+_PHDR = Layout(">6sH32s32s32sII20s32sI40s", PhdrFields)
+_KEYBLOCK = Layout(">II32sII", KeyblockFields)
 assert _PHDR.size + NUM_KEYS * _KEYBLOCK.size == HEADER_SIZE
 
 
@@ -71,13 +96,16 @@ class Luks1Header(SlotUnlocking):
     version: int = VERSION
 
     def pack(self) -> bytes:
-        out = _PHDR.pack(
-            MAGIC, self.version, self.cipher_name.encode(), self.cipher_mode.encode(),
-            self.hash_spec.encode(), self.payload_offset, self.key_bytes, self.mk_digest,
-            self.mk_digest_salt, self.mk_digest_iterations, self.uuid.encode(),
-        )
+        out = _PHDR.pack(PhdrFields(
+            magic=MAGIC, version=self.version, cipherName=self.cipher_name.encode(),
+            cipherMode=self.cipher_mode.encode(), hashSpec=self.hash_spec.encode(),
+            payloadOffset=self.payload_offset, keyBytes=self.key_bytes, mkDigest=self.mk_digest,
+            mkDigestSalt=self.mk_digest_salt, mkDigestIterations=self.mk_digest_iterations,
+            uuid=self.uuid.encode()))
         for s in self.slots:
-            out += _KEYBLOCK.pack(s.active, s.iterations, s.salt, s.key_material_offset, s.stripes)
+            out += _KEYBLOCK.pack(KeyblockFields(
+                active=s.active, passwordIterations=s.iterations, passwordSalt=s.salt,
+                keyMaterialOffset=s.key_material_offset, stripes=s.stripes))
         return out
 
     @classmethod
@@ -85,20 +113,23 @@ class Luks1Header(SlotUnlocking):
         """Parse and validate a LUKS1 header as strictly as cryptsetup's LUKS_read_phdr."""
         if len(data) < HEADER_SIZE:
             raise FormatError(f"{name}: LUKS1 header truncated ({len(data)} < {HEADER_SIZE} bytes)")
-        f = _PHDR.unpack_from(data)
-        if f[0] != MAGIC:
-            raise FormatError(f"{name}: {describe_magic(f[0])}")
-        if f[1] != VERSION:
-            raise FormatError(f"{name}: LUKS version {f[1]} where 1 was expected")
+        f = _PHDR.unpack(data)
+        if f.magic != MAGIC:
+            raise FormatError(f"{name}: {describe_magic(f.magic)}")
+        if f.version != VERSION:
+            raise FormatError(f"{name}: LUKS version {f.version} where 1 was expected")
         hdr = cls(
-            cipher_name=_cstr(f[2], name, "cipherName"), cipher_mode=_cstr(f[3], name, "cipherMode"),
-            hash_spec=_cstr(f[4], name, "hashSpec"), payload_offset=f[5], key_bytes=f[6],
-            mk_digest=f[7], mk_digest_salt=f[8], mk_digest_iterations=f[9],
-            uuid=_cstr(f[10], name, "uuid"), version=f[1],
+            cipher_name=_cstr(f.cipherName, name, "cipherName"),
+            cipher_mode=_cstr(f.cipherMode, name, "cipherMode"),
+            hash_spec=_cstr(f.hashSpec, name, "hashSpec"), payload_offset=f.payloadOffset,
+            key_bytes=f.keyBytes, mk_digest=f.mkDigest, mk_digest_salt=f.mkDigestSalt,
+            mk_digest_iterations=f.mkDigestIterations, uuid=_cstr(f.uuid, name, "uuid"),
+            version=f.version,
         )
         for i in range(NUM_KEYS):
-            s = KeySlot(*_KEYBLOCK.unpack_from(data, _PHDR.size + i * _KEYBLOCK.size))
-            hdr.slots.append(s)
+            k = _KEYBLOCK.unpack(data, _PHDR.size + i * _KEYBLOCK.size)
+            hdr.slots.append(KeySlot(k.active, k.passwordIterations, k.passwordSalt,
+                                     k.keyMaterialOffset, k.stripes))
         hdr.validate(name)
         return hdr
 

@@ -1,4 +1,4 @@
-"""LUKS2 on-disk format: two binary headers with JSON areas, key slots, format and unlock.
+"""LUKS2 on-disk format: two binary headers (luks2_binary.py) with JSON areas, key slots, unlock.
 
 Layout (as `cryptsetup luksFormat --type luks2` writes it): the primary binary header (magic
 `LUKS\\xba\\xbe`) at 0 and the secondary (`SKUL\\xba\\xbe`) at hdr_size, each 4096 bytes followed by
@@ -17,93 +17,59 @@ import enum
 import hashlib
 import hmac
 import secrets
-import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lukspack.crypto.sector import check_cipher, split_cipher_spec
 from lukspack.errors import FormatError, LukspackError, UnsupportedError
 from lukspack.luks import luks2_json as lj
 from lukspack.luks.kdf import KdfCache, SlotKdf, check_hash
+from lukspack.luks.luks2_binary import (
+    BIN_LEN,
+    HDR_SALT_SIZE,
+    MAGIC_1ST,
+    MAGIC_2ND,
+    VERSION,
+    BinaryHeader,
+    checksum,
+    pack_copy,
+)
 from lukspack.luks.metadata import Digest, Keyslot, Metadata, ReadAt, SlotUnlocking
 
-MAGIC_1ST = b"LUKS\xba\xbe"
-MAGIC_2ND = b"SKUL\xba\xbe"
-VERSION = 2
-BIN_LEN = lj.BIN_LEN
+__all__ = [  # the binary header's names (luks2_binary.py) are re-exported
+    "BIN_LEN", "DEFAULT_DATA_OFFSET", "DEFAULT_METADATA_SIZE", "HDR_SALT_SIZE", "MAGIC_1ST",
+    "MAGIC_2ND", "MAX_KEYSLOTS", "PRIORITIES", "SALT_SIZE", "SECTOR", "STRIPES", "VERSION",
+    "BinaryHeader", "CopyFault", "CopyProblem", "KeyslotUnusable", "Luks2Header",
+    "MalformedKeyslot", "Payload", "UnsupportedKeyslot", "checksum", "find_secondary",
+    "pack_copy", "read_header"]
+
 SECTOR = 512
 STRIPES = 4000
 SALT_SIZE = 32  # key slot and digest salts
-HDR_SALT_SIZE = 64  # binary header salt
 DEFAULT_METADATA_SIZE = 16 << 10
 DEFAULT_DATA_OFFSET = 16 << 20
 MAX_KEYSLOTS = lj.OBJECTS_MAX
 PRIORITIES = {0: "ignored", 1: "normal", 2: "preferred"}
 
-# magic, version, hdr_size, seqid, label, checksum_alg, salt, uuid, subsystem, hdr_offset,
-# _padding[184], csum[64]; then _padding4096 up to 4096 bytes
-_BIN = struct.Struct(">6sHQQ48s32s64s40s48sQ184s64s")
-assert _BIN.size == 512
 
 
-@dataclass
-class BinaryHeader:
-    hdr_size: int
-    seqid: int
-    uuid: str
-    label: str = ""
-    subsystem: str = ""
-    checksum_alg: str = "sha256"
-    salt: bytes = field(default_factory=lambda: secrets.token_bytes(HDR_SALT_SIZE))
-    hdr_offset: int = 0
-    csum: bytes = bytes(64)
-    magic: bytes = MAGIC_1ST
-    version: int = VERSION
+class KeyslotUnusable(LukspackError):
+    """A LUKS2 keyslot lukspack cannot try, as fields: `image` (the file), `slot` (its JSON
+    key) and `reason` (what is wrong, naming the slot, without the file); the message is
+    "image: reason". Callers use the fields, never the message text."""
 
-    def pack(self) -> bytes:
-        raw = _BIN.pack(self.magic, self.version, self.hdr_size, self.seqid,
-                        self.label.encode()[:47], self.checksum_alg.encode()[:31], self.salt,
-                        self.uuid.encode()[:39], self.subsystem.encode()[:47], self.hdr_offset,
-                        bytes(184), self.csum)
-        return raw + bytes(BIN_LEN - len(raw))
-
-    @classmethod
-    def unpack(cls, data: bytes) -> BinaryHeader:
-        f = _BIN.unpack_from(data)
-        return cls(magic=f[0], version=f[1], hdr_size=f[2], seqid=f[3], label=_cstr(f[4]),
-                   checksum_alg=_cstr(f[5]), salt=f[6], uuid=_cstr(f[7]), subsystem=_cstr(f[8]),
-                   hdr_offset=f[9], csum=f[11])
+    def __init__(self, image: str, slot: str, reason: str) -> None:
+        super().__init__(f"{image}: {reason}")
+        self.image, self.slot, self.reason = image, slot, reason
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+class UnsupportedKeyslot(KeyslotUnusable, UnsupportedError):
+    """A keyslot that is valid but uses what lukspack does not handle (a kdf, AF stripes)."""
 
 
-def checksum(alg: str, binary: bytes, json_area: bytes) -> bytes:
-    """The header checksum: alg over the binary header (csum zeroed) and the whole JSON area."""
-    try:
-        h = hashlib.new(alg)
-    except ValueError:
-        raise lj.InvalidMetadata(f"checksum algorithm {alg!r} is not supported") from None
-    h.update(binary[:448] + bytes(64) + binary[512:BIN_LEN])
-    h.update(json_area)
-    return h.digest()
-
-
-def pack_copy(b: BinaryHeader, j: dict[str, Any], secondary: bool) -> bytes:
-    """One header copy (binary header + NUL-padded JSON area, hdr_size bytes) with its checksum."""
-    text = lj.dumps(j).encode()
-    area = b.hdr_size - BIN_LEN
-    if len(text) > area - 1:
-        raise LukspackError(f"LUKS2 JSON ({len(text)} bytes) does not fit the {area}-byte area")
-    json_area = text + bytes(area - len(text))
-    copy = BinaryHeader(**{**b.__dict__, "magic": MAGIC_2ND if secondary else MAGIC_1ST,
-                           "hdr_offset": b.hdr_size if secondary else 0, "csum": bytes(64)})
-    raw = copy.pack()
-    digest = checksum(copy.checksum_alg, raw, json_area)
-    copy.csum = digest + bytes(64 - len(digest))
-    return copy.pack() + json_area
+class MalformedKeyslot(KeyslotUnusable, FormatError):
+    """A keyslot whose values break the format (costs out of range, a bad salt, a short area)."""
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -227,9 +193,9 @@ def read_header(read_at: ReadAt, size: int, name: str) -> Luks2Header:
         raise FormatError(f"{name}: LUKS2 header and keyslots area ({hdr.areas_end} bytes) are "
                           f"larger than the file ({size} bytes)")
     if j1 is None or j2 is None:
-        problem = p1 or p2
-        assert problem is not None
-        warnings.warn(f"{name}: LUKS2 {problem.message}; using the "
+        unused = p1 or p2
+        assert unused is not None
+        warnings.warn(f"{name}: LUKS2 {unused.message}; using the "
                       f"{'primary' if use_primary else 'secondary'} header", stacklevel=2)
     return hdr
 
@@ -273,7 +239,8 @@ class Luks2Header(SlotUnlocking):
     @property
     def status(self) -> tuple[str, str]:
         """Each copy's state in words: "ok" or why it is not used."""
-        return tuple(p.message if p else "ok" for p in self.problems)  # type: ignore[return-value]
+        first, second = self.problems
+        return (first.message if first else "ok", second.message if second else "ok")
 
     @property
     def hdr_size(self) -> int:
@@ -294,7 +261,7 @@ class Luks2Header(SlotUnlocking):
         if len(segs) != 1 or "0" not in segs:
             raise UnsupportedError(f"{name}: LUKS2 with {len(segs)} segments is not supported "
                                    "(reencryption in progress?)")
-        s = segs["0"]
+        s: dict[str, Any] = segs["0"]
         if s["type"] != "crypt":
             raise UnsupportedError(f"{name}: LUKS2 segment type {s['type']!r} is not supported")
         if "integrity" in s:
@@ -308,8 +275,18 @@ class Luks2Header(SlotUnlocking):
         return s
 
     def keyslot(self, key: str, name: str = "image") -> Keyslot:
+        """Keyslot `key` as lukspack opens it; UnsupportedKeyslot or MalformedKeyslot (both
+        KeyslotUnusable, with the slot and the reason as fields) when it cannot be tried."""
+        try:
+            return self._keyslot(key)
+        except UnsupportedError as e:
+            raise UnsupportedKeyslot(name, key, str(e)) from None
+        except LukspackError as e:
+            raise MalformedKeyslot(name, key, str(e)) from None
+
+    def _keyslot(self, key: str) -> Keyslot:
         ks = self.json["keyslots"][key]
-        where = f"{name}: LUKS2 keyslot {key}"
+        where = f"LUKS2 keyslot {key}"
         if ks["type"] != "luks2":
             raise UnsupportedError(f"{where} type {ks['type']!r} is not supported")
         kdf, af_, area = ks["kdf"], ks["af"], ks["area"]
@@ -392,8 +369,8 @@ class Luks2Header(SlotUnlocking):
         for k in self.active_keyslots():
             try:
                 slots.append(self.keyslot(k, name))
-            except LukspackError as e:
-                skipped.append(str(e).split(": ", 1)[-1])
+            except KeyslotUnusable as e:
+                skipped.append(e.reason)
         return Metadata(tuple(slots), self.segment_digest(name), tuple(skipped))
 
     def digest_matches(self, key: bytes | bytearray, cache: KdfCache | None = None) -> bool:
