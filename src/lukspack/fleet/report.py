@@ -91,11 +91,14 @@ class Progress:
                 self.fleet_line()
         elif kind == "end":
             self.ended[name] = str(ev.get("status"))
-            self.done_bytes[name] = self.sizes.get(name, 0)
-            if ev.get("skipped"):
+            if ev.get("skipped"):  # nothing moved: not in the bytes, the rate or the ETA
+                self.total_bytes -= self.sizes.pop(name, 0)
+                self.done_bytes.pop(name, None)
                 what = ev.get("error") or "already done"
                 self.say(f"{name}: {ev.get('status')} ({what}), skipped")
-            elif ev.get("status") == "done":
+                return
+            self.done_bytes[name] = self.sizes.get(name, 0)
+            if ev.get("status") == "done":
                 img = ev.get("image") or {}
                 self.say(f"{name}: done in {ev.get('seconds')} s, image {img.get('id')}")
             else:
