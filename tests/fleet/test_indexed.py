@@ -89,5 +89,5 @@ def test_bad_index(cloud, images, tmp_path, capsys, monkeypatch) -> None:
     code, _, err = run_cli(["fleet", "run", str(path)], capsys)
     assert code == 1 and err == "lukspack: error: JOB_INDEX='x' is not a row index\n"
     code, _, err = run_cli(["fleet", "run", str(path), "--index", "0", "--jobs", "2"], capsys)
-    assert code == 2 and "--jobs is for the local pool" in err
+    assert code == 2 and "--index runs one row here: no --jobs or --ray with it" in err
     assert not imports_of(cloud)

@@ -84,8 +84,14 @@ def plan_cmd(manifest: str, **kw: Any) -> None:
               help="Run only row N (counted from 0) in this process [default: "
                    "$JOB_COMPLETION_INDEX (Kubernetes), else $JOB_INDEX (Code Engine), else "
                    "every row].")
+@click.option("--ray", "ray", default=None, metavar="auto|local|ADDRESS",
+              help="Run each image as a Ray task: auto (the running cluster), local (start one "
+                   "here) or the head's ADDRESS; needs pip install 'lukspack[ray]'.")
+@click.option("--ray-cpus", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="CPUs a Ray task asks for.")
 @default_options
-def run_cmd(manifest: str, jobs: int | None, index: int | None, **kw: Any) -> None:
+def run_cmd(manifest: str, jobs: int | None, index: int | None, ray: str | None,
+            ray_cpus: float, **kw: Any) -> None:
     """Publish every image not done yet; a rerun skips finished images and resumes the others.
     Exit 0 only when every image (or the indexed one) is done."""
     from lukspack.errors import LukspackError
@@ -99,9 +105,16 @@ def run_cmd(manifest: str, jobs: int | None, index: int | None, **kw: Any) -> No
         if found is not None:
             index = found[0]
             _say(f"row {index} (from {found[1]})")
-    if index is not None and jobs is not None:
-        raise click.UsageError("--jobs is for the local pool; --index runs one row")
-    r = run_fleet(manifest, defaults, state_dir=state_dir, jobs=jobs, index=index, say=_say)
+    if index is not None and (jobs is not None or ray is not None):
+        raise click.UsageError("--index runs one row here: no --jobs or --ray with it")
+    if ray is not None and jobs is not None:
+        raise click.UsageError("--jobs is for the local pool, not --ray (Ray places the tasks)")
+    if ray is not None:
+        from lukspack.fleet.ray_executor import require_ray
+
+        require_ray()  # before any check or pre-flight: one line when Ray is not installed
+    r = run_fleet(manifest, defaults, state_dir=state_dir, jobs=jobs, index=index, ray=ray,
+                  ray_cpus=ray_cpus, say=_say)
     emit(r, as_json, table(r["images"]))
     if not r["all_done"]:
         bad = [i["name"] for i in r["images"] if i["status"] != "done"]

@@ -44,9 +44,11 @@ def _planned(t: dict[str, Any]) -> dict[str, Any]:
 
 def run_fleet(path: str, defaults: dict[str, Any] | None = None, *,
               state_dir: str | None = None, jobs: int | None = None, index: int | None = None,
-              say: Say = lambda _l: None) -> dict[str, Any]:
-    """Run the images not done yet (index: just that row, in this process); the summary's
-    all_done says whether every image (every row, or the indexed one) is done."""
+              ray: str | None = None, ray_cpus: float = 1, say: Say = lambda _l: None
+              ) -> dict[str, Any]:
+    """Run the images not done yet: in a local pool of `jobs` processes, on the Ray cluster
+    `ray` (auto, local or an address), or (index) just that row, in this process; the
+    summary's all_done says whether every image (every row, or the indexed one) is done."""
     from lukspack.fleet import executors
 
     m, sd = _load(path, defaults, state_dir)
@@ -58,11 +60,16 @@ def run_fleet(path: str, defaults: dict[str, Any] | None = None, *,
     if index is not None:
         executors.run_indexed(todo[0], progress)
     else:
-        executors.run_local([t for t in todo if t.get("status") != "done"],
-                            jobs or default_jobs(), progress)
         for t in todo:
             if t.get("status") == "done":
                 progress({"event": "end", "name": t["name"], "status": "done", "skipped": True})
+        left = [t for t in todo if t.get("status") != "done"]
+        if left and ray is not None:
+            from lukspack.fleet.ray_executor import run_ray
+
+            run_ray(left, ray, progress, num_cpus=ray_cpus)
+        elif left:
+            executors.run_local(left, jobs or default_jobs(), progress)
     rows = report.rows_of(todo)
     return {"manifest": path, "state_dir": sd, **report.summary(rows)}
 
