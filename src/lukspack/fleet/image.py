@@ -110,7 +110,7 @@ def _run_locked(task: dict[str, Any], state: st.ImageState, emit: Emit) -> dict[
                                                              "globalIdentifier") if img.get(k)},
                sha256=result.get("sha256"), seconds=round(time.monotonic() - t0, 1),
                finished=time.time(), error=None,
-               resumed_parts=result.get("resumed_parts"))
+               resumed_parts=result.get("resumed_parts"), peak_rss_mib=_peak_rss_mib())
     try:
         _record(task, plan, st.public_record(state.data))
         _abort_strays(plan)
@@ -119,6 +119,13 @@ def _run_locked(task: dict[str, Any], state: st.ImageState, emit: Emit) -> dict[
     emit({"event": "end", "name": name, "status": "done", "image": state.data["image"],
           "seconds": state.data["seconds"]})
     return state.data
+
+
+def _peak_rss_mib() -> float:
+    """The worker process's peak resident memory so far (a Ray worker's, over its tasks)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _failed(task: dict[str, Any], plan: Any, state: st.ImageState, error: str, t0: float,
