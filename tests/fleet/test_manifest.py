@@ -88,6 +88,12 @@ def test_csv_reads_like_yaml(tmp_path, src) -> None:
      "is not true or false"),
     (lambda r: r[1].update(os="ubuntu"), "row 1 (db-1), field 'os'",
      "operating system reference code"),
+    (lambda r: r[1].update(format="vhd", output=BUCKET + "/db-1.vhd"),
+     "row 1 (db-1), field 'output'", "classic wants a VHD object named like NAME.vhd-0.vhd"),
+    (lambda r: r[0].update(output="cos://Nowhere/b/x.qcow2"), "row 0 (web-1), field 'output'",
+     "is not an IBM Cloud region"),
+    (lambda r: r[0].update(part_size=2), "row 0 (web-1), field 'part_size'",
+     "must be at least 5"),
 ])
 def test_bad_manifest_one_line(tmp_path, src, capsys, change, where, message) -> None:
     rows = good_rows(src)

@@ -34,6 +34,7 @@ REQUIRED = ("source", "target", "name", "os", "output", "key", "root_key_crn", "
 BUILTIN = {"skip_check": False, "private_kms": False, "cloud_init": True, "byol": False,
            "wait": True, "part_size": 16, "concurrency": 4, "endpoint_type": "public", "note": ""}
 TARGETS = ("vpc", "classic")
+GOOD_OS = {"vpc": "debian-12-amd64", "classic": "UBUNTU_22_64"}  # names the import takes
 FORMATS = {"vpc": ("qcow2",), "classic": ("vhd", "raw")}
 INPUT_FORMATS = ("raw", "vhd", "qcow2", "vmdk", "vhdx", "ova")
 PATH_FIELDS = ("credentials_file", "keys_dir")
@@ -253,14 +254,17 @@ def _check_row(m: Manifest, row: Row) -> None:
         v["key"] = os.path.join(m.base, os.path.expanduser(v["key"]))
     if not v.get("keys_dir"):
         v["keys_dir"] = os.path.join(m.base, "keys")
-    try:
-        v["output"] = str(output_location(v))
-        from lukspack.cloud.publish import import_request
+    from lukspack.cloud.publish import import_request
 
-        import_request(publish_plan(v), output_location(v), "placeholder-wdek", "placeholder")
-    except CloudError as e:
-        raise ManifestError(f"{m.where(row, 'output' if 'cos://' in str(e) else 'os')}: "
-                            f"{e}") from None
+    # publish's own request rules, field by field: the object with an operating system the
+    # import takes, then the row's operating system
+    for fld, os_name in (("output", GOOD_OS[v["target"]]), ("os", v["os"])):
+        try:
+            v["output"] = str(output_location(v))
+            import_request(publish_plan({**v, "os": os_name}), output_location(v),
+                           "placeholder-wdek", "placeholder")
+        except CloudError as e:
+            raise ManifestError(f"{m.where(row, fld)}: {e}") from None
 
 
 def output_location(v: dict[str, Any]) -> Any:
