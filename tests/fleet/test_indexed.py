@@ -77,6 +77,13 @@ def test_pods_without_a_shared_state_dir(cloud, s3, cos_env, images, tmp_path, c
     assert p.returncode == 0, p.stderr
     assert "pod-qcow2: done (already done), skipped" in p.stderr
     assert imports_of(cloud) == ["pod-qcow2", "pod-vmdk"]
+    # the driver's view, with no state directory of its own: from the records in the bucket
+    code, out, err = run_cli(["fleet", "status", str(path), "--json"], capsys)
+    assert code == 0 and [i["status"] for i in json.loads(out)["images"]] == ["pending"] * 2
+    code, out, err = run_cli(["fleet", "status", str(path), "--bucket", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["all_done"] and all(i["image_id"] for i in r["images"])
 
 
 def test_bad_index(cloud, images, tmp_path, capsys, monkeypatch) -> None:

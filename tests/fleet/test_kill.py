@@ -134,3 +134,37 @@ def test_kill_9_the_fleet_run_then_rerun(cloud, s3, cos_env, big_images, tmp_pat
     resumed = [json.loads(p.read_text()).get("resumed_parts") or 0
                for p in (tmp_path / "f.yaml.state").glob("*.json")]
     assert max(resumed) >= 2
+
+
+def test_sigterm_stops_the_run_and_keeps_the_uploads(cloud, s3, cos_env, big_images,
+                                                     tmp_path) -> None:
+    path = manifest(cloud, big_images, tmp_path, "ts")
+    env = env_of(cos_env)
+    uploads = tmp_path / "f.yaml.state" / "uploads"
+    proxy = S3Proxy(s3.endpoint, delay_s=0.4)
+    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs",
+                          "2"], env={**env, "COS_ENDPOINT": proxy.url}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and \
+                not any(journal_parts(j) >= 2 for j in uploads.glob("*.lukspack-upload")):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert err.rstrip().splitlines()[-1] == "lukspack: interrupted by SIGTERM"
+    states = [json.loads(s.read_text()) for s in (tmp_path / "f.yaml.state").glob("*.json")]
+    stopped = [s for s in states if s["status"] == "failed"]
+    assert stopped and all("SIGTERM" in s["error"] for s in stopped), states
+    kept = list(uploads.glob("*.lukspack-upload"))  # an upload that had not finished
+    q = fleet(["run", str(path), "--json"], env)
+    assert q.returncode == 0, q.stderr
+    check_complete(cloud, s3, big_images, tmp_path, json.loads(q.stdout), "ts")
+    resumed = [json.loads(p.read_text()).get("resumed_parts") or 0
+               for p in (tmp_path / "f.yaml.state").glob("*.json")]
+    assert not kept or max(resumed) >= 1  # what was kept was resumed, not sent again

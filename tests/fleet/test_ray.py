@@ -32,32 +32,38 @@ from tests.helpers import SRC, cli_env
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def ray_env(s3, cache: Path) -> dict[str, str]:
-    """A node's environment: the credentials are the node's own, never sent by the driver."""
+def ray_env(s3, cache: Path, home: Path) -> dict[str, str]:
+    """A node's environment: the credentials are the node's own, never sent by the driver.
+    HOME is the cluster's own: Ray's token (HOME/.ray/auth_token) is shared by its nodes and
+    drivers, and no other Ray on the machine."""
     return {**s3server.clean_env(), **s3server.env_for(s3), "IBMCLOUD_API_KEY": API_KEY,
             "PYTHONPATH": str(SRC), "LUKSPACK_POLL_S": "0.05", "XDG_CACHE_HOME": str(cache),
-            "RAY_USAGE_STATS_ENABLED": "0"}
+            "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(home)}
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(s3, tmp_path_factory) -> Iterator[str]:
+def ray_cluster(s3, tmp_path_factory) -> Iterator[tuple[str, str]]:
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
-    env = ray_env(s3, tmp_path_factory.mktemp("ray-cache"))
+    home = tmp_path_factory.mktemp("ray-home")
+    env = ray_env(s3, tmp_path_factory.mktemp("ray-cache"), home)
     port, = free_ports(1)
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
-                             "--include-dashboard", "false", "--temp-dir", temp, *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    logs = tmp_path_factory.mktemp("ray-logs")
+    with open(logs / "head.log", "wb") as out:
+        head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                                 "--include-dashboard", "false", "--temp-dir", temp, *common],
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     nodes = [head]
     try:
-        wait_nodes(address, 1)
-        nodes.append(subprocess.Popen([RAY, "start", "--address", address, "--num-cpus", "2",
-                                       *common], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_nodes(address, 2)
-        yield address
+        wait_nodes(address, 1, logs / "head.log", env)
+        with open(logs / "node.log", "wb") as out:
+            nodes.append(subprocess.Popen([RAY, "start", "--address", address, "--num-cpus",
+                                           "2", *common], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        wait_nodes(address, 2, logs / "node.log", env)
+        yield address, str(home)
     finally:
         for p in reversed(nodes):  # --block: SIGTERM stops the node and what it started
             if p.poll() is None:
@@ -70,21 +76,29 @@ def ray_cluster(s3, tmp_path_factory) -> Iterator[str]:
                 p.wait()
 
 
-def wait_nodes(address: str, n: int) -> None:
-    code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))")
-    deadline = time.monotonic() + 120
+def wait_nodes(address: str, n: int, log: Path, env: dict[str, str]) -> None:
+    code = ("import ray, sys, time\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "for _ in range(240):\n"
+            "    if sum(1 for x in ray.nodes() if x['Alive']) >= int(sys.argv[2]): sys.exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(1)\n")
+    deadline = time.monotonic() + 180
+    p = None
     while time.monotonic() < deadline:
-        p = subprocess.run([sys.executable, "-c", code, address], capture_output=True,
-                           text=True, timeout=120)
-        if p.returncode == 0 and p.stdout.strip().splitlines()[-1:] == [str(n)]:
+        p = subprocess.run([sys.executable, "-c", code, address, str(n)], capture_output=True,
+                           text=True, timeout=180, env=env)
+        if p.returncode == 0:
             return
         time.sleep(1)
-    raise AssertionError(f"Ray at {address} did not get {n} node(s)")
+    raise AssertionError(f"Ray at {address} did not get {n} node(s): {log.read_text()[-3000:]}"
+                         f"\n{p.stderr[-2000:] if p else ''}")
 
 
-def driver_env(cos_env: dict[str, str]) -> dict[str, str]:
-    env = {**cli_env(), **cos_env, "LUKSPACK_POLL_S": "0.05"}
+def driver_env(cos_env: dict[str, str], home: str | None = None) -> dict[str, str]:
+    env = {**cli_env(), **cos_env, "LUKSPACK_POLL_S": "0.05", "RAY_USAGE_STATS_ENABLED": "0"}
+    if home is not None:
+        env["HOME"] = home  # the cluster's token
     for k in ("COS_HMAC_ACCESS_KEY_ID", "COS_HMAC_SECRET_ACCESS_KEY", "IBMCLOUD_API_KEY"):
         env[k] = os.environ.get(k, env.get(k, ""))  # the driver's pre-flight needs them too
     return env
@@ -97,10 +111,11 @@ def six_rows(cloud, images, prefix: str) -> list[dict]:
 
 
 def test_six_images_on_a_two_node_ray(ray_cluster, cloud, s3, cos_env, images, tmp_path) -> None:
+    address, home = ray_cluster
     path = write_manifest(tmp_path / "f.yaml", six_rows(cloud, images, "ray"),
                           defaults_for(cloud))
     p = subprocess.run([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
-                        ray_cluster, "--json"], env=driver_env(cos_env), capture_output=True,
+                        address, "--json"], env=driver_env(cos_env, home), capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
@@ -108,13 +123,14 @@ def test_six_images_on_a_two_node_ray(ray_cluster, cloud, s3, cos_env, images, t
     assert imports_of(cloud) == sorted(i["name"] for i in r["images"])
     assert "fleet: 6/6 done, 0 failed" in p.stderr and "ray-vmdk: started" in p.stderr
     code = subprocess.run([sys.executable, "-m", "lukspack", "fleet", "run", str(path),
-                           "--ray", ray_cluster], env=driver_env(cos_env), capture_output=True,
+                           "--ray", address], env=driver_env(cos_env, home), capture_output=True,
                           text=True, timeout=600)
     assert code.returncode == 0 and code.stderr.count("(already done), skipped") == 6
     assert len(imports_of(cloud)) == 6
 
 
 def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
+    address, home = ray_cluster
     imgs = _big(tmp_path)
     rows = [vpc_row(cloud, imgs["raw"], "rk-a"), classic_row(cloud, imgs["raw"], "rk-b")]
     path = write_manifest(tmp_path / "f.yaml", rows, defaults_for(cloud))
@@ -123,7 +139,7 @@ def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
         f"cos://us-south/{s3server.BUCKET}/fleet/rk-a.qcow2")) + ".lukspack-upload")
     proxy = S3Proxy(s3.endpoint, delay_s=0.2)
     p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
-                          ray_cluster, "--json"], env={**driver_env(cos_env),
+                          address, "--json"], env={**driver_env(cos_env, home),
                                                        "COS_ENDPOINT": proxy.url},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -159,7 +175,7 @@ def _big(tmp_path: Path) -> dict[str, Path]:
 def test_ray_local(cloud, s3, cos_env, images, tmp_path) -> None:
     path = write_manifest(tmp_path / "f.yaml", mixed_rows(cloud, images, "rl")[:2],
                           defaults_for(cloud))
-    env = {**driver_env(cos_env), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**driver_env(cos_env, str(tmp_path / "ray-home"))}  # a Ray of its own
     p = subprocess.run([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
                         "local", "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr

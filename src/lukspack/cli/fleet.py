@@ -124,15 +124,18 @@ def run_cmd(manifest: str, jobs: int | None, index: int | None, ray: str | None,
 
 @fleet_group.command(name="status")
 @click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--bucket", is_flag=True,
+              help="Images the state directory does not know: read the record beside each "
+                   "object (batch jobs whose pods shared no state directory).")
 @default_options
-def status_cmd(manifest: str, **kw: Any) -> None:
+def status_cmd(manifest: str, bucket: bool, **kw: Any) -> None:
     """The table of `fleet run` from the state directory, without running anything (give the
     options `fleet run` was given)."""
     from lukspack.fleet import fleet_status
     from lukspack.fleet.report import table
 
     defaults, state_dir, as_json = _defaults(kw)
-    r = fleet_status(manifest, defaults, state_dir=state_dir)
+    r = fleet_status(manifest, defaults, state_dir=state_dir, bucket=bucket)
     emit(r, as_json, table(r["images"]))
 
 

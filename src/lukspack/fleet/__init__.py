@@ -75,9 +75,11 @@ def run_fleet(path: str, defaults: dict[str, Any] | None = None, *,
 
 
 def fleet_status(path: str, defaults: dict[str, Any] | None = None, *,
-                 state_dir: str | None = None) -> dict[str, Any]:
+                 state_dir: str | None = None, bucket: bool = False) -> dict[str, Any]:
+    """The table from the state directory; bucket: images it knows nothing of from the record
+    beside their object."""
     m, sd = _load(path, defaults, state_dir)
     from lukspack.fleet.plan import make_tasks
 
-    rows = report.rows_of(make_tasks(m, sd))
+    rows = report.rows_of(make_tasks(m, sd), bucket=bucket)
     return {"manifest": path, "state_dir": sd, **report.summary(rows)}

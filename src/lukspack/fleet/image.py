@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lukspack.errors import LukspackError
+from lukspack.errors import Interrupted, LukspackError
 from lukspack.fleet import state as st
 
 Emit = Callable[[dict[str, Any]], None]
@@ -101,6 +101,9 @@ def _run_locked(task: dict[str, Any], state: st.ImageState, emit: Emit) -> dict[
     try:
         _record(task, plan, st.public_record({**state.data}))
         result = _publish(task, plan, say, progress)
+    except Interrupted as e:  # recorded, then the signal goes on (the run stops)
+        _failed(task, plan, state, str(e), t0, emit)
+        raise
     except LukspackError as e:
         return _failed(task, plan, state, str(e), t0, emit)
     except Exception as e:  # an image's bug must not stop the fleet: recorded, not raised

@@ -24,13 +24,18 @@ def human(n: float | None) -> str:
     return str(n)
 
 
-def rows_of(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per image from the state directory."""
+def rows_of(tasks: list[dict[str, Any]], bucket: bool = False) -> list[dict[str, Any]]:
+    """One record per image from the state directory; bucket: an image with no local state
+    from the record beside its object (the state of pods that shared no state directory)."""
     from lukspack.fleet.manifest import publish_plan
+    from lukspack.fleet.state import read_bucket_record
 
     out = []
     for t in tasks:
         status, data = status_of(t)
+        if bucket and not data:
+            data = read_bucket_record(t["output"], publish_plan(t).cos_options) or {}
+            status = str(data.get("status", "pending"))
         img = data.get("image") or {}
         out.append({"index": t["index"], "name": t["name"], "target": t["target"],
                     "format": publish_plan(t).format, "output": t["output"],

@@ -49,7 +49,12 @@ def main() -> int:
 
     warnings.showwarning = lambda m, *_a, **_k: emit(
         {"event": "say", "name": task.get("name"), "line": f"warning: {m}"})
-    r = run_image(task, emit)
+    from lukspack.errors import Interrupted
+
+    try:
+        r = run_image(task, emit)
+    except Interrupted as e:  # recorded by run_image; the upload is kept for the rerun
+        return e.exit_code
     return 0 if r.get("status") == "done" else 1
 
 
