@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from lukspack.cli import emit
+from lukspack.cli import Group, emit
 
 
 def default_options(f: Any) -> Any:
@@ -51,7 +51,7 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-@click.group(name="fleet")
+@click.group(name="fleet", cls=Group)
 def fleet_group() -> None:
     """Publish many images from a manifest (YAML or CSV): plan, run, status."""
 
