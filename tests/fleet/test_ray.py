@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def ray_cluster(s3, tmp_path_factory) -> Iterator[tuple[str, str]]:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def wait_nodes(address: str, n: int, log: Path, env: dict[str, str]) -> None:
