@@ -197,3 +197,34 @@ def test_without_ray_one_line(cloud, images, tmp_path) -> None:
     assert p.returncode == 1 and p.stderr == ("lukspack: error: --ray needs Ray, which is not "
                                               "installed: pip install 'lukspack[ray]'\n")
     assert not imports_of(cloud)
+
+
+def test_kill_9_the_ray_driver(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
+    """The driver killed part way: Ray ends its tasks (their owner is gone), their locks go with
+    them, and a rerun completes every image once."""
+    from tests.cloud.s3proxy import kill_9_part_way
+
+    address, home = ray_cluster
+    imgs = _big(tmp_path)
+    rows = [vpc_row(cloud, imgs["raw"], "rd-a"), classic_row(cloud, imgs["raw"], "rd-b")]
+    path = write_manifest(tmp_path / "f.yaml", rows, defaults_for(cloud))
+    uploads = tmp_path / "f.yaml.state" / "uploads"
+    env = driver_env(cos_env, home)
+    kill_9_part_way([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
+                     address], env, s3.endpoint, lambda: sorted(uploads.glob("*.lukspack-upload")),
+                    parts=2, need=b"key_material", delay_s=0.2)
+    deadline = time.monotonic() + 60
+    q = None
+    while time.monotonic() < deadline:
+        q = subprocess.run([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
+                            address, "--json"], env=env, capture_output=True, text=True,
+                           timeout=600)
+        if q.returncode == 0:
+            break
+        running = [i for i in json.loads(q.stdout)["images"] if i["status"] == "running"]
+        assert running, q.stderr  # only a task of the killed driver not ended yet may be left
+        time.sleep(2)
+    assert q is not None and q.returncode == 0, q.stderr if q else ""
+    assert json.loads(q.stdout)["all_done"] and imports_of(cloud) == ["rd-a", "rd-b"]
+    left = s3.client().list_multipart_uploads(Bucket=s3server.BUCKET, Prefix="fleet/rd-")
+    assert not left.get("Uploads")
