@@ -41,7 +41,9 @@ def rows_of(tasks: list[dict[str, Any]], bucket: bool = False) -> list[dict[str,
                     "format": publish_plan(t).format, "output": t["output"],
                     "size": data.get("size", t.get("size")), "seconds": data.get("seconds"),
                     "status": status, "image_id": img.get("id"),
-                    "image": img or None, "error": data.get("error"),
+                    "image": img or None,
+                    "error": ("a worker is running this image now" if status == "running"
+                              else data.get("error")),
                     "attempts": data.get("attempts", 0)})
     return out
 
