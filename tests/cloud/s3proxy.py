@@ -63,7 +63,9 @@ class S3Proxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP and k.lower() != "content-length":
                         self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
+                # a HEAD has no body: its content-length is the object's, as upstream said
+                self.send_header("content-length", resp.getheader("content-length", "0")
+                                 if self.command == "HEAD" else str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -138,7 +138,8 @@ def keygen(file: str, target: str, nbytes: str | None) -> None:
 
 # Each module in lukspack.cli named here defines register(cli) and adds its commands; they are
 # imported when the group is built, and keep their heavy imports inside the commands.
-COMMAND_MODULES: tuple[str, ...] = ("disk", "keyslots", "vhd", "check", "cloud", "publish")
+COMMAND_MODULES: tuple[str, ...] = ("disk", "keyslots", "vhd", "check", "cloud", "publish",
+                                     "fleet")
 
 
 def _register_all() -> None:

@@ -1,0 +1,170 @@
+"""kill -9 part way: of one local-pool worker, and of the whole `fleet run`. A rerun completes
+every image; each object decrypts to its source byte for byte (`verify --source`) and matches
+the checksum its image reports; no image is imported twice; no multipart upload is left open."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lukspack.cloud.location import parse_cos
+from lukspack.cloud.multipart import state_name
+from tests.cloud import s3server
+from tests.cloud.s3proxy import S3Proxy, kill_9_part_way
+from tests.fleet.conftest import FORMATS, classic_row, defaults_for, vpc_row, write_manifest
+from tests.fleet.test_run import download, imports_of
+from tests.helpers import cli_env, run, tool
+
+
+@pytest.fixture(scope="module")
+def big_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("fleet-big")
+    raw = d / "disk.raw"
+    run([sys.executable, "-m", "lukspack", "sample", str(raw), "--size", "32"], env=cli_env())
+    out = {"raw": raw}
+    for fmt in ("qcow2", "vmdk"):
+        out[fmt] = d / f"disk.{fmt}"
+        run([tool("qemu-img"), "convert", "-O", FORMATS[fmt], str(raw), str(out[fmt])])
+    return out
+
+
+def manifest(cloud, imgs: dict[str, Path], tmp_path: Path, prefix: str) -> Path:
+    rows = [vpc_row(cloud, imgs["vmdk"], f"{prefix}-a"),
+            classic_row(cloud, imgs["qcow2"], f"{prefix}-b", format="raw"),
+            vpc_row(cloud, imgs["raw"], f"{prefix}-c"),
+            classic_row(cloud, imgs["raw"], f"{prefix}-d")]
+    return write_manifest(tmp_path / "f.yaml", rows, defaults_for(cloud))
+
+
+def env_of(cos_env: dict[str, str]) -> dict[str, str]:
+    return {**cli_env(), **cos_env, "IBMCLOUD_API_KEY": os.environ["IBMCLOUD_API_KEY"],
+            "LUKSPACK_POLL_S": "0.05", "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+
+
+def fleet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lukspack", "fleet", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def journal_parts(path: Path) -> int:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return data.count(b'"part"') if b"key_material" in data else 0
+
+
+def check_complete(cloud, s3, imgs, tmp_path: Path, r: dict, prefix: str) -> None:
+    assert r["all_done"], r
+    assert imports_of(cloud) == [f"{prefix}-{x}" for x in "abcd"]  # once each
+    for i, src in zip(r["images"], ("vmdk", "qcow2", "raw", "raw"), strict=True):
+        got = download(s3, i["output"], tmp_path / f"dl-{i['name']}")
+        run([sys.executable, "-m", "lukspack", "verify", str(got), "--key-file",
+             str(tmp_path / "keys" / f"{i['name']}.key"), "--source", str(imgs[src])],
+            env=cli_env())
+    vpc = [i for i in cloud.vpc.images.values()]
+    assert all(i["status"] == "available" for i in vpc)  # the image's SHA-256 matched
+    left = s3.client().list_multipart_uploads(Bucket=s3server.BUCKET, Prefix="fleet/")
+    assert not [u for u in left.get("Uploads") or [] if u["Key"].startswith(f"fleet/{prefix}")]
+
+
+def test_kill_9_a_worker_then_rerun(cloud, s3, cos_env, big_images, tmp_path) -> None:
+    path = manifest(cloud, big_images, tmp_path, "kw")
+    env = env_of(cos_env)
+    proxy = S3Proxy(s3.endpoint, delay_s=0.2)
+    state_dir = tmp_path / "f.yaml.state"
+    victim = "kw-a"
+    journal = state_dir / "uploads" / (
+        state_name(parse_cos(f"cos://us-south/{s3server.BUCKET}/fleet/{victim}.qcow2"))
+        + ".lukspack-upload")
+    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs",
+                          "2", "--json"], env={**env, "COS_ENDPOINT": proxy.url},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while journal_parts(journal) < 2 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert journal_parts(journal) >= 2, p.stderr.read() if p.poll() is not None else ""
+        pid = json.loads((state_dir / f"{victim}.json").read_text())["pid"]
+        assert pid != p.pid
+        os.kill(pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=300)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1, err
+    r = json.loads(out)
+    status = {i["name"]: i["status"] for i in r["images"]}
+    assert status == {"kw-a": "failed", "kw-b": "done", "kw-c": "done", "kw-d": "done"}, err
+    assert "the worker killed by signal 9" in r["images"][0]["error"]
+    assert imports_of(cloud) == ["kw-b", "kw-c", "kw-d"]
+    q = fleet(["run", str(path), "--json"], env)
+    assert q.returncode == 0, q.stderr
+    r = json.loads(q.stdout)
+    assert r["images"][0]["attempts"] == 2
+    resumed = json.loads((state_dir / f"{victim}.json").read_text())["resumed_parts"]
+    assert resumed >= 2  # the kept multipart upload continued, not started again
+    check_complete(cloud, s3, big_images, tmp_path, r, "kw")
+
+
+def test_kill_9_the_fleet_run_then_rerun(cloud, s3, cos_env, big_images, tmp_path) -> None:
+    path = manifest(cloud, big_images, tmp_path, "kf")
+    env = env_of(cos_env)
+    uploads = tmp_path / "f.yaml.state" / "uploads"
+    kill_9_part_way([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs", "2"],
+                    env, s3.endpoint, lambda: sorted(uploads.glob("*.lukspack-upload")),
+                    parts=2, need=b"key_material", delay_s=0.2)
+    time.sleep(0.5)  # the workers die with the run (PR_SET_PDEATHSIG)
+    states = [json.loads(p.read_text()) for p in (tmp_path / "f.yaml.state").glob("*.json")]
+    assert states and all(s["status"] in ("running", "done") for s in states)
+    st = fleet(["status", str(path), "--json"], env)
+    assert st.returncode == 0 and "interrupted" in {i["status"] for i in
+                                                     json.loads(st.stdout)["images"]}
+    q = fleet(["run", str(path), "--json"], env)
+    assert q.returncode == 0, q.stderr
+    check_complete(cloud, s3, big_images, tmp_path, json.loads(q.stdout), "kf")
+    resumed = [json.loads(p.read_text()).get("resumed_parts") or 0
+               for p in (tmp_path / "f.yaml.state").glob("*.json")]
+    assert max(resumed) >= 2
+
+
+def test_sigterm_stops_the_run_and_keeps_the_uploads(cloud, s3, cos_env, big_images,
+                                                     tmp_path) -> None:
+    path = manifest(cloud, big_images, tmp_path, "ts")
+    env = env_of(cos_env)
+    uploads = tmp_path / "f.yaml.state" / "uploads"
+    proxy = S3Proxy(s3.endpoint, delay_s=0.4)
+    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs",
+                          "2"], env={**env, "COS_ENDPOINT": proxy.url}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and \
+                not any(journal_parts(j) >= 2 for j in uploads.glob("*.lukspack-upload")):
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert err.rstrip().splitlines()[-1] == "lukspack: interrupted by SIGTERM"
+    states = [json.loads(s.read_text()) for s in (tmp_path / "f.yaml.state").glob("*.json")]
+    stopped = [s for s in states if s["status"] == "failed"]
+    assert stopped and all("SIGTERM" in s["error"] for s in stopped), states
+    kept = list(uploads.glob("*.lukspack-upload"))  # an upload that had not finished
+    q = fleet(["run", str(path), "--json"], env)
+    assert q.returncode == 0, q.stderr
+    check_complete(cloud, s3, big_images, tmp_path, json.loads(q.stdout), "ts")
+    resumed = [json.loads(p.read_text()).get("resumed_parts") or 0
+               for p in (tmp_path / "f.yaml.state").glob("*.json")]
+    assert not kept or max(resumed) >= 1  # what was kept was resumed, not sent again
