@@ -4,12 +4,14 @@ stop the others; keys written mode 0600; the record beside each object."""
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import sys
 from pathlib import Path
 
 from lukspack.cloud.location import parse_cos
+from lukspack.keys import key_for_target
 from tests.cloud import s3server
 from tests.cloud.test_kms import run_cli
 from tests.fleet.conftest import (
@@ -93,6 +95,10 @@ def test_run_rerun_status(cloud, s3, images, tmp_path, capsys) -> None:
     for i in r["images"]:
         key = tmp_path / "keys" / f"{i['name']}.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        if i["format"] == "vhd":  # a new classic key: 64 bytes (AES-256-XTS), as publish's
+            assert len(base64.b64decode(key.read_bytes(), validate=True)) == 64
+        key_for_target({"qcow2": "vpc", "vhd": "classic", "raw": "luks"}[i["format"]],
+                       key.read_bytes())  # each new key serves its row's target
         assert i["image_id"] is not None and i["seconds"] is not None
         rec = json.loads(s3.client().get_object(
             Bucket=s3server.BUCKET, Key=parse_cos(i["output"]).key + ".lukspack-fleet.json"
