@@ -118,3 +118,21 @@ def test_key_crn_parts() -> None:
     assert (c.service, c.region, c.instance_id, c.key_id) == ("kms", "eu-de", INSTANCE, ROOT_KEY)
     with pytest.raises(CloudError, match="CRN"):
         parse_key_crn("crn:v1:bluemix:public:kms:eu-de:nothing")
+
+
+@pytest.mark.parametrize("command", ["wrap-key", "unwrap-key"])
+def test_key_protect_credentials_errors_say_what_is_wrong(cloud, tmp_path, capsys,
+                                                          command) -> None:
+    """An API key is set: a malformed --iam-url or a broken credentials file is named, never
+    "no IBM Cloud API key" (which sent a user looking for a key they had set)."""
+    key = keyfile(tmp_path, DEK)
+    extra = ["--wdek-file", str(keyfile(tmp_path, b"x", "w"))] if command == "unwrap-key" else []
+    base = [command, "--key-file", str(key), "--for", "luks-raw", *cloud.kms_args()[:-2],
+            *extra]
+    code, _, err = run_cli([*base, "--iam-url", "iam.cloud.ibm.com"], capsys)
+    assert code == 1 and "no IBM Cloud API key" not in err, err
+    assert "--iam-url 'iam.cloud.ibm.com' must be an http(s) URL" in err
+    bad = keyfile(tmp_path, b"{not json", "creds.json")
+    code, _, err = run_cli([*base, "--iam-url", cloud.iam_url, "--credentials-file", str(bad)],
+                           capsys)
+    assert code == 1 and f"{bad}: credentials file is not valid JSON" in err, err

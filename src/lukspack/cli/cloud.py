@@ -116,14 +116,14 @@ def _cos(endpoint_type: str, endpoint_url: str | None, credentials_file: str | N
 
 def _key_protect(region: str, instance_id: str, kms_url: str | None, private_ep: bool,
                  credentials_file: str | None, iam_url: str | None) -> Any:
-    from lukspack.cloud.credentials import load_credentials
+    from lukspack.cloud.credentials import NoCredentials, load_credentials
     from lukspack.cloud.errors import CredentialsError
     from lukspack.cloud.kms import KeyProtect
     from lukspack.cloud.kms import kms_url as make_url
 
     try:
         creds = load_credentials(credentials_file, iam_url=iam_url)
-    except CredentialsError:
+    except NoCredentials:  # others (a bad --iam-url, a broken file) say what is wrong
         raise CredentialsError("no IBM Cloud API key: set IBMCLOUD_API_KEY or put 'apikey' in "
                                "the credentials file") from None
     return KeyProtect(make_url(region, private_ep, kms_url), instance_id, creds.tokens())
