@@ -218,6 +218,32 @@ def test_keygen_dash_on_a_terminal_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "-").exists()
 
 
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_keygen_dash_unwritable_standard_output_is_one_line(tmp_path: Path, stdout: str) -> None:
+    """A full device or a closed standard output: one error line, exit 1, no traceback, and no
+    "wrote a key" (nothing was written)."""
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "lukspack", "keygen", "-"], cwd=tmp_path,
+                           env=cli_env(), stdout=full if stdout == "full" else None,
+                           stderr=subprocess.PIPE, timeout=60,
+                           preexec_fn=None if stdout == "full" else lambda: os.close(1))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err and "Exception" not in err, err
+    assert err.count("\n") == 1 and "-: cannot write the key to standard output" in err, err
+    assert "wrote" not in err and not (tmp_path / "-").exists()
+
+
+def test_a_result_on_a_full_standard_output_is_one_line(tmp_path: Path) -> None:
+    Cli(tmp_path)("sample", "s.raw", "--size", "4")
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "lukspack", "info", "--json", "s.raw"],
+                           cwd=tmp_path, env=cli_env(), stdout=full, stderr=subprocess.PIPE,
+                           timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err and err.count("\n") == 1, err
+    assert "standard output: cannot write the result: No space left on device" in err
+
 def test_verify_says_qemu_cannot_use_a_non_utf8_slot(tmp_path: Path, disk: Path) -> None:
     """An image whose slot holds a non-UTF-8 passphrase (what add-key wrote before the rule):
     lukspack opens it and says QEMU will not, as qemu-img shows."""
