@@ -103,6 +103,31 @@ def test_force_on_a_symbolic_link_replaces_the_link(tmp_path: Path, cli: Cli, ke
     assert leftovers(tmp_path) == []
 
 
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("points_to", ["nowhere", "directory"])
+def test_force_replaces_a_link_whatever_it_points_to(tmp_path: Path, cli: Cli, keyfile: Path,
+                                                     command: str, points_to: str) -> None:
+    """A dangling link, or one to a directory, is still a link: without --force it is refused
+    (before the source is read), with --force the link itself is replaced, as --help says."""
+    src = pattern_disk(tmp_path / "src.raw", 2)
+    source = src
+    if command == "decrypt":
+        source = tmp_path / "e.img"
+        cli("encrypt", src, source, "--key-file", keyfile, *FAST)
+    target = tmp_path / "nowhere" / "x.img"
+    if points_to == "directory":
+        target = tmp_path / "adir"
+        target.mkdir()
+    link = tmp_path / "link.img"
+    link.symlink_to(target)
+    err = cli.fails(*_args(command, source, str(link), keyfile))
+    assert "symbolic link" in err and "--force" in err, err
+    cli(*_args(command, source, str(link), keyfile), "--force")
+    assert not link.is_symlink() and link.is_file() and link.stat().st_size >= 2 << 20
+    assert not (tmp_path / "nowhere").exists() and (points_to != "directory" or target.is_dir())
+    assert leftovers(tmp_path) == []
+
 def test_help_says_what_force_replaces() -> None:
     from tests.helpers import run
 

@@ -69,15 +69,24 @@ def check_not_protected(path: str, protected: Iterable[tuple[str, str]]) -> None
 def output_kind(path: str, force: bool) -> str:
     """'new', 'file' (an existing regular file, --force given) or 'block' (a block device,
     --force given); anything else is refused with one line."""
+    link = os.path.islink(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if os.path.islink(path):
-            raise OutputError(f"{path}: is a dangling symbolic link") from None
+        if link:
+            if force:
+                return "file"  # --force replaces the link itself
+            raise OutputError(f"{path}: is a dangling symbolic link (use --force to replace the "
+                              "link)") from None
         return "new"
     except OSError as e:
         raise os_error(path, e, "checking the output") from None
     mode = st.st_mode
+    if link and not stat.S_ISBLK(mode):  # a link to a block device writes the device
+        if force:
+            return "file"  # the link is replaced, never what it points to
+        raise OutputError(f"{path}: already exists as a symbolic link (use --force to replace "
+                          "the link)")
     for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
