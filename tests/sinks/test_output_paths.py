@@ -54,6 +54,16 @@ def test_an_empty_output_is_a_usage_error(tmp_path: Path, cli: Cli, keyfile: Pat
     assert "OUTPUT is empty" in err and "no-such-source" not in err, err
 
 
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_dash_output_is_a_usage_error_not_a_file_named_dash(tmp_path: Path, cli: Cli,
+                                                            keyfile: Path, command: str) -> None:
+    """`-` is standard output to a cryptsetup/dd user; lukspack writes images to files (keygen's
+    rule): refused before the source is read, no file named `-`; `./-` names one."""
+    err = cli.fails(*_args(command, tmp_path / "no-such-source.raw", "-", keyfile), code=2)
+    assert "OUTPUT '-'" in err and "./-" in err and "no-such-source" not in err, err
+    assert not (tmp_path / "-").exists()
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_unwritable_directory_fails_before_the_source_is_read(keyfile: Path,
                                                                  command: str) -> None:

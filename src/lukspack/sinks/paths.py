@@ -102,12 +102,15 @@ def output_kind(path: str, force: bool) -> str:
 
 def check_output_path(path: str, force: bool, protected: Iterable[tuple[str, str]] = ()) -> str:
     """Everything about the output that can be known before the source is opened: a name
-    (UsageError for an empty one), not a directory's (a trailing /), not a protected file, a
+    (UsageError for an empty one or `-`), not a directory's (a trailing /), not a protected file, a
     kind output_kind allows, and for a file a directory that exists and that this process may
     write in. Returns output_kind's answer. The source's extent files are checked again when
     the sink is opened."""
     if not path:
         raise UsageError("OUTPUT is empty: name the file to write")
+    if path == "-":  # standard output to a dd or cryptsetup user; never a file named -
+        raise UsageError("OUTPUT '-': lukspack writes images to files, not standard output; "
+                         "name the file (./- for a file named -)")
     if path.endswith(("/", os.sep)):
         raise OutputError(f"{path}: ends in '/': name the file to write, not a directory")
     check_not_protected(path, protected)
