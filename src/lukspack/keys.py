@@ -116,6 +116,20 @@ def key_part(data: bytearray, size: int | None, offset: int, name: str) -> bytea
         wipe(data)
 
 
+def check_new_key_path(path: str) -> None:
+    """What write_key_file will refuse, said before any work (publish checks, KDFs, uploads):
+    `-` (UsageError: a new key goes to a file), an existing file, a missing directory."""
+    from lukspack.errors import UsageError
+
+    if path in ("", "-"):
+        raise UsageError(f"new key file {path!r}: name a file to write the new key to")
+    if os.path.lexists(path):
+        raise KeyFileError(f"{path}: already exists; lukspack never overwrites a key")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise KeyFileError(f"{path}: cannot create key file: directory {directory} does not exist")
+
+
 def write_key_file(path: str, data: bytes | bytearray) -> None:
     """Create path with mode 0600 holding data; never overwrites an existing file."""
     try:
