@@ -99,6 +99,19 @@ def test_non_utf8_passphrase_refused_as_qemu_refuses_it(tmp_path: Path, disk: Pa
         wrap_plaintext(NOT_UTF8, "vpc")
 
 
+
+def test_a_nul_byte_is_refused_as_qemu_refuses_it(tmp_path: Path, disk: Path) -> None:
+    """Valid UTF-8 with a NUL in it: QEMU still says "not valid UTF-8" (it validates the secret
+    as a C string), so the image would open in lukspack and never in QEMU or VPC."""
+    nul = write_key(tmp_path / "nul.key", b"abcdefghijklmnopqrstuvwxyz012345\0tail6789")
+    q = qemu_img_create_luks(tmp_path / "qemu.qcow2", nul)
+    assert q.returncode != 0 and b"not valid UTF-8" in q.stderr, q.stderr
+    err = Cli(tmp_path).fails("encrypt", disk, "o.qcow2", "--key-file", nul, *FAST,
+                              "--no-progress")
+    assert "cannot hold a NUL byte (at byte 32)" in err and not (tmp_path / "o.qcow2").exists(), err
+    with pytest.raises(KeyFileError, match="NUL"):
+        wrap_plaintext(nul.read_bytes(), "vpc")
+
 def test_utf8_passphrase_taken_as_qemu_takes_it(tmp_path: Path, disk: Path) -> None:
     from tests.images.flavours import qemu_compare_encrypted
 
