@@ -189,3 +189,23 @@ def test_verify_source_written_to_is_a_change_not_a_difference(tmp_path: Path, c
                                             r"written to \(modification time "):
         verify(str(enc), bytearray(keyfile.read_bytes()), str(src))
     assert done
+
+
+def test_check_of_a_source_written_to(tmp_path: Path, cli: Cli) -> None:
+    """`check` reads a few KiB, far less than the readers' 4 MiB between checks: a source
+    written to meanwhile is still an error (for publish and encrypt --target too), not a
+    report on what it held before and after."""
+    from lukspack.check import run_check
+    from lukspack.images import open_image
+
+    src = tmp_path / "disk.raw"
+    cli("sample", src, "--size", "16")
+    with open_image(str(src)) as image:
+        before = os.stat(src).st_mtime_ns
+        with open(src, "r+b") as f:  # after it was opened, before the check reads
+            f.seek(8 * MiB)
+            f.write(os.urandom(4096))
+        os.utime(src, ns=(before, before + 10**9))
+        with pytest.raises(SourceChanged, match=r"disk.raw: changed while it was read: it was "
+                                                r"written to"):
+            run_check(image, "vpc")
