@@ -247,6 +247,11 @@ def test_keygen_dash_unwritable_standard_output_is_one_line(tmp_path: Path, stdo
     assert "wrote" not in err and not (tmp_path / "-").exists()
 
 
+def test_keygen_empty_name_is_a_usage_error(tmp_path: Path) -> None:
+    err = Cli(tmp_path).fails("keygen", "", code=2)
+    assert "name a file to write the new key to" in err and os.listdir(tmp_path) == []
+
+
 def test_a_result_on_a_full_standard_output_is_one_line(tmp_path: Path) -> None:
     Cli(tmp_path)("sample", "s.raw", "--size", "4")
     with open("/dev/full", "wb") as full:

@@ -123,11 +123,13 @@ def keygen(file: str, target: str, nbytes: str | None) -> None:
     """Write a new key to FILE, mode 0600, never over an existing file ('-': standard output,
     refused on a terminal): a data encryption key (base64 of random bytes, one line, no
     newline) or, --for vpc, a random passphrase."""
-    from lukspack.keys import new_key
+    from lukspack.keys import check_new_key_path, new_key
 
     if file == "-" and sys.stdout is not None and sys.stdout.isatty():
         raise KeyFileError("-: refusing to print a key on a terminal (redirect standard output, "
                            "or give a file name)")
+    if file != "-":
+        check_new_key_path(file)  # an empty name is a usage error, as every OUTPUT's
     key, what = new_key(target, None if nbytes is None else int(nbytes))
     try:
         if file == "-":
