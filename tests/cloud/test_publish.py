@@ -246,6 +246,21 @@ def test_publish_kill_9_then_resume(cloud, s3, cos_env, tmp_path) -> None:
     assert not s3.client().list_multipart_uploads(Bucket=s3server.BUCKET).get("Uploads")
 
 
+def test_vpc_with_another_output_format_is_a_usage_error(tmp_path, capsys) -> None:
+    """--to vpc --output-format raw (or vhd) cannot work together: exit 2, before anything."""
+    for fmt in ("raw", "vhd"):
+        args = ["publish", str(tmp_path / "no-such-source.img"), "--to", "vpc", "--cos",
+                "cos://us-south/bucket", "--root-key-crn", "crn:v1:bluemix:public:kms:us-south:"
+                "a/0123456789abcdef0123456789abcdef:7c3d1b2a-0000-4000-8000-00000000abcd:key:"
+                "1f2e3d4c-0000-4000-8000-0000000000aa", "--kms-instance",
+                "7c3d1b2a-0000-4000-8000-00000000abcd", "--name", "img", "--os",
+                "debian-12-amd64", "--new-key-file", str(tmp_path / "k"), "--output-format", fmt,
+                "--endpoint-url", "http://127.0.0.1:9", "--iam-url", "http://127.0.0.1:9"]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and "--output-format must be qcow2" in err and err.count("\n") == 1
+        assert not (tmp_path / "k").exists()
+
+
 @pytest.mark.parametrize("new_key,code,says", [
     ("-", 2, "name a file to write the new key to"),
     ("exists.key", 1, "already exists; lukspack never overwrites a key"),

@@ -145,14 +145,15 @@ def preflight(plan: PublishPlan, say: Say, source: str | None = None,
     """Every check that needs no upload; raises at the first failure. key: the key file's content
     (None when a new key will be made, which passes by construction); source: the image the
     check reads (None: not checked, the caller did)."""
+    from lukspack.errors import UsageError  # options that cannot go together: exit 2
     from lukspack.keys import key_for_target
 
     if plan.target not in ("vpc", "classic"):
-        raise CloudError(f"--to {plan.target!r} must be vpc or classic")
+        raise UsageError(f"--to {plan.target!r} must be vpc or classic")
     if plan.target == "vpc" and plan.output_format not in (None, "qcow2"):
-        raise CloudError("VPC imports qcow2+LUKS: --output-format must be qcow2")
+        raise UsageError("VPC imports qcow2+LUKS: --output-format must be qcow2")
     if plan.target == "classic" and plan.format not in ("vhd", "raw"):
-        raise CloudError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
+        raise UsageError("classic imports the encrypted VHD or the 2018 LUKS RAW: --output-format "
                          "vhd or raw")
     notes: list[str] = []
     if key is not None:  # the rule wrap_key applies after the upload, applied before it
