@@ -116,13 +116,14 @@ def key_part(data: bytearray, size: int | None, offset: int, name: str) -> bytea
         wipe(data)
 
 
-def check_new_key_path(path: str) -> None:
-    """What write_key_file will refuse, said before any work (publish checks, KDFs, uploads):
-    `-` (UsageError: a new key goes to a file), an existing file, a missing directory."""
+def check_new_key_path(path: str, what: str = "the new key") -> None:
+    """What write_key_file will refuse, said before any work (publish checks, KDFs, uploads,
+    Key Protect calls): `""` or `-` (UsageError: it goes to a file), an existing file, a missing
+    directory."""
     from lukspack.errors import UsageError
 
     if path in ("", "-"):
-        raise UsageError(f"new key file {path!r}: name a file to write the new key to")
+        raise UsageError(f"{path!r}: name a file to write {what} to")
     if os.path.lexists(path):
         raise KeyFileError(f"{path}: already exists; lukspack never overwrites a key")
     directory = os.path.dirname(os.path.abspath(path))

@@ -136,3 +136,20 @@ def test_key_protect_credentials_errors_say_what_is_wrong(cloud, tmp_path, capsy
     code, _, err = run_cli([*base, "--iam-url", cloud.iam_url, "--credentials-file", str(bad)],
                            capsys)
     assert code == 1 and f"{bad}: credentials file is not valid JSON" in err, err
+
+
+
+@pytest.mark.parametrize("output,code,says", [
+    ("k.key", 1, "already exists"), ("nodir/w", 1, "does not exist"),
+    ("-", 2, "name a file to write the WDEK to")])
+def test_wrap_key_output_refused_before_key_protect(cloud, tmp_path, capsys, monkeypatch,
+                                                    output, code, says) -> None:
+    """An --output that cannot be written is said before Key Protect wraps anything (its
+    requests are counted by the stand-in)."""
+    monkeypatch.chdir(tmp_path)
+    key = keyfile(tmp_path, DEK)
+    got, _, err = run_cli(["wrap-key", "--key-file", str(key), "--for", "luks-raw",
+                           *cloud.kms_args(), "--output", output], capsys)
+    assert got == code and says in err and err.count("\n") == 1, err
+    assert key.read_bytes() == DEK and not (tmp_path / "-").exists()
+    assert cloud.kp.requests == [] and cloud.iam.requests == []

@@ -187,7 +187,10 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
              iam_url: str | None, output: str | None, no_check: bool, as_json: bool) -> None:
     """Wrap the key with a Key Protect root key, as the image service needs it back."""
     from lukspack.cloud.kms import wrap_key as do_wrap
+    from lukspack.keys import check_new_key_path
 
+    if output is not None:  # before Key Protect is asked: --output is never overwritten
+        check_new_key_path(output, "the WDEK")
     kp = _key_protect(region, instance_id, kms_url, private_ep, credentials_file, iam_url)
     with key_from(key_file, dek_rules=False) as key:
         r = do_wrap(kp, root_key_id, key, target, check=not no_check, name=key_file)
