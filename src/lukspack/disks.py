@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from lukspack.errors import LukspackError
+from lukspack.errors import FormatError, LukspackError
 from lukspack.images import DiskImage, open_image, open_source, sniff_file
 from lukspack.images.encrypted import (
     EncryptedImage,
@@ -57,6 +57,8 @@ def open_encrypted(path: str, passphrase: bytes | bytearray,
                    fmt: str | None = None) -> EncryptedImage:
     """Unlock an encrypted image with the key file; the reader decrypts."""
     kind = encryption_of(path, fmt)
+    if kind is None and fmt is None and not is_remote(path):
+        _refuse_plain(path)
     if kind == "vhd-crypt":
         from lukspack.images.vhd_crypt import open_encrypted_vhd
 
@@ -71,6 +73,20 @@ def open_encrypted(path: str, passphrase: bytes | bytearray,
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_plain(path: str) -> None:
+    """A plain image of a known format is named (`not encrypted (qcow2, no LUKS)`), not
+    described by the hex magic that LUKS parsing finds; a RAW one goes on to that parsing (a
+    damaged LUKS header is RAW to the sniffer, and its magic is then the useful part)."""
+    fd = _open_fd(path)
+    try:
+        found = sniff_file(path, fd)
+    finally:
+        os.close(fd)
+    if found.format not in ("raw", "luks") and not found.encrypted:
+        raise FormatError(f"{path}: not encrypted ({found.format}, no LUKS): there is no key "
+                          "slot to open")
 
 
 def open_disk(path: str, passphrase: bytes | bytearray | None = None,

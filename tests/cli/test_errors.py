@@ -114,6 +114,23 @@ def test_verify_detects_a_changed_source(tmp_path: Path, cli: Cli, keyfile: Path
                                               other)
 
 
+def test_a_plain_image_is_named_not_described_by_its_magic(tmp_path: Path, cli: Cli,
+                                                           keyfile: Path, src: Path) -> None:
+    """verify, --key-only and decrypt of a plain qcow2, VHD or VDI: 'not encrypted (FORMAT, no
+    LUKS)', as add-key says it, never the LUKS parser's hex magic."""
+    from tests.helpers import qemu_img
+
+    for fmt, ext in (("qcow2", "qcow2"), ("vpc", "vhd"), ("vdi", "vdi")):
+        img = tmp_path / f"plain.{ext}"
+        qemu_img("convert", "-f", "raw", "-O", fmt, str(src), str(img))
+        for args in (["verify", img, "--key-file", keyfile],
+                     ["verify", "--key-only", img, "--key-file", keyfile],
+                     ["decrypt", img, tmp_path / "d.raw", "--key-file", keyfile]):
+            err = cli.fails(*args)
+            assert f"not encrypted ({ext}, no LUKS)" in err and "magic" not in err, err
+    assert not (tmp_path / "d.raw").exists() and leftovers(tmp_path) == []
+
+
 def test_not_luks_and_truncated_luks(tmp_path: Path, cli: Cli, keyfile: Path, src: Path) -> None:
     assert "not a LUKS container" in cli.fails("verify", src, "--key-file", keyfile)
     out = tmp_path / "e.img"
