@@ -131,6 +131,20 @@ def test_a_plain_image_is_named_not_described_by_its_magic(tmp_path: Path, cli: 
     assert not (tmp_path / "d.raw").exists() and leftovers(tmp_path) == []
 
 
+def test_zeros_after_the_source_said_only_when_there_are_some(tmp_path: Path, cli: Cli,
+                                                               keyfile: Path) -> None:
+    """A 4 MiB source fills its 4 MiB payload: nothing after it; 2 MiB + 4 KiB is rounded up to
+    3 MiB: the rest decrypts to zeros, and verify says so."""
+    whole = pattern_disk(tmp_path / "whole.raw", 4)
+    cli("encrypt", whole, tmp_path / "w.img", "--key-file", keyfile, *FAST)
+    out = cli("verify", tmp_path / "w.img", "--key-file", keyfile, "--source", whole).stdout
+    assert f"matches {whole} ({4 << 20} bytes)" in out.decode() and b"decrypts to zeros" not in out, out
+    part = pattern_disk(tmp_path / "part.raw", 2, tail=4096)
+    cli("encrypt", part, tmp_path / "p.img", "--key-file", keyfile, *FAST)
+    out = cli("verify", tmp_path / "p.img", "--key-file", keyfile, "--source", part).stdout
+    assert b"; the rest decrypts to zeros)" in out, out
+
+
 def test_not_luks_and_truncated_luks(tmp_path: Path, cli: Cli, keyfile: Path, src: Path) -> None:
     assert "not a LUKS container" in cli.fails("verify", src, "--key-file", keyfile)
     out = tmp_path / "e.img"

@@ -176,8 +176,8 @@ def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: 
                       remote=remote_options_from(**cloud))
     lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
              f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
-    lines += [f"matches {r['source']} ({r['source_bytes']} bytes; the rest decrypts to zeros)"] \
-        if source else []
+    rest = "; the rest decrypts to zeros" if source and r["disk_bytes"] > r["source_bytes"] else ""
+    lines += [f"matches {r['source']} ({r['source_bytes']} bytes{rest})"] if source else []
     lines += [f"note: {n}" for n in r.get("notes", [])]
     emit(r, as_json, lines)
 
