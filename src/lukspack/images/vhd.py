@@ -132,7 +132,9 @@ class VhdImage(DiskImage):
         self.disk_type = footer["disk_type"]
         self.virtual_size = footer["current_size"]
         chs = footer["cylinders"] * footer["heads"] * footer["sectors_per_track"] * SECTOR
-        if chs != self.virtual_size:
+        # tapdisk (vhd-util, lukspack's encrypted VHDs: creator 'tap\0') and qemu for it read
+        # current_size: the note is for VHDs whose readers may use the CHS size
+        if chs != self.virtual_size and footer["creator_application"] != b"tap\x00":
             self.notes.append(f"CHS geometry gives {chs} bytes, current_size {self.virtual_size}; "
                               "current_size is used")
         if self.virtual_size % SECTOR:
