@@ -99,6 +99,19 @@ def test_non_utf8_passphrase_refused_as_qemu_refuses_it(tmp_path: Path, disk: Pa
         wrap_plaintext(NOT_UTF8, "vpc")
 
 
+
+def test_a_nul_byte_is_refused_as_qemu_refuses_it(tmp_path: Path, disk: Path) -> None:
+    """Valid UTF-8 with a NUL in it: QEMU still says "not valid UTF-8" (it validates the secret
+    as a C string), so the image would open in lukspack and never in QEMU or VPC."""
+    nul = write_key(tmp_path / "nul.key", b"abcdefghijklmnopqrstuvwxyz012345\0tail6789")
+    q = qemu_img_create_luks(tmp_path / "qemu.qcow2", nul)
+    assert q.returncode != 0 and b"not valid UTF-8" in q.stderr, q.stderr
+    err = Cli(tmp_path).fails("encrypt", disk, "o.qcow2", "--key-file", nul, *FAST,
+                              "--no-progress")
+    assert "cannot hold a NUL byte (at byte 32)" in err and not (tmp_path / "o.qcow2").exists(), err
+    with pytest.raises(KeyFileError, match="NUL"):
+        wrap_plaintext(nul.read_bytes(), "vpc")
+
 def test_utf8_passphrase_taken_as_qemu_takes_it(tmp_path: Path, disk: Path) -> None:
     from tests.images.flavours import qemu_compare_encrypted
 
@@ -217,6 +230,37 @@ def test_keygen_dash_on_a_terminal_is_refused(tmp_path: Path) -> None:
     assert p.returncode == 1 and b"refusing to print a key on a terminal" in p.stderr
     assert not (tmp_path / "-").exists()
 
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_keygen_dash_unwritable_standard_output_is_one_line(tmp_path: Path, stdout: str) -> None:
+    """A full device or a closed standard output: one error line, exit 1, no traceback, and no
+    "wrote a key" (nothing was written)."""
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "lukspack", "keygen", "-"], cwd=tmp_path,
+                           env=cli_env(), stdout=full if stdout == "full" else None,
+                           stderr=subprocess.PIPE, timeout=60,
+                           preexec_fn=None if stdout == "full" else lambda: os.close(1))
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err and "Exception" not in err, err
+    assert err.count("\n") == 1 and "-: cannot write the key to standard output" in err, err
+    assert "wrote" not in err and not (tmp_path / "-").exists()
+
+
+def test_keygen_empty_name_is_a_usage_error(tmp_path: Path) -> None:
+    err = Cli(tmp_path).fails("keygen", "", code=2)
+    assert "name a file to write the new key to" in err and os.listdir(tmp_path) == []
+
+
+def test_a_result_on_a_full_standard_output_is_one_line(tmp_path: Path) -> None:
+    Cli(tmp_path)("sample", "s.raw", "--size", "4")
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "lukspack", "info", "--json", "s.raw"],
+                           cwd=tmp_path, env=cli_env(), stdout=full, stderr=subprocess.PIPE,
+                           timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err and err.count("\n") == 1, err
+    assert "standard output: cannot write the result: No space left on device" in err
 
 def test_verify_says_qemu_cannot_use_a_non_utf8_slot(tmp_path: Path, disk: Path) -> None:
     """An image whose slot holds a non-UTF-8 passphrase (what add-key wrote before the rule):

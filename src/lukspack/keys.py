@@ -116,6 +116,21 @@ def key_part(data: bytearray, size: int | None, offset: int, name: str) -> bytea
         wipe(data)
 
 
+def check_new_key_path(path: str, what: str = "the new key") -> None:
+    """What write_key_file will refuse, said before any work (publish checks, KDFs, uploads,
+    Key Protect calls): `""` or `-` (UsageError: it goes to a file), an existing file, a missing
+    directory."""
+    from lukspack.errors import UsageError
+
+    if path in ("", "-"):
+        raise UsageError(f"{path!r}: name a file to write {what} to")
+    if os.path.lexists(path):
+        raise KeyFileError(f"{path}: already exists; lukspack never overwrites a key")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise KeyFileError(f"{path}: cannot create key file: directory {directory} does not exist")
+
+
 def write_key_file(path: str, data: bytes | bytearray) -> None:
     """Create path with mode 0600 holding data; never overwrites an existing file."""
     try:
@@ -172,7 +187,7 @@ def key_for_target(target: str, data: bytes | bytearray, name: str = "key file")
     """The one rule for what a key file means for each target (KeyFileError when it cannot serve):
 
     - vpc (qcow2+LUKS): the whole content is the passphrase. QEMU reads a secret as UTF-8 ("Data
-      from secret s0 is not valid UTF-8"), so other bytes are refused; a trailing newline is
+      from secret s0 is not valid UTF-8"), so other bytes, and NUL, are refused; a trailing newline is
       refused (write it with `printf %s`). Any other passphrase works (IBM's example is
       `abc123`): one that is not a DEK only gets a warning. Key Protect wraps base64(passphrase).
     - classic (encrypted VHD): the content is the XTS key (vhd_key): base64 text that decodes to
@@ -200,6 +215,10 @@ def key_for_target(target: str, data: bytes | bytearray, name: str = "key file")
         except UnicodeDecodeError as e:
             raise KeyFileError(f"{name}: a qcow2+LUKS passphrase must be UTF-8 text (QEMU "
                                f"refuses the secret: not valid UTF-8 at byte {e.start})") from None
+        if b"\0" in data:  # QEMU validates the secret as a C string: a NUL is "not UTF-8" too
+            raise KeyFileError(f"{name}: a qcow2+LUKS passphrase cannot hold a NUL byte (at byte "
+                               f"{bytes(data).index(0)}): QEMU refuses the secret as not valid "
+                               "UTF-8")
         rule = dek_rule_broken(data)
         notes = [] if rule is None else [
             f"{name}: IBM Cloud VPC takes this passphrase, but it is not a data encryption key "

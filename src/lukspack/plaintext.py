@@ -74,6 +74,8 @@ def decrypt_stream(enc: EncryptedImage, opts: StreamOptions, progress: ProgressF
             if theirs is not None:
                 hs.update(theirs)
             if theirs is not None and view[:n] != theirs:
+                source.check_unchanged()  # a source that moved says so, not "a difference"
+                enc.check_unchanged()
                 at = offset + first_difference(view[:n], theirs)
                 raise VerifyError(f"{enc.path}: does not decrypt to the source: first difference "
                                   f"at byte {at}")
@@ -123,6 +125,8 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
                     raise VerifyError(f"{image_path}: disk ({enc.virtual_size} bytes) is smaller "
                                       f"than the source ({src.virtual_size} bytes)")
                 result.update(decrypt_stream(enc, opts, progress, "verify", source=src))
+                src.check_unchanged()  # after the last read: a match with a moved source is none
+                enc.check_unchanged()
                 result["source"] = src.path
                 result["source_bytes"] = src.virtual_size
                 reads = source_reads(src)

@@ -118,3 +118,38 @@ def test_key_crn_parts() -> None:
     assert (c.service, c.region, c.instance_id, c.key_id) == ("kms", "eu-de", INSTANCE, ROOT_KEY)
     with pytest.raises(CloudError, match="CRN"):
         parse_key_crn("crn:v1:bluemix:public:kms:eu-de:nothing")
+
+
+@pytest.mark.parametrize("command", ["wrap-key", "unwrap-key"])
+def test_key_protect_credentials_errors_say_what_is_wrong(cloud, tmp_path, capsys,
+                                                          command) -> None:
+    """An API key is set: a malformed --iam-url or a broken credentials file is named, never
+    "no IBM Cloud API key" (which sent a user looking for a key they had set)."""
+    key = keyfile(tmp_path, DEK)
+    extra = ["--wdek-file", str(keyfile(tmp_path, b"x", "w"))] if command == "unwrap-key" else []
+    base = [command, "--key-file", str(key), "--for", "luks-raw", *cloud.kms_args()[:-2],
+            *extra]
+    code, _, err = run_cli([*base, "--iam-url", "iam.cloud.ibm.com"], capsys)
+    assert code == 1 and "no IBM Cloud API key" not in err, err
+    assert "--iam-url 'iam.cloud.ibm.com' must be an http(s) URL" in err
+    bad = keyfile(tmp_path, b"{not json", "creds.json")
+    code, _, err = run_cli([*base, "--iam-url", cloud.iam_url, "--credentials-file", str(bad)],
+                           capsys)
+    assert code == 1 and f"{bad}: credentials file is not valid JSON" in err, err
+
+
+
+@pytest.mark.parametrize("output,code,says", [
+    ("k.key", 1, "already exists"), ("nodir/w", 1, "does not exist"),
+    ("-", 2, "name a file to write the WDEK to")])
+def test_wrap_key_output_refused_before_key_protect(cloud, tmp_path, capsys, monkeypatch,
+                                                    output, code, says) -> None:
+    """An --output that cannot be written is said before Key Protect wraps anything (its
+    requests are counted by the stand-in)."""
+    monkeypatch.chdir(tmp_path)
+    key = keyfile(tmp_path, DEK)
+    got, _, err = run_cli(["wrap-key", "--key-file", str(key), "--for", "luks-raw",
+                           *cloud.kms_args(), "--output", output], capsys)
+    assert got == code and says in err and err.count("\n") == 1, err
+    assert key.read_bytes() == DEK and not (tmp_path / "-").exists()
+    assert cloud.kp.requests == [] and cloud.iam.requests == []

@@ -246,3 +246,42 @@ def test_publish_kill_9_then_resume(cloud, s3, cos_env, tmp_path) -> None:
          "--source", str(src)], env=cli_env())
     assert not state.exists()
     assert not s3.client().list_multipart_uploads(Bucket=s3server.BUCKET).get("Uploads")
+
+
+def test_vpc_with_another_output_format_is_a_usage_error(tmp_path, capsys) -> None:
+    """--to vpc --output-format raw (or vhd) cannot work together: exit 2, before anything."""
+    for fmt in ("raw", "vhd"):
+        args = ["publish", str(tmp_path / "no-such-source.img"), "--to", "vpc", "--cos",
+                "cos://us-south/bucket", "--root-key-crn", "crn:v1:bluemix:public:kms:us-south:"
+                "a/0123456789abcdef0123456789abcdef:7c3d1b2a-0000-4000-8000-00000000abcd:key:"
+                "1f2e3d4c-0000-4000-8000-0000000000aa", "--kms-instance",
+                "7c3d1b2a-0000-4000-8000-00000000abcd", "--name", "img", "--os",
+                "debian-12-amd64", "--new-key-file", str(tmp_path / "k"), "--output-format", fmt,
+                "--endpoint-url", "http://127.0.0.1:9", "--iam-url", "http://127.0.0.1:9"]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and "--output-format must be qcow2" in err and err.count("\n") == 1
+        assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("new_key,code,says", [
+    ("-", 2, "name a file to write the new key to"),
+    ("exists.key", 1, "already exists; lukspack never overwrites a key"),
+    ("nodir/new.key", 1, "does not exist"),
+])
+def test_new_key_file_refused_before_anything(tmp_path, capsys, monkeypatch, new_key, code,
+                                              says) -> None:
+    """A --new-key-file that cannot be written is said first: not after the image's check, the
+    Key Protect test and the IAM token (here there is no cloud at all: any contact would fail
+    with another message)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exists.key").write_bytes(b"keep")
+    args = ["publish", str(tmp_path / "no-such-source.img"), "--to", "vpc", "--cos",
+            "cos://us-south/bucket", "--root-key-crn", "crn:v1:bluemix:public:kms:us-south:a/"
+            "0123456789abcdef0123456789abcdef:7c3d1b2a-0000-4000-8000-00000000abcd:key:"
+            "1f2e3d4c-0000-4000-8000-0000000000aa", "--kms-instance",
+            "7c3d1b2a-0000-4000-8000-00000000abcd", "--name", "img", "--os", "debian-12-amd64",
+            "--new-key-file", new_key, "--endpoint-url", "http://127.0.0.1:9", "--kms-url",
+            "http://127.0.0.1:9", "--iam-url", "http://127.0.0.1:9", "--no-progress"]
+    got, out, err = run_cli(args, capsys)
+    assert got == code and says in err and err.count("\n") == 1, err
+    assert (tmp_path / "exists.key").read_bytes() == b"keep" and not (tmp_path / "-").exists()

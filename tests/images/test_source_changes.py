@@ -157,3 +157,56 @@ def test_decrypt_of_an_image_that_shrinks(tmp_path: Path, cli: Cli, keyfile: Pat
         decrypt(str(enc), str(out), bytearray(keyfile.read_bytes()),
                 progress=shrink_at_first_progress(enc, size - 32 * MiB))
     assert not out.exists() and not leftovers(tmp_path)
+
+
+
+def test_verify_source_written_to_is_a_change_not_a_difference(tmp_path: Path, cli: Cli,
+                                                               keyfile: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """verify --source reads a source too: one written to while verify compares says so, never
+    "does not decrypt to the source" (the image is fine; the source moved). The write lands in
+    the very read that follows it, before the reader's next periodic check."""
+    from lukspack.images.raw import RawImage
+    from lukspack.plaintext import verify
+
+    src = sparse_raw(tmp_path / "disk.raw", 64 * MiB)
+    enc = tmp_path / "enc.img"
+    cli("encrypt", src, enc, "--key-file", keyfile, *FAST)
+    real = RawImage._read_allocated
+    done: list[int] = []
+
+    def read(self: RawImage, offset: int, view: memoryview) -> None:
+        if self.path == str(src) and offset >= 32 * MiB and not done:
+            done.append(offset)
+            before = os.stat(src).st_mtime_ns
+            with open(src, "r+b") as f:  # other bytes where this read is, same size
+                f.seek(offset)
+                f.write(os.urandom(len(view)))
+            os.utime(src, ns=(before, before + 10**9))
+        real(self, offset, view)
+    monkeypatch.setattr(RawImage, "_read_allocated", read)
+    with pytest.raises(SourceChanged, match=r"disk.raw: changed while it was read: it was "
+                                            r"written to \(modification time "):
+        verify(str(enc), bytearray(keyfile.read_bytes()), str(src))
+    assert done
+
+
+def test_check_of_a_source_written_to(tmp_path: Path, cli: Cli) -> None:
+    """`check` reads a few KiB, far less than the readers' 4 MiB between checks: a source
+    written to meanwhile is still an error (for publish and encrypt --target too), not a
+    report on what it held before and after."""
+    from lukspack.check import run_check
+    from lukspack.images import open_image
+
+    src = tmp_path / "disk.raw"
+    cli("sample", src, "--size", "16")
+    with open_image(str(src)) as image:
+        before = os.stat(src).st_mtime_ns
+        with open(src, "r+b") as f:  # after it was opened, before the check reads
+            f.seek(8 * MiB)
+            f.write(os.urandom(4096))
+        os.utime(src, ns=(before, before + 10**9))
+        with pytest.raises(SourceChanged, match=r"disk.raw: changed while it was read: it was "
+                                                r"written to"):
+            run_check(image, "vpc")

@@ -54,6 +54,16 @@ def test_an_empty_output_is_a_usage_error(tmp_path: Path, cli: Cli, keyfile: Pat
     assert "OUTPUT is empty" in err and "no-such-source" not in err, err
 
 
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_dash_output_is_a_usage_error_not_a_file_named_dash(tmp_path: Path, cli: Cli,
+                                                            keyfile: Path, command: str) -> None:
+    """`-` is standard output to a cryptsetup/dd user; lukspack writes images to files (keygen's
+    rule): refused before the source is read, no file named `-`; `./-` names one."""
+    err = cli.fails(*_args(command, tmp_path / "no-such-source.raw", "-", keyfile), code=2)
+    assert "OUTPUT '-'" in err and "./-" in err and "no-such-source" not in err, err
+    assert not (tmp_path / "-").exists()
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_unwritable_directory_fails_before_the_source_is_read(keyfile: Path,
                                                                  command: str) -> None:
@@ -102,6 +112,31 @@ def test_force_on_a_symbolic_link_replaces_the_link(tmp_path: Path, cli: Cli, ke
     assert target.read_bytes() == b"the file the link points to"
     assert leftovers(tmp_path) == []
 
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("points_to", ["nowhere", "directory"])
+def test_force_replaces_a_link_whatever_it_points_to(tmp_path: Path, cli: Cli, keyfile: Path,
+                                                     command: str, points_to: str) -> None:
+    """A dangling link, or one to a directory, is still a link: without --force it is refused
+    (before the source is read), with --force the link itself is replaced, as --help says."""
+    src = pattern_disk(tmp_path / "src.raw", 2)
+    source = src
+    if command == "decrypt":
+        source = tmp_path / "e.img"
+        cli("encrypt", src, source, "--key-file", keyfile, *FAST)
+    target = tmp_path / "nowhere" / "x.img"
+    if points_to == "directory":
+        target = tmp_path / "adir"
+        target.mkdir()
+    link = tmp_path / "link.img"
+    link.symlink_to(target)
+    err = cli.fails(*_args(command, source, str(link), keyfile))
+    assert "symbolic link" in err and "--force" in err, err
+    cli(*_args(command, source, str(link), keyfile), "--force")
+    assert not link.is_symlink() and link.is_file() and link.stat().st_size >= 2 << 20
+    assert not (tmp_path / "nowhere").exists() and (points_to != "directory" or target.is_dir())
+    assert leftovers(tmp_path) == []
 
 def test_help_says_what_force_replaces() -> None:
     from tests.helpers import run

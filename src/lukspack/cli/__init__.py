@@ -49,11 +49,18 @@ _shown: set[str] = set()  # warnings already on stderr in this run (see _show_wa
 def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     """The result on stdout (text lines or JSON); its warnings on stderr, after it, but for
     those the library issued when they happened (before the work): they are not repeated."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False))
-    else:
-        for line in lines:
-            click.echo(line)
+    try:
+        if as_json:
+            click.echo(json.dumps(data, indent=2, sort_keys=False))
+        else:
+            for line in lines:
+                click.echo(line)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a full device, an I/O error: one line, not a traceback
+        raise LukspackError(f"standard output: cannot write the result: {e.strerror}") from None
     for note in data.get("warnings", []):
         if note not in _shown:
             warnings.warn(note, stacklevel=2)
@@ -116,22 +123,36 @@ def keygen(file: str, target: str, nbytes: str | None) -> None:
     """Write a new key to FILE, mode 0600, never over an existing file ('-': standard output,
     refused on a terminal): a data encryption key (base64 of random bytes, one line, no
     newline) or, --for vpc, a random passphrase."""
-    from lukspack.keys import new_key
+    from lukspack.keys import check_new_key_path, new_key
 
-    if file == "-" and sys.stdout.isatty():
+    if file == "-" and sys.stdout is not None and sys.stdout.isatty():
         raise KeyFileError("-: refusing to print a key on a terminal (redirect standard output, "
                            "or give a file name)")
+    if file != "-":
+        check_new_key_path(file)  # an empty name is a usage error, as every OUTPUT's
     key, what = new_key(target, None if nbytes is None else int(nbytes))
     try:
         if file == "-":
-            sys.stdout.buffer.write(key)
-            sys.stdout.buffer.flush()
+            _key_to_stdout(key)
         else:
             write_key_file(file, key)
     finally:
         wipe(key)
     click.echo(f"wrote {what} to " + ("standard output" if file == "-" else
                                        f"{file} (mode 0600)"), err=True)
+
+
+def _key_to_stdout(key: bytearray) -> None:
+    """Write key to file descriptor 1 unbuffered (no copy left in a Python buffer to flush at
+    exit); a closed or full standard output is one KeyFileError line."""
+    view = memoryview(key)
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        while view:
+            view = view[os.write(1, view) :]
+    except OSError as e:
+        raise KeyFileError(f"-: cannot write the key to standard output: {e.strerror}") from None
 
 
 # -- command modules ---------------------------------------------------------------------------
@@ -217,8 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError:
         click.echo("lukspack: error: out of memory", err=True)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None when the shell closed it (`>&-`)
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:
+            code = code or 1
     if code in (130, 143):
         os._exit(code)  # worker threads may still be finishing a chunk
     sys.exit(code)

@@ -117,14 +117,14 @@ def _cos(endpoint_type: str, endpoint_url: str | None, credentials_file: str | N
 
 def _key_protect(region: str, instance_id: str, kms_url: str | None, private_ep: bool,
                  credentials_file: str | None, iam_url: str | None) -> Any:
-    from lukspack.cloud.credentials import load_credentials
+    from lukspack.cloud.credentials import NoCredentials, load_credentials
     from lukspack.cloud.errors import CredentialsError
     from lukspack.cloud.kms import KeyProtect
     from lukspack.cloud.kms import kms_url as make_url
 
     try:
         creds = load_credentials(credentials_file, iam_url=iam_url)
-    except CredentialsError:
+    except NoCredentials:  # others (a bad --iam-url, a broken file) say what is wrong
         raise CredentialsError("no IBM Cloud API key: set IBMCLOUD_API_KEY or put 'apikey' in "
                                "the credentials file") from None
     return KeyProtect(make_url(region, private_ep, kms_url), instance_id, creds.tokens())
@@ -188,7 +188,10 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
              iam_url: str | None, output: str | None, no_check: bool, as_json: bool) -> None:
     """Wrap the key with a Key Protect root key, as the image service needs it back."""
     from lukspack.cloud.kms import wrap_key as do_wrap
+    from lukspack.keys import check_new_key_path
 
+    if output is not None:  # before Key Protect is asked: --output is never overwritten
+        check_new_key_path(output, "the WDEK")
     kp = _key_protect(region, instance_id, kms_url, private_ep, credentials_file, iam_url)
     with key_from(key_file, dek_rules=False) as key:
         r = do_wrap(kp, root_key_id, key, target, check=not no_check, name=key_file)

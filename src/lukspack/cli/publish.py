@@ -71,6 +71,10 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
     if new_key_bytes is not None and (new_key_file is None or target == "vpc"):
         raise click.UsageError("--new-key-bytes goes with --new-key-file for --to classic (a new "
                                "VPC key is a 44-character passphrase)")
+    if new_key_file is not None:
+        from lukspack.keys import check_new_key_path
+
+        check_new_key_path(new_key_file)  # before the checks and the image's check run
     cos_opts = CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
                           credentials_file=credentials_file, iam_url=iam_url,
                           part_size=part_size * MiB, concurrency=concurrency, resume=resume)

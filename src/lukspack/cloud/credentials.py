@@ -30,6 +30,10 @@ API_KEY_ENV = "IBMCLOUD_API_KEY"
 MAX_FILE_BYTES = 64 * 1024
 
 
+class NoCredentials(CredentialsError):
+    """Neither HMAC keys nor an API key anywhere (the other CredentialsErrors: one is broken)."""
+
+
 @dataclass(frozen=True)
 class HmacKeys:
     access_key_id: str
@@ -119,6 +123,6 @@ def load_credentials(credentials_file: str | None = None, env: Mapping[str, str]
         return Credentials(file_hmac, api_key, path, iam)
     if api_key:
         return Credentials(None, api_key, API_KEY_ENV if env.get(API_KEY_ENV) else path, iam)
-    raise CredentialsError("no credentials: set COS_HMAC_ACCESS_KEY_ID and "
+    raise NoCredentials("no credentials: set COS_HMAC_ACCESS_KEY_ID and "
                            f"COS_HMAC_SECRET_ACCESS_KEY, or {API_KEY_ENV}, or write a "
                            f"credentials file ({DEFAULT_CREDENTIALS_FILE} or --credentials-file)")

@@ -10,9 +10,10 @@ disk inside an OVA tar, read in place); every file offset a reader uses is relat
 `check_unchanged()` raises SourceChanged when a file the image reads was truncated, grew or was
 written to since it was opened; `read_into` checks once per CHECK_EVERY bytes it reads (every
 engine chunk; not every 4 KiB read of `check`), a short read checks before it says "past the
-end", and the engine, `convert` and `decrypt` once more after the last read, before anything is
-committed, so what a source held while it changed never becomes an output (a sparse RAW that
-shrinks would otherwise read as zeros past its new end).
+end", and the engine, `convert`, `decrypt`, `verify --source` and `check` once more after the
+last read, before anything is committed or reported, so what a source held while it changed
+never becomes an output (a sparse RAW that shrinks would otherwise read as zeros past its new
+end).
 `warnings` holds one-line notes about the source that are not errors (a RAW file with no partition
 table); the CLI prints them.
 """

@@ -69,15 +69,24 @@ def check_not_protected(path: str, protected: Iterable[tuple[str, str]]) -> None
 def output_kind(path: str, force: bool) -> str:
     """'new', 'file' (an existing regular file, --force given) or 'block' (a block device,
     --force given); anything else is refused with one line."""
+    link = os.path.islink(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if os.path.islink(path):
-            raise OutputError(f"{path}: is a dangling symbolic link") from None
+        if link:
+            if force:
+                return "file"  # --force replaces the link itself
+            raise OutputError(f"{path}: is a dangling symbolic link (use --force to replace the "
+                              "link)") from None
         return "new"
     except OSError as e:
         raise os_error(path, e, "checking the output") from None
     mode = st.st_mode
+    if link and not stat.S_ISBLK(mode):  # a link to a block device writes the device
+        if force:
+            return "file"  # the link is replaced, never what it points to
+        raise OutputError(f"{path}: already exists as a symbolic link (use --force to replace "
+                          "the link)")
     for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -93,12 +102,15 @@ def output_kind(path: str, force: bool) -> str:
 
 def check_output_path(path: str, force: bool, protected: Iterable[tuple[str, str]] = ()) -> str:
     """Everything about the output that can be known before the source is opened: a name
-    (UsageError for an empty one), not a directory's (a trailing /), not a protected file, a
+    (UsageError for an empty one or `-`), not a directory's (a trailing /), not a protected file, a
     kind output_kind allows, and for a file a directory that exists and that this process may
     write in. Returns output_kind's answer. The source's extent files are checked again when
     the sink is opened."""
     if not path:
         raise UsageError("OUTPUT is empty: name the file to write")
+    if path == "-":  # standard output to a dd or cryptsetup user; never a file named -
+        raise UsageError("OUTPUT '-': lukspack writes images to files, not standard output; "
+                         "name the file (./- for a file named -)")
     if path.endswith(("/", os.sep)):
         raise OutputError(f"{path}: ends in '/': name the file to write, not a directory")
     check_not_protected(path, protected)
