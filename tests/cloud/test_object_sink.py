@@ -12,6 +12,7 @@ import pytest
 from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import MiB, source_identity
 from lukspack.errors import Interrupted, VerifyError
+from lukspack.sinks.base import AfterCommit
 from lukspack.sinks.object import ObjectSink, ObjectSinkOptions, open_object_sink
 from tests.cloud import s3server
 
@@ -67,7 +68,7 @@ def test_stream_assembles_parts_by_number(cos_env, s3, obj, prefix_size, total) 
     image[hole[0]:hole[1]] = bytes(hole[1] - hole[0])
     sink = open_object_sink(obj, ObjectSinkOptions(part_size=5 * MiB, concurrency=2,
                                                    verify_remote=True))
-    assert sink.read_back() is None and sink.concurrent_writes is False
+    assert isinstance(sink.read_back(), AfterCommit) and sink.concurrent_writes is False
     drive(sink, image, prefix_size, hole=hole if total > hole[1] else None)
     assert download(s3, obj) == image
     assert sink.output_sha256() == hashlib.sha256(image).hexdigest()

@@ -26,6 +26,7 @@ import numpy as np
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import BlockRuns, DiskImage, Extent
 from lukspack.images.crc32c import crc32c_zeroed
+from lukspack.images.source import ByteSource
 from lukspack.images.vhdx_log import Replay, active_sequence, replay
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -76,7 +77,7 @@ def _name(guid: bytes) -> str:
 class VhdxImage(DiskImage):
     format_name = "vhdx"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource, window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         self._real_size = self.file_size
         self.replay: Replay | None = None

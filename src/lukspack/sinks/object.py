@@ -7,8 +7,8 @@ prefix (part 1: LUKS header, qcow2 header and tables, and the first payload byte
 full. S3 assembles parts by number, not by arrival. Memory: the held parts, plus part size
 times (concurrency + 1).
 
-Verification without a local file: read_back() is None (no part can be read before the upload
-is complete); the server checks each part's Content-MD5; once complete, published_source() gives
+Verification without a local file: read_back() is AfterCommit (no part can be read before the
+upload is complete); the server checks each part's Content-MD5; once complete, published_source() gives
 the object as a ByteSource (ranged GETs, remote.RemoteFile, pinned to the ETag) and the engine
 reads it back through the decrypting reader (readback.py); withdraw() deletes the object when
 that fails. With verify_remote the object is also read back with parallel ranged GETs, each part
@@ -50,8 +50,9 @@ from lukspack.cloud.multipart import (
 )
 from lukspack.cloud.s3 import cloud_error
 from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha256, resumable_failure
+from lukspack.images.source import ByteSource
 from lukspack.options import fingerprint_change
-from lukspack.sinks.base import ReadAt
+from lukspack.sinks.base import AfterCommit, ReadBack
 
 ZEROS = bytes(1 << 20)
 READ_BACK_CACHE = 16 << 20  # the block cache of the read-back through the reader
@@ -67,6 +68,7 @@ class ObjectSinkOptions(CosOptions):
 
 class ObjectSink:
     concurrent_writes = False
+    direct = False  # no O_DIRECT: parts are sent from memory
 
     def __init__(self, location: str, options: ObjectSinkOptions | None = None) -> None:
         self.location = location
@@ -191,8 +193,12 @@ class ObjectSink:
             view, pos = view[take:], pos + take
         self._prefix_filled += len(data)
 
-    def read_back(self) -> ReadAt | None:
-        return None
+    def read_back(self) -> ReadBack:
+        """After commit only: the object through ranged GETs, deleted when it does not verify."""
+        return AfterCommit(self.published_source, self.withdraw)
+
+    def start_writeback(self) -> None:
+        """Nothing to start: full parts are already on their way."""
 
     def keep_key_material(self, data: bytes) -> None:
         if self._journal is not None and not self.resumed:
@@ -237,14 +243,15 @@ class ObjectSink:
                 {n: r.sha256 for n, r in records.items()})
         return str(self.loc)
 
-    def published_source(self) -> Any:
+    def published_source(self) -> ByteSource:
         """After commit(): the object as a ByteSource (ranged GETs through the block cache of
         remote.RemoteFile, pinned to the ETag it has now), for the engine's read-back. The
         read-back is sequential: a 16 MiB cache holds its read-ahead (4 blocks of 1 MiB)."""
         from lukspack.remote import RemoteOptions, open_remote
 
-        return open_remote(self.location, RemoteOptions(
+        src: ByteSource = open_remote(self.location, RemoteOptions(
             cos=self.options, workers=self.options.concurrency, cache_bytes=READ_BACK_CACHE))
+        return src
 
     def withdraw(self) -> str:
         """After commit(): delete the object (its read-back failed); says what was done."""
