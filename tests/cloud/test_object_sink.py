@@ -142,3 +142,18 @@ def test_verify_error_aborts_even_when_resumable(cos_env, s3, obj) -> None:
             sink.abort()
             raise
     assert no_uploads(s3)
+
+
+def test_the_object_sink_provides_every_declared_member(cos_env, s3, obj) -> None:
+    """As tests/sinks/test_declared.py for the file sinks: nothing the engine uses is probed."""
+    from lukspack.sinks.base import Sink
+    from tests.sinks.test_declared import missing
+
+    sink = open_object_sink(obj, ObjectSinkOptions(part_size=5 * MiB))
+    try:
+        assert missing(sink, Sink) == [] and isinstance(sink, Sink)
+        assert sink.direct is False and sink.saved_key_material is None
+        assert sink.output_sha256() is None  # without verify_remote: a streamed object's
+        sink.start_writeback()  # nothing to start: a no-op
+    finally:
+        sink.abort()
