@@ -95,20 +95,21 @@ class VhdxImage(DiskImage):
 
     # -- headers and regions -------------------------------------------------------------------
     def _current_header(self) -> dict[str, Any]:
-        found, problems = [], []
+        found: list[dict[str, Any]] = []
+        problems: list[str] = []
         for i, off in enumerate(HEADER_OFFSETS):
             raw = self.pread(off, HEADER_SIZE, f"header {i + 1}")
-            h = HEADER.unpack_from(raw)
-            if h[0] != b"head":
-                problems.append(f"header {i + 1} signature {h[0]!r}")
+            fields = HEADER.unpack_from(raw)
+            if fields[0] != b"head":
+                problems.append(f"header {i + 1} signature {fields[0]!r}")
                 continue
-            if crc32c_zeroed(raw, 4) != h[1]:
-                problems.append(f"header {i + 1} checksum 0x{h[1]:08x} is wrong (computed "
+            if crc32c_zeroed(raw, 4) != fields[1]:
+                problems.append(f"header {i + 1} checksum 0x{fields[1]:08x} is wrong (computed "
                                 f"0x{crc32c_zeroed(raw, 4):08x})")
                 continue
             found.append(dict(zip(("signature", "checksum", "sequence_number", "file_write_guid",
                                    "data_write_guid", "log_guid", "log_version", "version",
-                                   "log_length", "log_offset"), h, strict=True)))
+                                   "log_length", "log_offset"), fields, strict=True)))
         if not found:
             raise FormatError(f"{self.path}: no valid VHDX header ({'; '.join(problems)})")
         h = max(found, key=lambda x: x["sequence_number"])
