@@ -136,7 +136,21 @@ def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | No
     try:
         yield image
     finally:
-        key = getattr(image, "key", None)
+        key = image.key if isinstance(image, EncryptedImage) else None
         image.close()
-        if isinstance(key, bytearray):
+        if key is not None:
+            wipe(key)
+
+
+@contextlib.contextmanager
+def unlocked_encrypted(path: str, passphrase: bytes | bytearray,
+                       fmt: str | None = None) -> Iterator[EncryptedImage]:
+    """open_encrypted for a with-block: the decrypting reader, closed and its key wiped after."""
+    image = open_encrypted(path, passphrase, fmt)
+    try:
+        yield image
+    finally:
+        key = image.key
+        image.close()
+        if key is not None:
             wipe(key)

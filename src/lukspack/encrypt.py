@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from lukspack.containers.base import Container
@@ -25,7 +24,7 @@ from lukspack.options import (
     output_format,
 )
 from lukspack.remote import source_reads
-from lukspack.sinks.base import Sink
+from lukspack.sinks.base import Sink, SinkFactory
 from lukspack.sinks.file import open_file_output
 from lukspack.sinks.paths import check_output_path
 
@@ -52,7 +51,7 @@ def make_container(image: DiskImage, output: str, opts: EncryptOptions) -> Conta
     if fmt == "vhd":
         from lukspack.containers.encrypted_vhd import EncryptedVhd
 
-        return EncryptedVhd(image.virtual_size, name=name)  # type: ignore[return-value]
+        return EncryptedVhd(image.virtual_size, name=name)
     assert opts.kdf is not None and opts.luks_type is not None and opts.key_bytes is not None
     if fmt == "qcow2":
         return Qcow2Luks(image.virtual_size, opts.kdf, luks_type=opts.luks_type, name=name,
@@ -70,6 +69,7 @@ def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
         from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
 
         sink_options = opts.sink_options
+        # a caller's untyped options reach open_object_sink, which refuses them in one line
         if isinstance(sink_options, ObjectSinkOptions) and sink_options.fingerprint is None:
             # what a --resume must find unchanged (options.fingerprint)
             fmt = output_format(output, opts.output_format, opts.target)
@@ -81,14 +81,15 @@ def make_sink(output: str, opts: EncryptOptions, sources: tuple[str, ...],
 
 
 def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: EncryptOptions,
-            progress: ProgressFn | None = None, *, sink: Sink | Callable[[], Sink] | None = None,
+            progress: ProgressFn | None = None, *, sink: SinkFactory | None = None,
             key_material: bytes | None = None,
             protected: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Encrypt a disk image into output (a path, a block device or cos://REGION/BUCKET/OBJECT);
     returns a summary. protected: (what, path) of files the output must not be (key files).
-    sink: a sink, or a function that makes one once the options have been checked (nothing is
-    created for a run that fails its checks); a resumable sink's saved key material is used
-    when key_material is not given."""
+    sink: a function that makes the sink once the options have been checked (nothing is
+    created for a run that fails its checks; `lambda: sink` for one already made); None: the
+    sink the output names (make_sink). A resumable sink's saved key material is used when
+    key_material is not given."""
     fmt = output_format(output, opts.output_format, opts.target)
     for_format(opts, fmt)  # usage errors first
     log.info("output %s: %s, %s", output, FORMAT_NAMES[format_name(fmt)],
@@ -121,14 +122,12 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
             t1 = time.perf_counter()
             report = ensure_fit(image, opts.target)  # CheckFailed names the failures
             log.info("check for %s: passed in %.3f s", opts.target, time.perf_counter() - t1)
-        if sink is None:
-            sink = make_sink(output, opts, source_files(image), protected)
-        elif callable(sink) and not hasattr(sink, "write"):
-            sink = sink()
+        made: Sink = make_sink(output, opts, source_files(image), protected) if sink is None \
+            else sink()
         if key_material is None:
-            key_material = getattr(sink, "saved_key_material", None)
+            key_material = made.saved_key_material
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
-            summary = encrypt_image(image, container, sink, passphrase, opts.stream, progress,
+            summary = encrypt_image(image, container, made, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)
         if key_notes:
             summary.setdefault("warnings", []).extend(key_notes)

@@ -26,23 +26,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lukspack import digest, interrupt
 from lukspack.containers.base import ChunkPlan, Container
-from lukspack.crypto.sector import make_sector_cipher
+from lukspack.crypto.sector import SectorCipher, make_sector_cipher
 from lukspack.errors import LukspackError, VerifyError
 from lukspack.images import announce
 from lukspack.images.base import DiskImage
+from lukspack.images.source import ByteSource
 from lukspack.keys import wipe
 from lukspack.luks.kdf import KdfCache
 from lukspack.options import StreamOptions
 from lukspack.pipeline import run_stream
 from lukspack.readback import SourceDigests, open_output, read_back
-from lukspack.sinks.base import Sink
+from lukspack.sinks.base import AfterCommit, BeforeCommit, Sink
 
 ProgressFn = Callable[[str, int, int], None]
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def phase_progress(progress: ProgressFn | None, phase: str, total: int
@@ -53,30 +55,31 @@ def phase_progress(progress: ProgressFn | None, phase: str, total: int
     return lambda done: progress(phase, done, total)
 
 
-class Background:
+class Background(Generic[T]):
     """Run fn in a thread now; join() gives its result or raises its exception."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._box: dict[str, Any] = {}
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._value: list[T] = []  # [fn's result] once it returned
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
 
-    def _run(self, fn: Callable[[], Any]) -> None:
+    def _run(self, fn: Callable[[], T]) -> None:
         try:
-            self._box["value"] = fn()
+            self._value.append(fn())
         except BaseException as e:  # re-raised in the caller's thread by join()
-            self._box["error"] = e
+            self._error = e
 
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def join(self) -> Any:
+    def join(self) -> T:
         while self._thread.is_alive():
             interrupt.check()
             self._thread.join(0.1)  # short waits keep the main thread responsive to signals
-        if "error" in self._box:
-            raise self._box["error"]
-        return self._box.get("value")
+        if self._error is not None:
+            raise self._error
+        return self._value[0]
 
 
 def encrypt_image(image: DiskImage, container: Container, sink: Sink,
@@ -133,18 +136,23 @@ class _Run:
         self.image, self.container, self.sink = image, container, sink
         self.passphrase, self.volume_key, self.opts = passphrase, volume_key, opts
         self.progress, self.key_material, self.cache = progress, key_material, cache
-        self.read_at = sink.read_back() if opts.verify else None  # a file's bytes, before commit
-        # through the reader: a file before commit; an object once the upload is complete
-        self.before_commit = self.read_at is not None and hasattr(sink, "output_source")
-        self.after_commit = opts.verify and not self.before_commit and \
-            hasattr(sink, "published_source")
-        self.tee = opts.verify and not self.before_commit and not self.after_commit
+        # through the reader: a file before commit; an object once the upload is complete; a
+        # sink that declares neither gets the tee
+        readback = sink.read_back() if opts.verify else None
+        self.before: BeforeCommit | None = readback if isinstance(readback, BeforeCommit) \
+            else None
+        self.after: AfterCommit | None = readback if isinstance(readback, AfterCommit) else None
+        self.before_commit = self.before is not None
+        self.after_commit = self.after is not None
+        self.tee = opts.verify and readback is None
         self.source_digests: SourceDigests | None = None
         self.digest = digest.DiskDigest(container.disk_size, image.virtual_size) \
             if opts.plaintext_digest else None
         self.kept = False
+        self.direct = False
+        self.header: Background[bytes] | None = None
 
-    def new_cipher(self) -> Any:
+    def new_cipher(self) -> SectorCipher:
         c = self.container
         return make_sector_cipher(c.cipher_name, c.cipher_mode, self.volume_key, c.sector_size)
 
@@ -163,7 +171,8 @@ class _Run:
             self.digest.update(offset, view if allocated else None, n)
         return self.container.plan(offset, view if allocated else None, allocated)
 
-    def transform_factory(self) -> Callable[[memoryview, int, ChunkPlan], Any]:
+    def transform_factory(self) -> Callable[[memoryview, int, ChunkPlan],
+                                            tuple[ChunkPlan, bool]]:
         cipher = self.new_cipher()
         check = self.new_cipher() if self.tee else None
         concurrent = self.sink.concurrent_writes and not self.opts.verify
@@ -171,18 +180,18 @@ class _Run:
 
         digests = self.source_digests
 
-        def transform(view: memoryview, offset: int, plan: ChunkPlan) -> Any:
+        def transform(view: memoryview, offset: int, plan: ChunkPlan) -> tuple[ChunkPlan, bool]:
             if digests is not None:
                 digests.add(offset, view)
             want = digest.runs_digest(view, plan.runs) if check is not None and plan.runs \
                 else None
             for r in plan.runs:
                 cipher.encrypt(view[r.start : r.start + r.length], r.iv_sector)
-            if want is not None:  # tee: decrypt a copy again before it leaves
+            if want is not None and check is not None:  # tee: decrypt a copy again before it leaves
                 d = digest.new(digest.VERIFY)
                 for r in plan.runs:
                     copy = bytearray(view[r.start : r.start + r.length])
-                    check.decrypt(copy, r.iv_sector)  # type: ignore[union-attr]
+                    check.decrypt(copy, r.iv_sector)
                     d.update(copy)
                 if d.digest() != want:
                     raise VerifyError(f"{sink.location}: verification failed: the chunk at "
@@ -195,20 +204,21 @@ class _Run:
 
         return transform
 
-    def write(self, offset: int, view: memoryview, meta: Any) -> None:  # this thread, in order
+    def write(self, offset: int, view: memoryview, meta: tuple[ChunkPlan, bool]
+              ) -> None:  # this thread, in order
         plan, written = meta
-        placements: list[tuple[int, Any]] = list(plan.metadata)
+        placements: list[tuple[int, bytes | memoryview]] = list(plan.metadata)
         if not written:
             placements += [(r.dest, view[r.start : r.start + r.length]) for r in plan.runs]
         placements.sort(key=lambda p: p[0])
         for dest, data in placements:
             self.sink.write(dest, data)
-        if not self.kept and self.header.done():
-            self._keep()
+        if not self.kept and self.header is not None and self.header.done():
+            self._keep(self.header)
 
-    def _keep(self) -> None:
+    def _keep(self, header: Background[bytes]) -> None:
         self.kept = True
-        self.sink.keep_key_material(self.header.join())
+        self.sink.keep_key_material(header.join())
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -217,11 +227,11 @@ class _Run:
         announce(self.image)  # the checks passed (space too): its notes come before the work
         if self.key_material is None:
             c.prepare()  # Argon2 calibration, before the payload threads load the CPU
-            self.header = Background(lambda: c.build_key_material(
+            header = self.header = Background(lambda: c.build_key_material(
                 self.volume_key, self.passphrase, self.cache))
         else:
             material = self.key_material
-            self.header = Background(lambda: material)
+            header = self.header = Background(lambda: material)
         chunk = max(c.chunk_align, opts.chunk_size // c.chunk_align * c.chunk_align)
         if opts.verify and not self.tee:
             self.source_digests = SourceDigests(c.stream_size, chunk)
@@ -235,52 +245,50 @@ class _Run:
                    progress=phase_progress(self.progress, "encrypt", c.stream_size))
         self.image.check_unchanged()  # after the last read, before anything is committed
         log.info("stage encrypt: %.3f s for %d bytes", time.perf_counter() - t0, c.stream_size)
-        if hasattr(sink, "start_writeback"):
-            sink.start_writeback()  # the disk drains while the key slot is derived
+        sink.start_writeback()  # a file's disk drains while the key slot is derived
         t0 = time.perf_counter()
-        key_material = self.header.join()
+        key_material = header.join()
         log.info("stage key slot: waited %.3f s for the key derivation after the stream",
                  time.perf_counter() - t0)
         t0 = time.perf_counter()
         if not self.kept:
-            self._keep()
+            self._keep(header)
         fin = c.finish(key_material)
         for dest, data in fin.trailer:
             sink.write(dest, data)
         if opts.verify:  # on the bytes in memory, before they are placed
             c.check_prefix(fin.prefix, self.passphrase, self.volume_key, self.cache)
         sink.write_prefix(0, fin.prefix)
-        if self.read_at is not None:
+        if self.before is not None:
             for dest, data in [(0, fin.prefix), *fin.trailer]:
-                if self.read_at(dest, len(data)) != data:
+                if self.before.read_at(dest, len(data)) != data:
                     raise VerifyError(f"{sink.location}: verification failed: the "
                                       f"{len(data)} bytes at output offset {dest} read back "
                                       "differently")
         log.info("stage header: built, checked and placed in %.3f s",
                  time.perf_counter() - t0)
-        if self.before_commit:  # before anything is published
-            self._read_back(sink.output_source(fin.total_size))  # type: ignore[attr-defined]
-        self.direct = bool(getattr(sink, "direct", False))
+        if self.before is not None:  # before anything is published
+            self._read_back(self.before.source(fin.total_size))
+        self.direct = sink.direct
         t0 = time.perf_counter()
         sink.finish(fin.total_size)
         log.info("stage finish: %.3f s (durable)", time.perf_counter() - t0)
         t0 = time.perf_counter()
         location = sink.commit()
         log.info("stage commit: %.3f s (%s)", time.perf_counter() - t0, location)
-        if self.after_commit:
+        if self.after is not None:
             try:
-                self._read_back(sink.published_source())  # type: ignore[attr-defined]
+                self._read_back(self.after.source())
             except BaseException as e:
-                note = sink.withdraw()  # type: ignore[attr-defined]
+                note = self.after.withdraw()
                 if isinstance(e, LukspackError) and note:  # one line says what is left
                     e.args = (f"{e}; {note}",)
                 raise
         # after commit: an object's bytes are in order only once the upload is complete
-        out_sha = sink.output_sha256() if opts.output_digest and \
-            hasattr(sink, "output_sha256") else None
+        out_sha = sink.output_sha256() if opts.output_digest else None
         return self._summary(location, fin.total_size, out_sha)
 
-    def _read_back(self, source: Any) -> None:
+    def _read_back(self, source: ByteSource) -> None:
         """The output as written, through the decrypting reader, against the source's digests."""
         c, sink = self.container, self.sink
         assert self.source_digests is not None

@@ -11,11 +11,14 @@ unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lukspack.errors import UsageError
 from lukspack.luks.format import HeaderFields, KdfOptions
 from lukspack.pipeline import CHUNK_SIZE, WORKERS
+
+if TYPE_CHECKING:  # sinks.object imports this module: the name for checkers only
+    from lukspack.sinks.object import ObjectSinkOptions
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
 # qemu-img's names (-O) for what lukspack writes: vpc is its VHD, luks its LUKS RAW
@@ -62,7 +65,7 @@ class EncryptOptions:
     stream: StreamOptions = field(default_factory=StreamOptions)
     target: str | None = None  # vpc | classic: check the source first (check/), pick the format
     skip_check: bool = False
-    sink_options: Any = None  # options of a non-file sink (object storage)
+    sink_options: ObjectSinkOptions | None = None  # an object-storage output's (cos://)
     source_options: Any = None  # a remote source's (remote.RemoteOptions; None: from the env)
 
 

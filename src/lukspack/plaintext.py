@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lukspack.disks import unlocked_disk
+from lukspack.disks import unlocked_encrypted
 from lukspack.engine import ProgressFn, phase_progress
 from lukspack.errors import VerifyError
 from lukspack.images import DiskImage, open_image
@@ -32,7 +32,7 @@ from lukspack.sinks.paths import check_output_path
 Write = Callable[[int, memoryview], None]
 
 
-def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
+def first_difference(a: memoryview | bytes | bytearray, b: memoryview | bytes | bytearray) -> int:
     x = np.frombuffer(a, dtype=np.uint8)
     y = np.frombuffer(b, dtype=np.uint8)
     return int(np.flatnonzero(x != y)[0])
@@ -47,7 +47,7 @@ def decrypt_stream(enc: EncryptedImage, opts: StreamOptions, progress: ProgressF
     h = hashlib.sha256()
     hs = hashlib.sha256()  # the source's own bytes
     src_size = source.virtual_size if source is not None else 0
-    unit = max(enc.unit, getattr(enc, "cluster_size", 0))
+    unit = enc.chunk_align
     chunk = max(unit, opts.chunk_size // unit * unit)
 
     def read(offset: int, view: memoryview) -> Any:
@@ -95,15 +95,8 @@ def decrypt_stream(enc: EncryptedImage, opts: StreamOptions, progress: ProgressF
 
 
 def _describe(enc: EncryptedImage) -> dict[str, Any]:
-    vol = getattr(enc, "vol", None)
-    d: dict[str, Any] = {"image": enc.path, "format": enc.format_name}
-    if vol is not None:
-        d["type"] = f"luks{vol.version}"
-        d["cipher"] = vol.cipher
-    else:
-        d["type"] = enc.format_name
-        d["cipher"] = getattr(enc, "cipher", "aes-xts-plain")
-    return d
+    e = enc.describe()
+    return {"image": enc.path, "format": enc.format_name, "type": e.type, "cipher": e.cipher}
 
 
 def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = None,
@@ -114,7 +107,7 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     its options `remote`), compare byte for byte."""
     opts = opts or StreamOptions()
     started = time.perf_counter()
-    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
+    with unlocked_encrypted(image_path, passphrase) as enc:
         result = _describe(enc)
         if source is None:
             result.update(decrypt_stream(enc, opts, progress, "verify"))
@@ -161,7 +154,7 @@ def test_key(image_path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
     open --test-passphrase`): LUKS and qcow2+LUKS unlock a key slot (its digest checked); an
     encrypted VHD compares the key hash. WrongKeyError when it does not open."""
     started = time.perf_counter()
-    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
+    with unlocked_encrypted(image_path, passphrase) as enc:
         result = {**_describe(enc), "key_opens": True}
         notes = qemu_key_notes(enc, passphrase)
         if notes:
@@ -172,10 +165,11 @@ def test_key(image_path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
 
 def _notes(enc: EncryptedImage) -> dict[str, Any]:
     """What a person should know about what was read (vhd-util's quirk blocks)."""
-    notes = list(getattr(enc, "notes", []) or [])
-    quirks = getattr(enc, "quirk_sectors", 0)
-    if quirks:
-        blocks = sorted(getattr(enc, "quirk_blocks", ()))
+    e = enc.describe()
+    notes = list(e.notes)
+    quirks = e.quirks.sectors if e.quirks is not None else 0
+    if e.quirks is not None:
+        blocks = e.quirks.blocks
         notes.append(f"{quirks} sectors in blocks {', '.join(map(str, blocks[:8]))}"
                      f"{' ...' if len(blocks) > 8 else ''} are marked present but hold all-zero "
                      "ciphertext: what `vhd-util copy` leaves for sectors its source did not "
@@ -194,7 +188,7 @@ def decrypt(image_path: str, output: str, passphrase: bytes | bytearray, *, forc
     all-zero 4 KiB blocks are not written, as `qemu-img convert -O raw` leaves them."""
     opts = opts or StreamOptions()
     check_output_path(output, force, (("image", image_path), *protected))  # before any read
-    with unlocked_disk(image_path, passphrase, encrypted=True) as enc:
+    with unlocked_encrypted(image_path, passphrase) as enc:
         sink = open_file_output(output, force=force, mode=0o600,
                                 protected=(("image", image_path), *protected))
         with sink:

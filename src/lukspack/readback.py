@@ -62,7 +62,8 @@ class SourceDigests:
         i = offset // self.chunk
         if not self.read[i]:
             return not _any(plain)
-        return xxhash.xxh3_128_digest(plain) == self.digests[i].tobytes()
+        stored: bytes = self.digests[i].tobytes()
+        return xxhash.xxh3_128_digest(plain) == stored
 
     def matches_zeros(self, offset: int, n: int) -> bool:
         """Whether the source's chunk at offset (n bytes) was zeros: a hole the engine did not
@@ -73,7 +74,8 @@ class SourceDigests:
         zero = self._zeros.get(n)
         if zero is None:
             zero = self._zeros[n] = xxhash.xxh3_128_digest(bytes(n))
-        return zero == self.digests[i].tobytes()
+        stored: bytes = self.digests[i].tobytes()
+        return zero == stored
 
 
 def _any(view: memoryview | bytes) -> bool:
@@ -121,11 +123,11 @@ def open_output(kind: str, src: ByteSource, name: str, passphrase: bytes | bytea
 
         key = decode_vhd_key(passphrase)
         try:
-            return EncryptedVhdImage(name, src, key)  # type: ignore[arg-type]
+            return EncryptedVhdImage(name, src, key)
         finally:
             wipe(key)
     if kind == "qcow2":
-        qcow, vol = open_qcow2_luks(name, src)  # type: ignore[arg-type]
+        qcow, vol = open_qcow2_luks(name, src)
         return Qcow2LuksImage(qcow, vol, vol.unlock(passphrase, cache))
     from lukspack.luks import open_luks
     from lukspack.luks.volume import bytes_reader
@@ -137,7 +139,7 @@ def open_output(kind: str, src: ByteSource, name: str, passphrase: bytes | bytea
         return data
 
     vol = open_luks(name, -1, read_at, size=src.size)
-    return LuksRawImage(name, src, vol, vol.unlock(passphrase, cache))  # type: ignore[arg-type]
+    return LuksRawImage(name, src, vol, vol.unlock(passphrase, cache))
 
 
 def read_back(open_reader: Callable[[], EncryptedImage], digests: SourceDigests, *,
@@ -195,9 +197,9 @@ def read_back(open_reader: Callable[[], EncryptedImage], digests: SourceDigests,
         except LukspackError as e:  # a table entry or offset the reader refuses
             raise VerifyError(f"{fail}: reading the output back: {e}") from None
     finally:
-        key = getattr(enc, "key", None)
+        key = enc.key
         enc.close()
-        if isinstance(key, bytearray):
+        if key is not None:
             key[:] = bytes(len(key))
 
 

@@ -12,6 +12,7 @@ import pytest
 from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import MiB, source_identity
 from lukspack.errors import Interrupted, VerifyError
+from lukspack.sinks.base import AfterCommit
 from lukspack.sinks.object import ObjectSink, ObjectSinkOptions, open_object_sink
 from tests.cloud import s3server
 
@@ -67,7 +68,7 @@ def test_stream_assembles_parts_by_number(cos_env, s3, obj, prefix_size, total) 
     image[hole[0]:hole[1]] = bytes(hole[1] - hole[0])
     sink = open_object_sink(obj, ObjectSinkOptions(part_size=5 * MiB, concurrency=2,
                                                    verify_remote=True))
-    assert sink.read_back() is None and sink.concurrent_writes is False
+    assert isinstance(sink.read_back(), AfterCommit) and sink.concurrent_writes is False
     drive(sink, image, prefix_size, hole=hole if total > hole[1] else None)
     assert download(s3, obj) == image
     assert sink.output_sha256() == hashlib.sha256(image).hexdigest()
@@ -141,3 +142,18 @@ def test_verify_error_aborts_even_when_resumable(cos_env, s3, obj) -> None:
             sink.abort()
             raise
     assert no_uploads(s3)
+
+
+def test_the_object_sink_provides_every_declared_member(cos_env, s3, obj) -> None:
+    """As tests/sinks/test_declared.py for the file sinks: nothing the engine uses is probed."""
+    from lukspack.sinks.base import Sink
+    from tests.sinks.test_declared import missing
+
+    sink = open_object_sink(obj, ObjectSinkOptions(part_size=5 * MiB))
+    try:
+        assert missing(sink, Sink) == [] and isinstance(sink, Sink)
+        assert sink.direct is False and sink.saved_key_material is None
+        assert sink.output_sha256() is None  # without verify_remote: a streamed object's
+        sink.start_writeback()  # nothing to start: a no-op
+    finally:
+        sink.abort()

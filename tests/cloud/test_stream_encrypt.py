@@ -86,7 +86,7 @@ def test_streamed_encryption_uses_sink_options(cos_env, s3, disk, keyfile, tmp_p
     sink_opts = ObjectSinkOptions(part_size=5 * MiB, concurrency=2, verify_remote=True)
     sink = open_object_sink(loc, sink_opts)
     opts = EncryptOptions(kdf=KdfOptions(force_iterations=1000), sink_options=sink_opts)
-    s = encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=sink)
+    s = encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=lambda: sink)
     data = fetch(s3, loc, tmp_path / "o.qcow2").read_bytes()
     assert sink.output_sha256() == hashlib.sha256(data).hexdigest()
     assert len(data) == s["total_bytes"]
@@ -118,13 +118,13 @@ def test_open_streamed_resumes_an_interrupted_encryption(cos_env, s3, disk, keyf
     ObjectSink._send = send_then_stop  # type: ignore[method-assign]
     try:
         with pytest.raises(Interrupted, match="--resume"):
-            encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=first)
+            encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=lambda: first)
     finally:
         ObjectSink._send = real_send  # type: ignore[method-assign]
     sink_opts.resume = True
     again = open_streamed(loc, str(disk), sink_opts, fp)
     assert again.saved_key_material
-    encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=again,
+    encrypt(str(disk), loc, bytearray(keyfile.read_bytes()), opts, sink=lambda: again,
             key_material=again.saved_key_material)
     assert again.kept_parts == 3  # parts 2-4 were on the server with the same MD5
     got = fetch(s3, loc, tmp_path / "r.qcow2")

@@ -287,6 +287,11 @@ def test_quirk_sectors_are_detected_and_read_as_tapdisk_does(samples: Path,
         buf = bytearray(img.virtual_size)
         img.read_into(0, buf)
         assert img.quirk_sectors == 3 and img.quirk_blocks == {2}
+        from lukspack.images.encrypted import Quirks
+
+        d = img.describe()  # the typed description plaintext.py reports from
+        assert (d.type, d.cipher, d.volume, d.quirks) == ("vhd", "aes-xts-plain", None,
+                                                          Quirks(3, (2,)))
         assert img.info()["encrypted_vhd"]["quirk_blocks"] == [2]
         assert scan_quirk_sectors(img) == (3, [2])
     e = encrypted_vhd_info(str(path), scan_quirks=True)["encrypted_vhd"]

@@ -330,7 +330,7 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         # target here, so encrypt does not run it again
         opts = dataclasses.replace(encrypt_options, output_format=plan.format,
                                    sink_options=sink_opts, target=None, skip_check=False)
-        s = encrypt(source, str(loc), key, opts, progress, sink=sink,
+        s = encrypt(source, str(loc), key, opts, progress, sink=lambda: sink,
                     key_material=sink.saved_key_material)
         sha = sink.output_sha256()
         summary["resumed_parts"] = sink.kept_parts

@@ -30,20 +30,18 @@ from lukspack.cloud.multipart import (
     BufferPool,
     Journal,
     MiB,
-    PartRecord,
     PartSender,
     ProgressFn,
     abort_upload,
-    choose_part_size,
     complete_upload,
     identity_change,
-    list_server_parts,
     part_count,
     part_range,
     source_identity,
     state_path,
     upload_exists,
 )
+from lukspack.cloud.resume import Multipart, plan_part_size
 from lukspack.cloud.s3 import cloud_error, is_transient, make_client
 from lukspack.errors import Interrupted, LukspackError
 
@@ -139,7 +137,7 @@ def read_back_sha256(client: Any, loc: CosLocation, total: int, part_size: int, 
     def get(off: int, ln: int) -> bytes:
         try:
             r = client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={off}-{off + ln - 1}")
-            data = r["Body"].read()
+            data: bytes = r["Body"].read()
         except Exception as e:
             raise cloud_error(e, f"{loc}: read back bytes {off}+{ln}") from None
         if len(data) != ln:
@@ -196,7 +194,7 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
         if not upload_exists(client, loc, journal.upload["upload_id"]):
             journal.remove()
             journal = None
-    part_size = journal.upload["part_size"] if journal else choose_part_size(size, opts.part_size)
+    part_size = journal.upload["part_size"] if journal else plan_part_size(size, opts.part_size)
     summary: dict[str, Any] = {"location": str(loc), "endpoint": ep, "bytes": size,
                                "part_size": part_size, "resumed": journal is not None}
     if journal is None and size <= part_size:
@@ -213,27 +211,18 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
         return _finish(summary, client, loc, size, part_size, opts, progress, t0)
     if journal is None:
         sha = sha256_file(path, size, progress)
-        try:
-            r = client.create_multipart_upload(Bucket=loc.bucket, Key=loc.key,
-                                               ContentType="application/octet-stream",
-                                               Metadata={SHA256_METADATA: sha})
-        except Exception as e:
-            raise cloud_error(e, f"{loc}: create multipart upload") from None
-        upload_id = r["UploadId"]
-        try:
-            journal = Journal.create(spath, {
-                "version": 1, "kind": "upload", "location": str(loc), "endpoint": ep,
-                "upload_id": upload_id, "part_size": part_size, "total_size": size,
-                "sha256": sha, "source": ident})
-        except OSError as e:
-            abort_upload(client, loc, upload_id)
-            raise CloudError(f"{spath}: cannot write upload state: {e.strerror}") from None
+        mp = Multipart.start(client, loc, spath, {
+            "version": 1, "kind": "upload", "location": str(loc), "endpoint": ep,
+            "total_size": size, "sha256": sha, "source": ident}, part_size,
+            metadata={SHA256_METADATA: sha})
+    else:
+        mp = Multipart.resume(client, loc, journal)
+    journal = mp.journal
     upload_id, sha = journal.upload["upload_id"], journal.upload["sha256"]
     sender = PartSender(client, loc, upload_id, journal, opts.concurrency, progress, size,
                         part_sha256=False)
     try:
-        kept = _send_parts(path, size, part_size, sender, journal, client, loc,
-                           summary["resumed"])
+        kept = _send_parts(path, size, part_size, sender, mp)
         sender.wait()
         etag = complete_upload(client, loc, upload_id, sender.records)
     except BaseException as e:
@@ -253,11 +242,8 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
     return _finish(summary, client, loc, size, part_size, opts, progress, t0)
 
 
-def _send_parts(path: str, size: int, part_size: int, sender: PartSender, journal: Journal,
-                client: Any, loc: CosLocation, resumed: bool) -> int:
+def _send_parts(path: str, size: int, part_size: int, sender: PartSender, mp: Multipart) -> int:
     """Submit every part the server does not already hold intact; returns how many it held."""
-    server = list_server_parts(client, loc, journal.upload["upload_id"]) if resumed else {}
-    kept = 0
     buffers = BufferPool(part_size)
     with open(path, "rb") as f:
         fd = f.fileno()
@@ -265,16 +251,13 @@ def _send_parts(path: str, size: int, part_size: int, sender: PartSender, journa
             data = buffers.take() if ln == part_size else bytearray(ln)
             if os.preadv(fd, [data], off) != ln:
                 raise CloudError(f"{path}: changed size while being uploaded")
-            if n in server and server[n][0] == ln:
-                md5 = hashlib.md5(data).hexdigest()
-                rec = journal.parts.get(n)
-                if md5 == server[n][1] or (rec and rec.etag == server[n][1] and rec.md5 == md5):
-                    sender.done(n, PartRecord(ln, server[n][1], md5, ""))
-                    buffers.give(data)
-                    kept += 1
-                    continue
+            held = mp.held(n, data, sha256=False)
+            if held is not None:
+                sender.done(n, held)
+                buffers.give(data)
+                continue
             sender.submit(n, data, buffers)
-    return kept
+    return mp.kept
 
 
 def _finish(summary: dict[str, Any], client: Any, loc: CosLocation, size: int, part_size: int,

@@ -19,7 +19,7 @@ A container turns the guest disk, streamed in order in chunks, into an output im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Placement = tuple[int, bytes]  # (output offset, plaintext bytes)
 
@@ -55,11 +55,16 @@ class Finished:
     total_size: int  # the output's size in bytes
 
 
+@runtime_checkable
 class Container(Protocol):
+    """Every member the engine, encrypt and the read-back use; nothing is probed."""
+
     name: str  # output format: "luks1", "luks2", "qcow2", "vhd"
     sparse: bool  # unallocated source extents produce no runs (and are never read)
     chunk_align: int  # the engine's chunks are whole multiples of this many bytes
     stream_size: int  # guest bytes the engine streams (the virtual size, rounded up)
+    disk_size: int  # bytes of the encrypted disk as it decrypts (what the read-back must find)
+    size_hint: int  # an upper bound of the output's size (RAW LUKS: its exact size)
     prefix_size: int  # [0, prefix_size) is written last, from finish()
     key_bytes: int  # volume key length
     cipher_name: str

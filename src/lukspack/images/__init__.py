@@ -123,7 +123,7 @@ def _open_ova(path: str, fd: ByteSource, disk: int | None) -> DiskImage:
 
 def source_files(image: DiskImage) -> tuple[str, ...]:
     """Every file an image reads (a VMDK descriptor names extent files): none may be an output."""
-    return tuple(getattr(image, "files", (image.path,)))
+    return image.files
 
 
 def open_bytes(path: str, remote: Any = None) -> ByteSource:
@@ -135,7 +135,8 @@ def open_bytes(path: str, remote: Any = None) -> ByteSource:
     if is_remote(path):
         from lukspack.remote import open_remote
 
-        return open_remote(path, remote)
+        src: ByteSource = open_remote(path, remote)
+        return src
     fd = open_source(path)
     try:
         src = LocalFile(fd, path)

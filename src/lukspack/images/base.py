@@ -129,6 +129,11 @@ class DiskImage:
             out["ova"] = dict(self.archive)
         return out
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file the image reads, by name (a VMDK's extent files add theirs)."""
+        return (self.path,)
+
     def sources(self) -> tuple[ByteSource, ...]:
         """Every byte source the image reads (a VMDK's extent files add theirs)."""
         return (self.source,)

@@ -5,6 +5,8 @@ Each gives `read_ciphertext(offset, view)`: fill the view with the stored cipher
 range (zeros where nothing is stored) and return its runs `(start in view, length, IV sector)`;
 `new_cipher()` gives a cipher for one thread. read_into is those two, for a caller that wants
 plaintext; the streaming decrypt path (plaintext.py) calls them on different threads.
+`describe()` says what the image is encrypted with (Encryption: type, cipher, the LUKS volume,
+notes, vhd-util's quirk sectors), the same typed description for every reader.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from lukspack.crypto.sector import SectorCipher
@@ -25,16 +28,53 @@ from lukspack.luks.volume import LuksVolume, file_reader
 CipherRuns = list[tuple[int, int, int]]  # (start in the view, length, IV in 512-byte units)
 
 
+@dataclass(frozen=True)
+class Quirks:
+    """vhd-util's quirk: sectors marked present that hold all-zero ciphertext."""
+
+    sectors: int
+    blocks: tuple[int, ...]  # the VHD blocks holding them, ascending
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """What an encrypted image is encrypted with, and what a reader should tell about it."""
+
+    type: str  # "luks1", "luks2"; the format name when there is no LUKS header ("vhd")
+    cipher: str  # "aes-xts-plain64", the encrypted VHD's "aes-xts-plain"
+    volume: LuksVolume | None  # the LUKS header that was unlocked; None: the encrypted VHD
+    notes: tuple[str, ...] = ()  # facts about the image that are not errors (a damaged footer)
+    quirks: Quirks | None = None  # found so far by the reads (vhd-util's copy); None: none
+
+
+def luks_encryption(vol: LuksVolume) -> Encryption:
+    return Encryption(f"luks{vol.version}", vol.cipher, vol)
+
+
+class ThreadCipher(threading.local):
+    cipher: SectorCipher | None = None  # this thread's, made on first use
+
+
 class EncryptedImage(DiskImage):
     """Base of the decrypting readers; subclasses set `unit` (the data unit, 512 or 4096) and
-    implement read_ciphertext and new_cipher."""
+    implement read_ciphertext, new_cipher and describe. `key` is the unlocked key (wiped by
+    whoever opened the image, after close); `chunk_align` the unit a streaming read's chunks are
+    whole multiples of (a qcow2 cluster)."""
 
     encrypted = True
     unit = 512
+    key: bytearray | None = None
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int | ByteSource) -> None:
         super().__init__(path, fd)
-        self._local = threading.local()
+        self._local = ThreadCipher()
+
+    @property
+    def chunk_align(self) -> int:
+        return self.unit
+
+    def describe(self) -> Encryption:
+        raise NotImplementedError
 
     def new_cipher(self) -> SectorCipher:
         raise NotImplementedError
@@ -43,7 +83,7 @@ class EncryptedImage(DiskImage):
         raise NotImplementedError
 
     def _cipher(self) -> SectorCipher:
-        c = getattr(self._local, "cipher", None)
+        c = self._local.cipher
         if c is None:
             c = self._local.cipher = self.new_cipher()
         return c
@@ -73,12 +113,16 @@ class LuksRawImage(EncryptedImage):
 
     format_name = "luks"
 
-    def __init__(self, path: str, fd: int, vol: LuksVolume, key: bytearray) -> None:
+    def __init__(self, path: str, fd: int | ByteSource, vol: LuksVolume, key: bytearray) -> None:
         super().__init__(path, fd)
-        self.vol, self.key = vol, key
+        self.vol = vol
+        self.key: bytearray = key
         self.unit = vol.sector_size
         self.virtual_size = vol.payload_size
         self.format_name = f"luks{vol.version}"
+
+    def describe(self) -> Encryption:
+        return luks_encryption(self.vol)
 
     def new_cipher(self) -> SectorCipher:
         return self.vol.sector_cipher(self.key)
@@ -103,9 +147,17 @@ class Qcow2LuksImage(EncryptedImage):
 
     def __init__(self, qcow: Qcow2Image, vol: LuksVolume, key: bytearray) -> None:
         super().__init__(qcow.path, qcow.source)  # a local file or a remote object
-        self.qcow, self.vol, self.key = qcow, vol, key
+        self.qcow, self.vol = qcow, vol
+        self.key: bytearray = key
         self.virtual_size = qcow.virtual_size
         self.cluster_size = qcow.cluster_size
+
+    @property
+    def chunk_align(self) -> int:
+        return max(self.unit, self.cluster_size)
+
+    def describe(self) -> Encryption:
+        return luks_encryption(self.vol)
 
     def new_cipher(self) -> SectorCipher:
         return self.vol.sector_cipher(self.key)
@@ -128,7 +180,7 @@ class Qcow2LuksImage(EncryptedImage):
 
 def open_qcow2_luks(path: str, fd: int | ByteSource) -> tuple[Qcow2Image, LuksVolume]:
     """Open an encrypted qcow2 and parse the LUKS header its crypto extension points to."""
-    qcow = Qcow2Image(path, fd, allow_encrypted=True)  # type: ignore[arg-type]
+    qcow = Qcow2Image(path, fd, allow_encrypted=True)
     if qcow.crypto_header is None:
         raise UnsupportedError(f"{path}: is a qcow2 image without encryption; there is nothing "
                                "to unlock")

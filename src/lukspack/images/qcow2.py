@@ -42,6 +42,7 @@ from lukspack.images.qcow2_header import (
     ZERO,
     parse_header,
 )
+from lukspack.images.source import ByteSource
 
 __all__ = ["MAGIC", "Qcow2Image"]
 
@@ -51,7 +52,7 @@ class Qcow2Image(DiskImage):
 
     format_name = "qcow2"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None, *,
+    def __init__(self, path: str, fd: int | ByteSource, window: tuple[int, int] | None = None, *,
                  allow_encrypted: bool = False) -> None:
         super().__init__(path, fd, window)
         head = self.pread(0, min(self.file_size, 1 << 16), "header")

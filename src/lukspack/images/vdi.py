@@ -29,6 +29,7 @@ import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import BlockRuns, DiskImage, Extent
+from lukspack.images.source import ByteSource
 
 SIGNATURE = 0xBEDA107F
 SIGNATURE_AT = 0x40
@@ -64,7 +65,7 @@ class VdiImage(DiskImage):
 
     format_name = "vdi"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource, window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         if self.file_size < HEADER_END:
             raise FormatError(f"{path}: VDI header is truncated (file size {self.file_size} < "

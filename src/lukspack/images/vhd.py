@@ -16,6 +16,7 @@ import numpy as np
 
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import BlockRuns, DiskImage, Extent
+from lukspack.images.source import ByteSource
 from lukspack.structs import Layout
 
 FOOTER_COOKIE = b"conectix"
@@ -145,7 +146,7 @@ TAP_CREATORS = (b"tap\x00", b"tap ")
 class VhdImage(DiskImage):
     format_name = "vhd"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource, window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         self.notes: list[str] = []
         footer = None

@@ -17,7 +17,7 @@ Reading follows tapdisk (drivers/block-vhd.c, drivers/block-crypto.c): a sector 
 block (batmap bit set, else the block's sector bitmap) is decrypted; an absent one reads as zeros.
 vhd-util's copy marks every sector of a copied block present but encrypts only those present in
 its source: such sectors hold all-zero ciphertext (tapdisk decrypts them to noise). They are
-counted in `quirk_sectors` / `quirk_blocks` as they are read.
+counted in `quirk_sectors` / `quirk_blocks` as they are read (describe().quirks).
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lukspack.crypto.sector import SectorCipher
 from lukspack.errors import FormatError, UnsupportedError, WrongKeyError
-from lukspack.images.encrypted import CipherRuns, EncryptedImage
+from lukspack.images.encrypted import (
+    CipherRuns,
+    EncryptedImage,
+    Encryption,
+    Quirks,
+    ThreadCipher,
+)
 from lukspack.images.source import ByteSource, LocalFile
 from lukspack.images.vhd import (
     BAT_UNUSED,
@@ -211,7 +218,8 @@ class EncryptedVhdImage(EncryptedImage, VhdImage):
     cipher = f"{CIPHER_NAME}-{CIPHER_MODE}"
     bat: np.ndarray  # always there: an encrypted VHD is dynamic (checked below)
 
-    def __init__(self, path: str, fd: int, key: bytes | bytearray | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource,
+                 key: bytes | bytearray | None = None) -> None:
         super().__init__(path, fd)  # EncryptedImage -> VhdImage: footer, header, BAT
         f = self.footer
         if self.disk_type != DISK_DYNAMIC:
@@ -267,7 +275,14 @@ class EncryptedVhdImage(EncryptedImage, VhdImage):
         self.key_bits = len(key) * 8
         self._cipher()  # this thread's: OpenSSL takes the key now or says why not
 
-    def new_cipher(self) -> Any:
+    def describe(self) -> Encryption:
+        """aes-xts-plain, the VHD's notes, and the quirk sectors the reads found so far."""
+        with self._lock:
+            quirks = Quirks(self.quirk_sectors, tuple(sorted(self.quirk_blocks))) \
+                if self.quirk_sectors else None
+        return Encryption(self.format_name, self.cipher, None, tuple(self.notes), quirks)
+
+    def new_cipher(self) -> SectorCipher:
         from lukspack.crypto.sector import make_sector_cipher
 
         if self.key is None:
@@ -278,7 +293,7 @@ class EncryptedVhdImage(EncryptedImage, VhdImage):
         if self.key is not None:
             self.key[:] = bytes(len(self.key))
             self.key = None
-        self._local = threading.local()
+        self._local = ThreadCipher()
         super().close()
 
     # -- reading ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from lukspack.errors import FormatError, UnsupportedError
 from lukspack.images.base import BlockRuns, DiskImage, Extent
 from lukspack.images.crc32c import crc32c_zeroed
+from lukspack.images.source import ByteSource
 from lukspack.images.vhdx_log import Replay, active_sequence, replay
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -76,7 +77,7 @@ def _name(guid: bytes) -> str:
 class VhdxImage(DiskImage):
     format_name = "vhdx"
 
-    def __init__(self, path: str, fd: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int | ByteSource, window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         self._real_size = self.file_size
         self.replay: Replay | None = None
@@ -94,20 +95,21 @@ class VhdxImage(DiskImage):
 
     # -- headers and regions -------------------------------------------------------------------
     def _current_header(self) -> dict[str, Any]:
-        found, problems = [], []
+        found: list[dict[str, Any]] = []
+        problems: list[str] = []
         for i, off in enumerate(HEADER_OFFSETS):
             raw = self.pread(off, HEADER_SIZE, f"header {i + 1}")
-            h = HEADER.unpack_from(raw)
-            if h[0] != b"head":
-                problems.append(f"header {i + 1} signature {h[0]!r}")
+            fields = HEADER.unpack_from(raw)
+            if fields[0] != b"head":
+                problems.append(f"header {i + 1} signature {fields[0]!r}")
                 continue
-            if crc32c_zeroed(raw, 4) != h[1]:
-                problems.append(f"header {i + 1} checksum 0x{h[1]:08x} is wrong (computed "
+            if crc32c_zeroed(raw, 4) != fields[1]:
+                problems.append(f"header {i + 1} checksum 0x{fields[1]:08x} is wrong (computed "
                                 f"0x{crc32c_zeroed(raw, 4):08x})")
                 continue
             found.append(dict(zip(("signature", "checksum", "sequence_number", "file_write_guid",
                                    "data_write_guid", "log_guid", "log_version", "version",
-                                   "log_length", "log_offset"), h, strict=True)))
+                                   "log_length", "log_offset"), fields, strict=True)))
         if not found:
             raise FormatError(f"{self.path}: no valid VHDX header ({'; '.join(problems)})")
         h = max(found, key=lambda x: x["sequence_number"])

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from lukspack.errors import LukspackError
 from lukspack.errors import SourceChanged as SourceChangedError
+
+if TYPE_CHECKING:
+    from lukspack.images.base import DiskImage
 
 HTTP_SCHEMES = ("http://", "https://")
 COS_SCHEME = "cos://"
@@ -100,7 +103,6 @@ def remote_identity(url: str, options: RemoteOptions | None = None) -> dict[str,
         src.close()
 
 
-def source_reads(image: Any) -> dict[str, int] | None:
+def source_reads(image: DiskImage) -> dict[str, Any] | None:
     """{"gets": N, "bytes": M} of the image's remote source, None for a local one."""
-    src = getattr(image, "source", None)
-    return src.stats() if src is not None else None
+    return image.source.stats()

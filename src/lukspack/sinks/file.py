@@ -22,12 +22,13 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable
+from typing import Self
 
 import numpy as np
 
 from lukspack.errors import FormatError, OutputError
 from lukspack.images.source import ByteSource
-from lukspack.sinks.base import ReadAt
+from lukspack.sinks.base import BeforeCommit, ReadBack
 from lukspack.sinks.paths import (
     check_output_path,
     os_error,
@@ -71,6 +72,7 @@ class _Descriptor:
 
     concurrent_writes = False
     holes = False  # whether what is never written reads as zeros
+    saved_key_material: bytes | None = None  # a file is not resumed: a new run starts over
 
     def __init__(self, location: str, fd: int, write_path: str, direct: bool) -> None:
         self.location = self.path = location
@@ -126,7 +128,8 @@ class _Descriptor:
     def keep_key_material(self, data: bytes) -> None:
         pass  # a file is not resumed: a new run starts over
 
-    def read_back(self) -> ReadAt | None:
+    def read_back(self) -> ReadBack:
+        """Before commit: the bytes as written, and the output as a ByteSource."""
         fd, name = self.fd, self.location
 
         def read_at(offset: int, size: int) -> bytes:
@@ -135,7 +138,7 @@ class _Descriptor:
                 raise FormatError(f"{name}: {size} bytes at offset {offset} are past the end")
             return data
 
-        return read_at
+        return BeforeCommit(read_at, self.output_source)
 
     def output_source(self, size: int) -> ByteSource:
         """The output's first `size` bytes as a ByteSource, for the engine's read-back through
@@ -195,13 +198,14 @@ class _Descriptor:
 
     def _close(self) -> None:
         self._direct_ok = False
-        for attr in ("direct_fd", "fd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, attr, -1)
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

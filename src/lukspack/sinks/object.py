@@ -7,8 +7,8 @@ prefix (part 1: LUKS header, qcow2 header and tables, and the first payload byte
 full. S3 assembles parts by number, not by arrival. Memory: the held parts, plus part size
 times (concurrency + 1).
 
-Verification without a local file: read_back() is None (no part can be read before the upload
-is complete); the server checks each part's Content-MD5; once complete, published_source() gives
+Verification without a local file: read_back() is AfterCommit (no part can be read before the
+upload is complete); the server checks each part's Content-MD5; once complete, published_source() gives
 the object as a ByteSource (ranged GETs, remote.RemoteFile, pinned to the ETag) and the engine
 reads it back through the decrypting reader (readback.py); withdraw() deletes the object when
 that fails. With verify_remote the object is also read back with parallel ranged GETs, each part
@@ -29,7 +29,6 @@ key) and sends only the parts the server does not hold with the same MD5.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -38,20 +37,19 @@ from lukspack.cloud.errors import CloudError
 from lukspack.cloud.multipart import (
     BufferPool,
     Journal,
-    PartRecord,
     PartSender,
     abort_upload,
-    choose_part_size,
     complete_upload,
     identity_change,
-    list_server_parts,
     state_path,
     upload_exists,
 )
+from lukspack.cloud.resume import Multipart, plan_part_size
 from lukspack.cloud.s3 import cloud_error
 from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha256, resumable_failure
+from lukspack.images.source import ByteSource
 from lukspack.options import fingerprint_change
-from lukspack.sinks.base import ReadAt
+from lukspack.sinks.base import AfterCommit, ReadBack
 
 ZEROS = bytes(1 << 20)
 READ_BACK_CACHE = 16 << 20  # the block cache of the read-back through the reader
@@ -67,6 +65,7 @@ class ObjectSinkOptions(CosOptions):
 
 class ObjectSink:
     concurrent_writes = False
+    direct = False  # no O_DIRECT: parts are sent from memory
 
     def __init__(self, location: str, options: ObjectSinkOptions | None = None) -> None:
         self.location = location
@@ -80,7 +79,7 @@ class ObjectSink:
             self._check_kept(self._journal)
         self.resume_hint: str | None = None
         self._sender: PartSender | None = None
-        self._server: dict[int, tuple[int, str]] = {}
+        self._multipart: Multipart | None = None
         self._held: dict[int, bytearray] = {}
         self._cur = bytearray()
         self._fill = 0  # bytes of _cur in use
@@ -136,26 +135,14 @@ class ObjectSink:
                 raise CloudError(f"{self.location}: the kept upload has another layout "
                                  f"(prefix {up['prefix_size']}, size {up['size_hint']}); run "
                                  "without --resume to start again")
-            self._part_size = int(up["part_size"])
-            self._server = list_server_parts(self.client, self.loc, up["upload_id"])
+            mp = Multipart.resume(self.client, self.loc, self._journal)
         else:
-            self._part_size = choose_part_size(max(size_hint, prefix_size), opts.part_size)
-            try:
-                r = self.client.create_multipart_upload(Bucket=self.loc.bucket, Key=self.loc.key,
-                                                        ContentType="application/octet-stream")
-            except Exception as e:
-                raise cloud_error(e, f"{self.loc}: create multipart upload") from None
-            upload = {"version": 1, "kind": "stream", "location": str(self.loc),
-                      "endpoint": self.endpoint, "upload_id": r["UploadId"],
-                      "part_size": self._part_size, "prefix_size": prefix_size,
-                      "size_hint": size_hint, "source": opts.source_identity,
-                      "fingerprint": opts.fingerprint}
-            try:
-                self._journal = Journal.create(self.state_file, upload)
-            except OSError as e:
-                abort_upload(self.client, self.loc, r["UploadId"])
-                raise CloudError(f"{self.state_file}: cannot write upload state: "
-                                 f"{e.strerror}") from None
+            mp = Multipart.start(self.client, self.loc, self.state_file, {
+                "version": 1, "kind": "stream", "location": str(self.loc),
+                "endpoint": self.endpoint, "prefix_size": prefix_size, "size_hint": size_hint,
+                "source": opts.source_identity, "fingerprint": opts.fingerprint},
+                plan_part_size(max(size_hint, prefix_size), opts.part_size))
+        self._multipart, self._journal, self._part_size = mp, mp.journal, mp.part_size
         ps = self._part_size
         self._sender = PartSender(self.client, self.loc, self._journal.upload["upload_id"],
                                   self._journal, opts.concurrency)
@@ -191,8 +178,12 @@ class ObjectSink:
             view, pos = view[take:], pos + take
         self._prefix_filled += len(data)
 
-    def read_back(self) -> ReadAt | None:
-        return None
+    def read_back(self) -> ReadBack:
+        """After commit only: the object through ranged GETs, deleted when it does not verify."""
+        return AfterCommit(self.published_source, self.withdraw)
+
+    def start_writeback(self) -> None:
+        """Nothing to start: full parts are already on their way."""
 
     def keep_key_material(self, data: bytes) -> None:
         if self._journal is not None and not self.resumed:
@@ -237,14 +228,15 @@ class ObjectSink:
                 {n: r.sha256 for n, r in records.items()})
         return str(self.loc)
 
-    def published_source(self) -> Any:
+    def published_source(self) -> ByteSource:
         """After commit(): the object as a ByteSource (ranged GETs through the block cache of
         remote.RemoteFile, pinned to the ETag it has now), for the engine's read-back. The
         read-back is sequential: a 16 MiB cache holds its read-ahead (4 blocks of 1 MiB)."""
         from lukspack.remote import RemoteOptions, open_remote
 
-        return open_remote(self.location, RemoteOptions(
+        src: ByteSource = open_remote(self.location, RemoteOptions(
             cos=self.options, workers=self.options.concurrency, cache_bytes=READ_BACK_CACHE))
+        return src
 
     def withdraw(self) -> str:
         """After commit(): delete the object (its read-back failed); says what was done."""
@@ -303,18 +295,14 @@ class ObjectSink:
             self._send(n, buf)
 
     def _send(self, n: int, buf: bytearray) -> None:
-        assert self._sender is not None and self._journal is not None
-        kept = self._server.get(n)
-        if kept is not None and kept[0] == len(buf):
-            md5 = hashlib.md5(buf).hexdigest()
-            rec = self._journal.parts.get(n)
-            if md5 == kept[1] or (rec is not None and rec.etag == kept[1] and rec.md5 == md5):
-                self._sender.done(n, PartRecord(len(buf), kept[1], md5,
-                                                hashlib.sha256(buf).hexdigest()))
-                self.kept_parts += 1
-                if self._buffers is not None:
-                    self._buffers.give(buf)
-                return
+        assert self._sender is not None and self._multipart is not None
+        held = self._multipart.held(n, buf)  # a resumed upload's part the server holds intact
+        if held is not None:
+            self._sender.done(n, held)
+            self.kept_parts += 1
+            if self._buffers is not None:
+                self._buffers.give(buf)
+            return
         self._sender.submit(n, buf, self._buffers)
 
 

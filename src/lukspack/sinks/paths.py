@@ -200,7 +200,7 @@ def remove_stale_temps(directory: str) -> list[tuple[str, int]]:
     """Remove the temporary files in directory whose lukspack run is gone (killed with SIGKILL,
     a crash, a reboot), whatever output they were for; returns (path, allocated bytes) of each
     one removed."""
-    removed = []
+    removed: list[tuple[str, int]] = []
     try:
         names = os.listdir(directory)
     except OSError:
