@@ -86,6 +86,31 @@ def test_classic_dry_run_redacts_the_api_key(cloud, tmp_path, capsys) -> None:
     assert code == 1 and "regional buckets" in err
 
 
+@pytest.mark.parametrize("extra", [["--dry-run", "--wait"], ["--timeout", "60"]])
+def test_classic_wait_options_that_conflict_are_usage_errors(cloud, tmp_path, capsys, extra
+                                                              ) -> None:
+    """--dry-run sends nothing, so --wait has nothing to wait for; --timeout is read only by
+    --wait: both exit 2 before anything is sent."""
+    w = wdek_file(cloud, tmp_path, DEK, "classic")
+    iam_before = len(cloud.iam.requests)
+    code, _, err = run_cli(["import", "classic", "--name", "img", "--file",
+                            "cos://us-south/bucket1/my.vhd-0.vhd", "--os-code", "UBUNTU_22_64",
+                            "--root-key-crn", cloud.root_key_crn, "--wdek-file", str(w), *extra],
+                           capsys)
+    assert code == 2 and ("--wait" in err), err
+    assert not cloud.sl.requests and len(cloud.iam.requests) == iam_before
+
+
+def test_vpc_expect_sha256_without_wait_is_a_usage_error(cloud, tmp_path, capsys) -> None:
+    w = wdek_file(cloud, tmp_path, DEK, "vpc")
+    code, _, err = run_cli(["import", "vpc", "--name", "img", "--file",
+                            "cos://us-south/bucket1/my.qcow2", "--os", "debian-12-amd64",
+                            "--root-key-crn", cloud.root_key_crn, "--wdek-file", str(w),
+                            "--expect-sha256", "0" * 64], capsys)
+    assert code == 2 and "--expect-sha256 is read by --wait" in err, err
+    assert not cloud.vpc.requests
+
+
 def test_classic_request_refuses_cross_region() -> None:
     with pytest.raises(CloudError, match="regional"):
         classic_image_request(name="n", uri="cos://eu/b1x/n.vhd-0.vhd", os_code="UBUNTU_22_64",

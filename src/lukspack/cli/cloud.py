@@ -281,6 +281,7 @@ def import_vpc(name: str, file_: str, os_name: str, root_key_crn: str, wdek_file
                dry_run: bool, api_url: str | None, credentials_file: str | None,
                iam_url: str | None, as_json: bool) -> None:
     """Create a VPC custom image (POST /v1/images) from an encrypted qcow2 in COS."""
+    _wait_conflicts(wait, dry_run, "expect_sha256")
     from lukspack.cloud import imports
 
     wdek = _read_text(wdek_file, "WDEK")
@@ -300,6 +301,19 @@ def import_vpc(name: str, file_: str, os_name: str, root_key_crn: str, wdek_file
                             api_url=api_url,
                             on_status=lambda s: click.echo(f"image status: {s}", err=True))
     emit(r, as_json, _image_lines(r))
+
+
+def _wait_conflicts(wait: bool, dry_run: bool, only_with_wait: str) -> None:
+    """--dry-run sends nothing, so there is nothing to wait for; an option that only --wait reads
+    is a usage error without it (conflicting options exit 2)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    flag = "--" + only_with_wait.replace("_", "-")
+    if wait and dry_run:
+        raise click.UsageError("--dry-run sends nothing: there is nothing to --wait for")
+    if not wait and ctx.get_parameter_source(only_with_wait) is not ParameterSource.DEFAULT:
+        raise click.UsageError(f"{flag} is read by --wait: give --wait, or drop {flag}")
 
 
 def _image_lines(r: dict[str, Any]) -> list[str]:
@@ -336,6 +350,7 @@ def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_
     """Create a classic image template (SoftLayer createFromIcos) from COS."""
     from lukspack.cloud import imports
 
+    _wait_conflicts(wait, dry_run, "timeout")
     wdek = _read_text(wdek_file, "WDEK")
     creds = None if dry_run else _api_key(credentials_file, iam_url)
     api_key = creds.api_key if creds is not None and creds.api_key else \
