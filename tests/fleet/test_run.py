@@ -145,6 +145,9 @@ def test_one_failure_does_not_stop_the_others(cloud, s3, images, tmp_path, capsy
     r = json.loads(out)
     assert [i["status"] for i in r["images"]] == ["done", "failed", "done"]
     assert r["images"][1]["error"] and imports_of(cloud) == ["fine-1", "fine-2"]
+    # as `publish --new-key-file`: the new key is written only once every check passed
+    assert not (tmp_path / "keys" / "no-os.key").exists()
+    assert (tmp_path / "keys" / "fine-1.key").exists()
     assert err.splitlines()[-1] == ("lukspack: error: 1 of 3 image(s) not done: no-os; run "
                                     "again to resume them")
     code, out, _ = run_cli(["fleet", "status", str(path)], capsys)

@@ -1,4 +1,5 @@
-"""Cloud delivery commands: upload, wrap-key, unwrap-key, import vpc|classic, publish.
+"""Cloud delivery commands: upload, wrap-key, unwrap-key, import vpc|classic (publish is in
+cli/publish.py).
 
 Credentials come from the environment or a credentials file only (see
 lukspack.cloud.credentials); no option takes a secret.

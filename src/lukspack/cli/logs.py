@@ -68,7 +68,9 @@ def log_options() -> list[click.Option]:
                      help="Say what lukspack decided and why (format, layout, KDF cost, each "
                           "stage's time) on stderr; never a secret."),
         click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
-                     callback=_debug, help="-v, and the details behind each decision."),
+                     callback=_debug,
+                     help="-v, and the details behind each decision; each line with the "
+                          "seconds since start and its module."),
     ]
 
 

@@ -29,19 +29,26 @@ def upload_state_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "uploads")
 
 
-def _key(task: dict[str, Any], plan: Any, say: Callable[[str], None]) -> bytearray:
-    """The row's key: a new one for the target (keys.new_key's rule: classic 64 bytes), or the
-    key file's bytes, which publish holds to keys.key_for_target before any byte is uploaded."""
-    from lukspack.cloud.publish import new_key
+def _key(task: dict[str, Any]) -> bytearray | None:
+    """The row's key file's bytes, which publish holds to keys.key_for_target before any byte
+    is uploaded; None for a `key: new` not written yet (_publish makes it after the checks)."""
     from lukspack.keys import read_key_file
 
     path = task["key_file"]
     if task["key"] == "new" and not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        key = new_key(path, plan.wrap_target)
-        say(f"wrote a new key to {path} (mode 0600)")
-        return key
+        return None
     return read_key_file(path, dek_rules=False)
+
+
+def _new_key(task: dict[str, Any], plan: Any, say: Callable[[str], None]) -> bytearray:
+    """A new key for the row's target (keys.new_key's rule: classic 64 bytes), mode 0600."""
+    from lukspack.cloud.publish import new_key
+
+    path = task["key_file"]
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    key = new_key(path, plan.wrap_target)
+    say(f"wrote a new key to {path} (mode 0600)")
+    return key
 
 
 def _done_elsewhere(task: dict[str, Any], cos: Any) -> dict[str, Any] | None:
@@ -163,9 +170,14 @@ def _publish(task: dict[str, Any], plan: Any, say: Callable[[str], None],
     enc = EncryptOptions(kdf=KdfOptions(force_iterations=iterations) if iterations else None,
                          input_format=task.get("input_format"),
                          source_options=RemoteOptions(cos=plan.cos_options))
-    key = _key(task, plan, say)
-    try:  # publish runs the check first (plan.skip_check), then the key rule, then the rest
-        return pub.publish(task["source"], plan, key, enc, progress, say,
+    key = _key(task)
+    checked = None
+    if key is None:  # as `publish --new-key-file`: every check (the image's too) first, so a
+        # row that fails them leaves no key behind
+        checked = pub.preflight(plan, say, task["source"], enc)
+        key = _new_key(task, plan, say)
+    try:  # publish's pre-flight: the key rule, the names, the image check, IAM, bucket, root key
+        return pub.publish(task["source"], plan, key, enc, progress, say, checked,
                            key_name=task["key_file"])
     finally:
         wipe(key)
