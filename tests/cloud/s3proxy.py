@@ -26,9 +26,14 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class S3Proxy:
-    def __init__(self, upstream: str, corrupt: Rule | None = None, delay_s: float = 0.0) -> None:
+    def __init__(self, upstream: str, corrupt: Rule | None = None, delay_s: float = 0.0,
+                 hold: Callable[[str, str, dict[str, list[str]]], bool] | None = None,
+                 hold_s: float = 30.0) -> None:
+        """hold(method, path, query): requests it picks wait hold_s before they are forwarded
+        (a kill -9 test then knows the upload is still open when it strikes)."""
         self.upstream = urlsplit(upstream)
         self.corrupt, self.delay_s = corrupt, delay_s
+        self.hold, self.hold_s = hold, hold_s
         self.flipped = 0
         self.statuses: list[tuple[str, int]] = []
         proxy = self
@@ -48,6 +53,9 @@ class S3Proxy:
                     proxy.flipped += 1
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
+                if proxy.hold is not None and proxy.hold(self.command, urlsplit(self.path).path,
+                                                         query):
+                    time.sleep(proxy.hold_s)
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
                                                   timeout=120)
                 conn.putrequest(self.command, self.path, skip_host=True,
@@ -80,6 +88,16 @@ class S3Proxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def hold_parts_from(key_part: str, first: int) -> Callable[[str, str, dict[str, list[str]]], bool]:
+    """Hold the upload-part requests of the object whose path holds key_part, from part `first`
+    on: the parts before it land, the upload stays open."""
+    def rule(method: str, path: str, query: dict[str, list[str]]) -> bool:
+        n = query.get("partNumber")
+        return method == "PUT" and key_part in path and n is not None and int(n[0]) >= first
+
+    return rule
 
 
 def part_rule(part: int, times: int | None) -> Rule:

@@ -17,7 +17,7 @@ import pytest
 from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import state_name
 from tests.cloud import s3server
-from tests.cloud.s3proxy import S3Proxy, kill_9_part_way
+from tests.cloud.s3proxy import S3Proxy, hold_parts_from, kill_9_part_way
 from tests.fleet.conftest import FORMATS, classic_row, defaults_for, vpc_row, write_manifest
 from tests.fleet.test_run import download, imports_of
 from tests.helpers import cli_env, run, tool
@@ -78,7 +78,9 @@ def check_complete(cloud, s3, imgs, tmp_path: Path, r: dict, prefix: str) -> Non
 def test_kill_9_a_worker_then_rerun(cloud, s3, cos_env, big_images, tmp_path) -> None:
     path = manifest(cloud, big_images, tmp_path, "kw")
     env = env_of(cos_env)
-    proxy = S3Proxy(s3.endpoint, delay_s=0.2)
+    # the victim's parts from the 4th on wait: its upload is open when the kill comes (the
+    # read-back after an upload, or a fast machine, would otherwise let it finish first)
+    proxy = S3Proxy(s3.endpoint, delay_s=0.2, hold=hold_parts_from("kw-a.qcow2", 4))
     state_dir = tmp_path / "f.yaml.state"
     victim = "kw-a"
     journal = state_dir / "uploads" / (

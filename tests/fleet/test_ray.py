@@ -23,7 +23,7 @@ from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import state_name
 from tests.cloud import s3server
 from tests.cloud.conftest import API_KEY
-from tests.cloud.s3proxy import S3Proxy
+from tests.cloud.s3proxy import S3Proxy, hold_parts_from
 from tests.cloud.s3server import free_ports
 from tests.fleet.conftest import classic_row, defaults_for, mixed_rows, vpc_row, write_manifest
 from tests.fleet.test_kill import journal_parts
@@ -139,7 +139,8 @@ def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
     state_dir = tmp_path / "f.yaml.state"
     journal = state_dir / "uploads" / (state_name(parse_cos(
         f"cos://us-south/{s3server.BUCKET}/fleet/rk-a.qcow2")) + ".lukspack-upload")
-    proxy = S3Proxy(s3.endpoint, delay_s=0.2)
+    # rk-a's parts from the 4th on wait: its upload is open when the kill comes
+    proxy = S3Proxy(s3.endpoint, delay_s=0.2, hold=hold_parts_from("rk-a.qcow2", 4))
     p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
                           address, "--json"], env={**driver_env(cos_env, home),
                                                        "COS_ENDPOINT": proxy.url},
