@@ -111,6 +111,16 @@ def test_vpc_expect_sha256_without_wait_is_a_usage_error(cloud, tmp_path, capsys
     assert not cloud.vpc.requests
 
 
+@pytest.mark.parametrize("other", ["--resume", "--verify-remote"])
+def test_upload_abort_with_resume_or_verify_is_a_usage_error(cloud, tmp_path, capsys, other
+                                                             ) -> None:
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x")
+    code, _, err = run_cli(["upload", str(f), "cos://us-south/bucket1/f.bin", "--abort", other],
+                           capsys)
+    assert code == 2 and f"--abort discards the kept upload: it cannot go with {other}" in err
+
+
 def test_classic_request_refuses_cross_region() -> None:
     with pytest.raises(CloudError, match="regional"):
         classic_image_request(name="n", uri="cos://eu/b1x/n.vhd-0.vhd", os_code="UBUNTU_22_64",

@@ -159,6 +159,9 @@ def upload(file: str, location: str, endpoint_type: str, endpoint_url: str | Non
     server, the SHA-256 stored as metadata; interrupted, it resumes with --resume."""
     from lukspack.cloud import upload as up
 
+    if abort_kept and (resume or verify_remote):
+        raise click.UsageError("--abort discards the kept upload: it cannot go with "
+                               + ("--resume" if resume else "--verify-remote"))
     opts = _cos(endpoint_type, endpoint_url, credentials_file, iam_url, part_size=part_size,
                 concurrency=concurrency, resume=resume, state_dir=state_dir,
                 verify_remote=verify_remote)
