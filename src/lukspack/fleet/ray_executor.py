@@ -43,20 +43,15 @@ def require_ray() -> Any:
 
 def _task_body(task: dict[str, Any], queue: Any) -> dict[str, Any]:
     from lukspack.fleet.image import run_image
+    from lukspack.fleet.report import throttled
 
-    last = [0.0]
-
-    def emit(ev: dict[str, Any]) -> None:
-        if ev.get("event") == "progress":
-            now = time.monotonic()
-            if ev["done"] < ev["total"] and now - last[0] < 1.0:
-                return
-            last[0] = now
+    def send(ev: dict[str, Any]) -> None:
         try:
             queue.put_nowait(ev)
         except Exception:
             pass  # progress lines are not worth failing an image for
 
+    emit = throttled(send)
     return run_image(task, emit)
 
 

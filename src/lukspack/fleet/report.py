@@ -14,6 +14,23 @@ FLEET_LINE_EVERY = 5.0
 COLUMNS = ("index", "image", "format", "size", "seconds", "status", "image id")
 
 
+def throttled(send: Callable[[dict[str, Any]], None], every_s: float = 1.0
+              ) -> Callable[[dict[str, Any]], None]:
+    """send, with an image's progress events cut to one per every_s (the last one always goes:
+    a worker's pipe or a Ray queue need not carry a line per chunk)."""
+    last = [0.0]
+
+    def emit(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "progress":
+            now = time.monotonic()
+            if ev["done"] < ev["total"] and now - last[0] < every_s:
+                return
+            last[0] = now
+        send(ev)
+
+    return emit
+
+
 def human(n: float | None) -> str:
     if n is None:
         return "-"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from typing import Any
 
 
@@ -33,19 +32,16 @@ def main() -> int:
     import warnings
 
     from lukspack.fleet.image import run_image
+    from lukspack.fleet.report import throttled
 
     task = json.loads(sys.stdin.read())
     out = sys.stdout
-    last = [0.0]
 
-    def emit(ev: dict[str, Any]) -> None:
-        if ev.get("event") == "progress":
-            now = time.monotonic()
-            if ev["done"] < ev["total"] and now - last[0] < 1.0:
-                return
-            last[0] = now
+    def send(ev: dict[str, Any]) -> None:
         out.write(json.dumps(ev) + "\n")
         out.flush()
+
+    emit = throttled(send)
 
     warnings.showwarning = lambda m, *_a, **_k: emit(
         {"event": "say", "name": task.get("name"), "line": f"warning: {m}"})
