@@ -61,6 +61,29 @@ def journal_parts(path: Path) -> int:
     return data.count(b'"part"') if b"key_material" in data else 0
 
 
+def kill_victim_part_way(cmd: list[str], env: dict[str, str], proxy: S3Proxy, journal: Path,
+                         state_file: Path, wait_s: float = 120
+                         ) -> tuple[subprocess.Popen[str], int, str, str]:
+    """Run `fleet run` through the proxy, kill -9 the worker of the victim once its upload journal
+    holds two parts (and the key material), let the run end; (the fleet process, the victim
+    worker's pid, stdout, stderr)."""
+    p = subprocess.Popen(cmd, env={**env, "COS_ENDPOINT": proxy.url}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + wait_s
+        while journal_parts(journal) < 2 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert journal_parts(journal) >= 2, p.stderr.read() if p.poll() is not None else ""
+        pid = json.loads(state_file.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=300)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+    return p, pid, out, err
+
+
 def check_complete(cloud, s3, imgs, tmp_path: Path, r: dict, prefix: str) -> None:
     assert r["all_done"], r
     assert imports_of(cloud) == [f"{prefix}-{x}" for x in "abcd"]  # once each
@@ -86,22 +109,10 @@ def test_kill_9_a_worker_then_rerun(cloud, s3, cos_env, big_images, tmp_path) ->
     journal = state_dir / "uploads" / (
         state_name(parse_cos(f"cos://us-south/{s3server.BUCKET}/fleet/{victim}.qcow2"))
         + ".lukspack-upload")
-    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs",
-                          "2", "--json"], env={**env, "COS_ENDPOINT": proxy.url},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while journal_parts(journal) < 2 and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        assert journal_parts(journal) >= 2, p.stderr.read() if p.poll() is not None else ""
-        pid = json.loads((state_dir / f"{victim}.json").read_text())["pid"]
-        assert pid != p.pid
-        os.kill(pid, signal.SIGKILL)
-        out, err = p.communicate(timeout=300)
-    finally:
-        proxy.stop()
-        if p.poll() is None:
-            p.kill()
+    p, pid, out, err = kill_victim_part_way(
+        [sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs", "2", "--json"],
+        env, proxy, journal, state_dir / f"{victim}.json")
+    assert pid != p.pid
     assert p.returncode == 1, err
     r = json.loads(out)
     status = {i["name"]: i["status"] for i in r["images"]}

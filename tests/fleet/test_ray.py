@@ -26,7 +26,7 @@ from tests.cloud.conftest import API_KEY
 from tests.cloud.s3proxy import S3Proxy, hold_parts_from
 from tests.cloud.s3server import free_ports
 from tests.fleet.conftest import classic_row, defaults_for, mixed_rows, vpc_row, write_manifest
-from tests.fleet.test_kill import journal_parts
+from tests.fleet.test_kill import kill_victim_part_way
 from tests.fleet.test_run import imports_of
 from tests.helpers import SRC, cli_env
 
@@ -141,22 +141,9 @@ def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
         f"cos://us-south/{s3server.BUCKET}/fleet/rk-a.qcow2")) + ".lukspack-upload")
     # rk-a's parts from the 4th on wait: its upload is open when the kill comes
     proxy = S3Proxy(s3.endpoint, delay_s=0.2, hold=hold_parts_from("rk-a.qcow2", 4))
-    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray",
-                          address, "--json"], env={**driver_env(cos_env, home),
-                                                       "COS_ENDPOINT": proxy.url},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while journal_parts(journal) < 2 and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        assert journal_parts(journal) >= 2, p.stderr.read() if p.poll() is not None else ""
-        pid = json.loads((state_dir / "rk-a.json").read_text())["pid"]
-        os.kill(pid, signal.SIGKILL)
-        out, err = p.communicate(timeout=300)
-    finally:
-        proxy.stop()
-        if p.poll() is None:
-            p.kill()
+    p, _, out, err = kill_victim_part_way(
+        [sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray", address, "--json"],
+        driver_env(cos_env, home), proxy, journal, state_dir / "rk-a.json", wait_s=180)
     assert p.returncode == 0 and out.startswith("{"), out[:2000]  # Ray retried; it resumed
     r = json.loads(out)
     a = json.loads((state_dir / "rk-a.json").read_text())
