@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lukspack.errors import UsageError
+from lukspack.fingerprints import fingerprint_change  # re-exported: options' public name
 from lukspack.luks.format import HeaderFields, KdfOptions
 from lukspack.pipeline import CHUNK_SIZE, WORKERS
 
-if TYPE_CHECKING:  # sinks.object imports this module: the name for checkers only
+if TYPE_CHECKING:  # the name for checkers only (sinks.object does not import this module)
     from lukspack.sinks.object import ObjectSinkOptions
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
@@ -254,16 +255,6 @@ def _check_hash(name: str) -> None:
 
 
 # what a resumed upload must find unchanged: each key of fingerprint() and its option
-FINGERPRINT_FLAGS = {
-    "format": "--output-format", "luks_type": "--type", "cipher": "--cipher",
-    "key_bits": "--key-size", "sector_size": "--sector-size", "hash": "--hash",
-    "pbkdf": "--pbkdf", "iter_time_ms": "--iter-time",
-    "force_iterations": "--pbkdf-force-iterations", "memory_kb": "--pbkdf-memory",
-    "parallel": "--pbkdf-parallel", "uuid": "--uuid", "label": "--label",
-    "subsystem": "--subsystem", "key_slot": "--key-slot",
-}
-
-
 def fingerprint(opts: EncryptOptions, fmt: str) -> dict[str, Any]:
     """Every option that shapes the output of format fmt, defaults filled in: the format, and for
     LUKS outputs the LUKS type, cipher, key size, sector size, hash, PBKDF and its cost, UUID,
@@ -282,23 +273,6 @@ def fingerprint(opts: EncryptOptions, fmt: str) -> dict[str, Any]:
              memory_kb=kdf.memory_kb, parallel=kdf.parallel, uuid=f.uuid, label=f.label,
              subsystem=f.subsystem, key_slot=f.key_slot)
     return d
-
-
-def fingerprint_change(kept: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
-    """None when a resume may continue, else the options that changed, each with the value the
-    kept upload was made with: '--hash sha512 (the kept upload: sha256)'."""
-    kept, now = kept or {}, now or {}
-    changed = []
-    for key in [*FINGERPRINT_FLAGS, *sorted(set(kept) | set(now) - set(FINGERPRINT_FLAGS))]:
-        if kept.get(key) != now.get(key):
-            flag = FINGERPRINT_FLAGS.get(key, key)
-            changed.append(f"{flag} {_shown(now.get(key))} (the kept upload: "
-                           f"{_shown(kept.get(key))})")
-    return "; ".join(changed) or None
-
-
-def _shown(v: Any) -> str:
-    return "not given" if v is None else str(v)
 
 
 __all__ = [

@@ -47,8 +47,8 @@ from lukspack.cloud.multipart import (
 from lukspack.cloud.resume import Multipart, plan_part_size
 from lukspack.cloud.s3 import cloud_error
 from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha256, resumable_failure
+from lukspack.fingerprints import fingerprint_change
 from lukspack.images.source import ByteSource
-from lukspack.options import fingerprint_change
 from lukspack.sinks.base import AfterCommit, ReadBack
 
 ZEROS = bytes(1 << 20)
