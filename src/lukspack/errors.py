@@ -63,3 +63,14 @@ class Interrupted(LukspackError):
 
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.exit_code = 128 + signum
+
+
+def exit_code(error: BaseException) -> int:
+    """The one mapping of an error to the process's exit code, for the CLI and for scripts:
+    a LukspackError's own (1; UsageError 2; Interrupted 130 or 143), 130 for KeyboardInterrupt,
+    1 for anything else."""
+    if isinstance(error, LukspackError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return 1

@@ -1,0 +1,11 @@
+"""lukspack's Python API: one function per job, each taking a frozen request and returning a
+frozen result whose `to_dict()` is what the command's `--json` prints. The CLI parses options,
+builds the request, calls the job and renders the result; `fleet` and users' scripts call the
+same functions and get the same typed errors (`lukspack.errors`; `exit_code` maps one to the
+CLI's exit code). docs/api.md has worked examples."""
+
+from __future__ import annotations
+
+from lukspack.api.common import KeySource, Result, exit_code
+
+__all__ = ["KeySource", "Result", "exit_code"]
