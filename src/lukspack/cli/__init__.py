@@ -22,7 +22,7 @@ import click
 from lukspack import __version__
 from lukspack.cli.progress import human, progress_bar
 from lukspack.errors import Interrupted, KeyFileError, LukspackError
-from lukspack.keys import read_key_file, wipe, write_key_file
+from lukspack.keys import wipe, write_key_file
 
 __all__ = ["cli", "main", "emit", "human", "key_from", "progress_bar", "KEY_FILE_HELP"]
 
@@ -66,37 +66,15 @@ def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
             warnings.warn(note, stacklevel=2)
 
 
-def _read_tty_key() -> bytearray:
-    """A passphrase typed at a terminal, echo off, as cryptsetup asks for it."""
-    import getpass
-
-    try:
-        text = getpass.getpass("Enter passphrase: ", stream=sys.stderr)
-    except EOFError:
-        text = ""
-    data = bytearray(text.encode())
-    if not data:
-        raise KeyFileError("-: no passphrase was typed")
-    return data
-
-
 @contextmanager
 def key_from(path: str, *, dek_rules: bool, size: int | None = None,
              offset: int = 0) -> Iterator[bytearray]:
-    """The key file's bytes for a with-block, wiped after it. size/offset are cryptsetup's
-    --keyfile-size and --keyfile-offset (commands that open images)."""
-    if path == "-" and sys.stdin.isatty():
-        key = _read_tty_key()
-    else:
-        key = read_key_file(path, dek_rules=dek_rules and not (size or offset))
-    if size is not None or offset:
-        from lukspack.keys import key_part
+    """The key file's bytes for a with-block, wiped after it (api.KeySource's). size/offset are
+    cryptsetup's --keyfile-size and --keyfile-offset (commands that open images)."""
+    from lukspack.api.common import KeySource
 
-        key = key_part(key, size, offset, path)
-    try:
+    with KeySource(path=path, size=size, offset=offset).open(dek_rules=dek_rules) as key:
         yield key
-    finally:
-        wipe(key)
 
 
 # -- commands ----------------------------------------------------------------------------------
