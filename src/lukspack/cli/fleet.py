@@ -62,18 +62,18 @@ def fleet_group() -> None:
 def plan_cmd(manifest: str, **kw: Any) -> None:
     """Check every row, open every source, run the pre-flight once per bucket / root key /
     region; print what `fleet run` will do. Nothing is uploaded and no key is written."""
-    from lukspack.fleet import plan_fleet
+    from lukspack.api.fleet import FleetRequest, fleet_plan
     from lukspack.fleet.report import human
 
     defaults, state_dir, as_json = _defaults(kw)
-    r = plan_fleet(manifest, defaults, state_dir=state_dir, say=_say)
-    lines = [f"{i['index']}  {i['name']}: {i['status']}; {i['source']} ({i['input'] or '-'}, "
-             f"{human(i['size'])}) -> {i['target']} {i['format']} {i['output']}; key "
-             f"{i['key']}" + ("; check skipped" if i["skip_check"] else "")
-             for i in r["images"]]
-    lines.append(f"{len(r['images'])} image(s), {len(r['preflights'])} pre-flight(s) passed; "
-                 f"state in {r['state_dir']}")
-    emit(r, as_json, lines)
+    r = fleet_plan(FleetRequest(manifest, defaults, state_dir), say=_say)
+    lines = [f"{i.index}  {i.name}: {i.status}; {i.source} ({i.input or '-'}, "
+             f"{human(i.size)}) -> {i.target} {i.format} {i.output}; key "
+             f"{i.key}" + ("; check skipped" if i.skip_check else "")
+             for i in r.images]
+    lines.append(f"{len(r.images)} image(s), {len(r.preflights)} pre-flight(s) passed; "
+                 f"state in {r.state_dir}")
+    emit(r.to_dict(), as_json, lines)
 
 
 @fleet_group.command(name="run")
@@ -94,32 +94,15 @@ def run_cmd(manifest: str, jobs: int | None, index: int | None, ray: str | None,
             ray_cpus: float, **kw: Any) -> None:
     """Publish every image not done yet; a rerun skips finished images and resumes the others.
     Exit 0 only when every image (or the indexed one) is done."""
-    from lukspack.errors import LukspackError
-    from lukspack.fleet import run_fleet
-    from lukspack.fleet.executors import index_from_env
+    from lukspack.api.fleet import FleetRunRequest, fleet_run
     from lukspack.fleet.report import table
 
     defaults, state_dir, as_json = _defaults(kw)
-    if index is None:
-        found = index_from_env()
-        if found is not None:
-            index = found[0]
-            _say(f"row {index} (from {found[1]})")
-    if index is not None and (jobs is not None or ray is not None):
-        raise click.UsageError("--index runs one row here: no --jobs or --ray with it")
-    if ray is not None and jobs is not None:
-        raise click.UsageError("--jobs is for the local pool, not --ray (Ray places the tasks)")
-    if ray is not None:
-        from lukspack.fleet.ray_executor import require_ray
-
-        require_ray()  # before any check or pre-flight: one line when Ray is not installed
-    r = run_fleet(manifest, defaults, state_dir=state_dir, jobs=jobs, index=index, ray=ray,
-                  ray_cpus=ray_cpus, say=_say)
-    emit(r, as_json, table(r["images"]))
-    if not r["all_done"]:
-        bad = [i["name"] for i in r["images"] if i["status"] != "done"]
-        raise LukspackError(f"{len(bad)} of {len(r['images'])} image(s) not done: "
-                            f"{', '.join(bad)}; run again to resume them")
+    r = fleet_run(FleetRunRequest(manifest, defaults, state_dir, jobs=jobs, index=index,
+                                  ray=ray, ray_cpus=ray_cpus, index_from_environment=True),
+                  say=_say)
+    emit(r.to_dict(), as_json, table(r.to_dict()["images"]))
+    r.raise_unless_done()
 
 
 @fleet_group.command(name="status")
@@ -131,12 +114,12 @@ def run_cmd(manifest: str, jobs: int | None, index: int | None, ray: str | None,
 def status_cmd(manifest: str, bucket: bool, **kw: Any) -> None:
     """The table of `fleet run` from the state directory, without running anything (give the
     options `fleet run` was given)."""
-    from lukspack.fleet import fleet_status
+    from lukspack.api.fleet import FleetRequest, fleet_status
     from lukspack.fleet.report import table
 
     defaults, state_dir, as_json = _defaults(kw)
-    r = fleet_status(manifest, defaults, state_dir=state_dir, bucket=bucket)
-    emit(r, as_json, table(r["images"]))
+    r = fleet_status(FleetRequest(manifest, defaults, state_dir, bucket=bucket))
+    emit(r.to_dict(), as_json, table(r.to_dict()["images"]))
 
 
 def register(cli: click.Group) -> None:
