@@ -140,3 +140,31 @@ def test_keyhash_subprocess_exit_codes(tmp_path: Path, samples: Path) -> None:
     err = cli.fails("keyhash", samples / "vs.vhd")  # a plain qemu VHD: no key hash
     assert "is not 'tap'" in err
     cli.fails("keyhash", code=2)
+
+
+def test_key_jobs_from_python(tmp_path: Path, samples: Path, sample_keys: dict[str, Path]) -> None:
+    """lukspack.api.keys: what the commands call, with the same rules and typed errors."""
+    from lukspack.api import KeySource, exit_code
+    from lukspack.api.keys import KeygenRequest, KeyhashRequest, keygen, keyhash
+    from lukspack.errors import UsageError
+
+    dek = write_key(tmp_path / "aes512.dek", IBM_EXAMPLE_DEK)
+    assert keyhash(KeyhashRequest(key=KeySource(str(dek)))).key_hash == IBM_EXAMPLE_HASH
+    r = keyhash(KeyhashRequest(str(samples / "vs-aes256.vhd")))
+    assert (r.nonce, r.key_hash, r.matches) == ("0" * 64, KEY_HASHES["aes256"], None)
+    r = keyhash(KeyhashRequest(str(samples / "vs-aes128.vhd"),
+                               KeySource(str(sample_keys["aes128.dek"]))))
+    assert r.matches is True and r.key_bits == 256
+    for bad in ({}, {"image": "x.vhd", "nonce": "00" * 32}, {"key": KeySource(str(dek)),
+                                                             "nonce": "zz"}):
+        with pytest.raises(UsageError) as e:
+            KeyhashRequest(**bad)  # type: ignore[arg-type]
+        assert exit_code(e.value) == 2
+    out = tmp_path / "new.dek"
+    g = keygen(KeygenRequest(str(out), "classic"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and g.where == f"{out} (mode 0600)"
+    assert len(decode_vhd_key(bytearray(out.read_bytes()), name="new")) == 64
+    with pytest.raises(KeyFileError):
+        keygen(KeygenRequest(str(out)))  # never over an existing file
+    with pytest.raises(UsageError):
+        KeygenRequest(str(tmp_path / "x"), "aws")

@@ -21,8 +21,7 @@ import click
 
 from lukspack import __version__
 from lukspack.cli.progress import human, progress_bar
-from lukspack.errors import Interrupted, KeyFileError, LukspackError
-from lukspack.keys import wipe, write_key_file
+from lukspack.errors import Interrupted, LukspackError
 
 __all__ = ["cli", "main", "emit", "human", "key_from", "progress_bar", "KEY_FILE_HELP"]
 
@@ -101,36 +100,10 @@ def keygen(file: str, target: str, nbytes: str | None) -> None:
     """Write a new key to FILE, mode 0600, never over an existing file ('-': standard output,
     refused on a terminal): a data encryption key (base64 of random bytes, one line, no
     newline) or, --for vpc, a random passphrase."""
-    from lukspack.keys import check_new_key_path, new_key
+    from lukspack.api import keys
 
-    if file == "-" and sys.stdout is not None and sys.stdout.isatty():
-        raise KeyFileError("-: refusing to print a key on a terminal (redirect standard output, "
-                           "or give a file name)")
-    if file != "-":
-        check_new_key_path(file)  # an empty name is a usage error, as every OUTPUT's
-    key, what = new_key(target, None if nbytes is None else int(nbytes))
-    try:
-        if file == "-":
-            _key_to_stdout(key)
-        else:
-            write_key_file(file, key)
-    finally:
-        wipe(key)
-    click.echo(f"wrote {what} to " + ("standard output" if file == "-" else
-                                       f"{file} (mode 0600)"), err=True)
-
-
-def _key_to_stdout(key: bytearray) -> None:
-    """Write key to file descriptor 1 unbuffered (no copy left in a Python buffer to flush at
-    exit); a closed or full standard output is one KeyFileError line."""
-    view = memoryview(key)
-    try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        while view:
-            view = view[os.write(1, view) :]
-    except OSError as e:
-        raise KeyFileError(f"-: cannot write the key to standard output: {e.strerror}") from None
+    r = keys.keygen(keys.KeygenRequest(file, target, None if nbytes is None else int(nbytes)))
+    click.echo(f"wrote {r.what} to {r.where}", err=True)
 
 
 # -- command modules ---------------------------------------------------------------------------
