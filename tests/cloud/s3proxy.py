@@ -30,10 +30,15 @@ class S3Proxy:
                  hold: Callable[[str, str, dict[str, list[str]]], bool] | None = None,
                  hold_s: float = 30.0) -> None:
         """hold(method, path, query): requests it picks wait hold_s before they are forwarded
-        (a kill -9 test then knows the upload is still open when it strikes)."""
+        (a kill -9 test then knows the upload is still open when it strikes). release() (and
+        stop()) ends the holding: a request held then is dropped, never forwarded (its client
+        was killed; a part landing late on the kept upload would race the rerun), and no later
+        request is held (a rerun or a Ray retry through the proxy runs at once)."""
         self.upstream = urlsplit(upstream)
         self.corrupt, self.delay_s = corrupt, delay_s
         self.hold, self.hold_s = hold, hold_s
+        self.released = threading.Event()
+        self.dropped = 0
         self.flipped = 0
         self.statuses: list[tuple[str, int]] = []
         proxy = self
@@ -53,9 +58,12 @@ class S3Proxy:
                     proxy.flipped += 1
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                if proxy.hold is not None and proxy.hold(self.command, urlsplit(self.path).path,
-                                                         query):
-                    time.sleep(proxy.hold_s)
+                held = proxy.hold is not None and not proxy.released.is_set() and \
+                    proxy.hold(self.command, urlsplit(self.path).path, query)
+                if held and proxy.released.wait(proxy.hold_s):
+                    proxy.dropped += 1  # held when the kill came: never forwarded
+                    self.close_connection = True
+                    return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
                                                   timeout=120)
                 conn.putrequest(self.command, self.path, skip_host=True,
@@ -85,7 +93,12 @@ class S3Proxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def release(self) -> None:
+        """After a kill: drop the held requests, hold no more."""
+        self.released.set()
+
     def stop(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 

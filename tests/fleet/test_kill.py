@@ -1,6 +1,9 @@
-"""kill -9 part way: of one local-pool worker, and of the whole `fleet run`. A rerun completes
-every image; each object decrypts to its source byte for byte (`verify --source`) and matches
-the checksum its image reports; no image is imported twice; no multipart upload is left open."""
+"""kill -9 part way: of one local-pool worker, and of the whole `fleet run` (--jobs 4, qcow2 x2,
+LUKS RAW and the encrypted VHD, every upload open when the kill comes). A rerun completes every
+image; each object decrypts to its source byte for byte (`verify --source`), matches the
+checksum its image reports, and each resumed object is byte-identical to an uninterrupted run
+with the same key and the same saved header (identical.py); no image is imported twice; no
+multipart upload is left open."""
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import pytest
 from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import state_name
 from tests.cloud import s3server
-from tests.cloud.s3proxy import S3Proxy, hold_parts_from, kill_9_part_way
+from tests.cloud.s3proxy import S3Proxy, hold_parts_from
 from tests.fleet.conftest import FORMATS, classic_row, defaults_for, vpc_row, write_manifest
+from tests.fleet.identical import resumed_identical, saved_key_material, sources_of
 from tests.fleet.test_run import download, imports_of
 from tests.helpers import cli_env, run, tool
 
@@ -35,12 +39,16 @@ def big_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def manifest(cloud, imgs: dict[str, Path], tmp_path: Path, prefix: str) -> Path:
-    rows = [vpc_row(cloud, imgs["vmdk"], f"{prefix}-a"),
+def rows_of(cloud, imgs: dict[str, Path], prefix: str) -> list[dict]:
+    """qcow2 (from a VMDK), LUKS RAW (from a qcow2), qcow2 (from RAW), encrypted VHD (RAW)."""
+    return [vpc_row(cloud, imgs["vmdk"], f"{prefix}-a"),
             classic_row(cloud, imgs["qcow2"], f"{prefix}-b", format="raw"),
             vpc_row(cloud, imgs["raw"], f"{prefix}-c"),
             classic_row(cloud, imgs["raw"], f"{prefix}-d")]
-    return write_manifest(tmp_path / "f.yaml", rows, defaults_for(cloud))
+
+
+def manifest(cloud, imgs: dict[str, Path], tmp_path: Path, prefix: str) -> Path:
+    return write_manifest(tmp_path / "f.yaml", rows_of(cloud, imgs, prefix), defaults_for(cloud))
 
 
 def env_of(cos_env: dict[str, str]) -> dict[str, str]:
@@ -63,10 +71,11 @@ def journal_parts(path: Path) -> int:
 
 def kill_victim_part_way(cmd: list[str], env: dict[str, str], proxy: S3Proxy, journal: Path,
                          state_file: Path, wait_s: float = 120
-                         ) -> tuple[subprocess.Popen[str], int, str, str]:
+                         ) -> tuple[subprocess.Popen[str], int, str, str, dict[str, bytes]]:
     """Run `fleet run` through the proxy, kill -9 the worker of the victim once its upload journal
-    holds two parts (and the key material), let the run end; (the fleet process, the victim
-    worker's pid, stdout, stderr)."""
+    holds two parts (and the key material), drop the requests the proxy held for it, let the run
+    end; (the fleet process, the victim worker's pid, stdout, stderr, the key material saved at
+    the kill: identical.saved_key_material, read before a retry can finish and remove it)."""
     p = subprocess.Popen(cmd, env={**env, "COS_ENDPOINT": proxy.url}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
@@ -75,13 +84,15 @@ def kill_victim_part_way(cmd: list[str], env: dict[str, str], proxy: S3Proxy, jo
             time.sleep(0.05)
         assert journal_parts(journal) >= 2, p.stderr.read() if p.poll() is not None else ""
         pid = json.loads(state_file.read_text())["pid"]
+        saved = saved_key_material(journal.parent)
         os.kill(pid, signal.SIGKILL)
+        proxy.release()
         out, err = p.communicate(timeout=300)
     finally:
         proxy.stop()
         if p.poll() is None:
             p.kill()
-    return p, pid, out, err
+    return p, pid, out, err, saved
 
 
 def check_complete(cloud, s3, imgs, tmp_path: Path, r: dict, prefix: str) -> None:
@@ -109,9 +120,10 @@ def test_kill_9_a_worker_then_rerun(cloud, s3, cos_env, big_images, tmp_path) ->
     journal = state_dir / "uploads" / (
         state_name(parse_cos(f"cos://us-south/{s3server.BUCKET}/fleet/{victim}.qcow2"))
         + ".lukspack-upload")
-    p, pid, out, err = kill_victim_part_way(
+    p, pid, out, err, saved = kill_victim_part_way(
         [sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs", "2", "--json"],
         env, proxy, journal, state_dir / f"{victim}.json")
+    assert proxy.dropped >= 1  # the victim's held parts: never forwarded
     assert pid != p.pid
     assert p.returncode == 1, err
     r = json.loads(out)
@@ -126,27 +138,55 @@ def test_kill_9_a_worker_then_rerun(cloud, s3, cos_env, big_images, tmp_path) ->
     resumed = json.loads((state_dir / f"{victim}.json").read_text())["resumed_parts"]
     assert resumed >= 2  # the kept multipart upload continued, not started again
     check_complete(cloud, s3, big_images, tmp_path, r, "kw")
+    sources = sources_of(rows_of(cloud, big_images, "kw"))
+    # the victim; and any image whose upload was open then (it finished in the first run)
+    assert victim in resumed_identical(s3, r, saved, sources, tmp_path / "keys", tmp_path)
 
 
 def test_kill_9_the_fleet_run_then_rerun(cloud, s3, cos_env, big_images, tmp_path) -> None:
-    path = manifest(cloud, big_images, tmp_path, "kf")
+    rows = rows_of(cloud, big_images, "kf")
+    path = write_manifest(tmp_path / "f.yaml", rows, defaults_for(cloud))
     env = env_of(cos_env)
     uploads = tmp_path / "f.yaml.state" / "uploads"
-    kill_9_part_way([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs", "2"],
-                    env, s3.endpoint, lambda: sorted(uploads.glob("*.lukspack-upload")),
-                    parts=2, need=b"key_material", delay_s=0.2)
+    # every image's parts from the 4th on wait: all four uploads are open, each with parts on
+    # the server and its header saved, when the kill comes
+    proxy = S3Proxy(s3.endpoint, delay_s=0.1, hold=hold_parts_from("/fleet/kf-", 4),
+                    hold_s=120)
+    p = subprocess.Popen([sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--jobs",
+                          "4"], env={**env, "COS_ENDPOINT": proxy.url}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and p.poll() is None and not (
+                len(js := list(uploads.glob("*.lukspack-upload"))) == 4
+                and all(journal_parts(j) >= 2 for j in js)):
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()[1]
+        saved = saved_key_material(uploads)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+    finally:
+        proxy.stop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert len(saved) == 4, sorted(saved)
     time.sleep(0.5)  # the workers die with the run (PR_SET_PDEATHSIG)
     states = [json.loads(p.read_text()) for p in (tmp_path / "f.yaml.state").glob("*.json")]
-    assert states and all(s["status"] in ("running", "done") for s in states)
+    assert len(states) == 4 and all(s["status"] == "running" for s in states)
     st = fleet(["status", str(path), "--json"], env)
-    assert st.returncode == 0 and "interrupted" in {i["status"] for i in
-                                                     json.loads(st.stdout)["images"]}
-    q = fleet(["run", str(path), "--json"], env)
+    assert st.returncode == 0 and {i["status"] for i in json.loads(st.stdout)["images"]} == \
+        {"interrupted"}
+    assert not imports_of(cloud)
+    q = fleet(["run", str(path), "--jobs", "4", "--json"], env)
     assert q.returncode == 0, q.stderr
-    check_complete(cloud, s3, big_images, tmp_path, json.loads(q.stdout), "kf")
+    r = json.loads(q.stdout)
+    check_complete(cloud, s3, big_images, tmp_path, r, "kf")
     resumed = [json.loads(p.read_text()).get("resumed_parts") or 0
                for p in (tmp_path / "f.yaml.state").glob("*.json")]
-    assert max(resumed) >= 2
+    assert min(resumed) >= 2  # every kept upload continued
+    assert resumed_identical(s3, r, saved, sources_of(rows), tmp_path / "keys", tmp_path) == \
+        ["kf-a", "kf-b", "kf-c", "kf-d"]
 
 
 def test_sigterm_stops_the_run_and_keeps_the_uploads(cloud, s3, cos_env, big_images,

@@ -1,7 +1,8 @@
 """The Ray executor against a real Ray: a head (`ray start --head --node-ip-address 127.0.0.1`)
 and a second node joining it, started by the tests, and `--ray local` (a Ray started in the
 driver). A 6-image manifest mixing formats and both targets; the IBM stand-ins record one import
-per image; kill -9 of the Ray worker running an image: Ray retries the task, which resumes.
+per image; kill -9 of the Ray worker running an image: Ray retries the task, which resumes into
+an object byte-identical to an uninterrupted run with the same key and saved header.
 Without Ray installed, --ray is one clear line."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.cloud.conftest import API_KEY
 from tests.cloud.s3proxy import S3Proxy, hold_parts_from
 from tests.cloud.s3server import free_ports
 from tests.fleet.conftest import classic_row, defaults_for, mixed_rows, vpc_row, write_manifest
+from tests.fleet.identical import resumed_identical, sources_of
 from tests.fleet.test_kill import kill_victim_part_way
 from tests.fleet.test_run import imports_of
 from tests.helpers import SRC, cli_env
@@ -141,7 +143,7 @@ def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
         f"cos://us-south/{s3server.BUCKET}/fleet/rk-a.qcow2")) + ".lukspack-upload")
     # rk-a's parts from the 4th on wait: its upload is open when the kill comes
     proxy = S3Proxy(s3.endpoint, delay_s=0.2, hold=hold_parts_from("rk-a.qcow2", 4))
-    p, _, out, err = kill_victim_part_way(
+    p, _, out, err, saved = kill_victim_part_way(
         [sys.executable, "-m", "lukspack", "fleet", "run", str(path), "--ray", address, "--json"],
         driver_env(cos_env, home), proxy, journal, state_dir / "rk-a.json", wait_s=180)
     assert p.returncode == 0 and out.startswith("{"), out[:2000]  # Ray retried; it resumed
@@ -152,6 +154,8 @@ def test_kill_9_a_ray_worker(ray_cluster, cloud, s3, cos_env, tmp_path) -> None:
     left = s3.client().list_multipart_uploads(Bucket=s3server.BUCKET, Prefix="fleet/rk-")
     assert not left.get("Uploads")
     assert r["all_done"]
+    assert "rk-a" in resumed_identical(s3, r, saved, sources_of(rows), tmp_path / "keys",
+                                       tmp_path)
 
 
 def _big(tmp_path: Path) -> dict[str, Path]:

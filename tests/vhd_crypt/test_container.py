@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from lukspack.containers.encrypted_vhd import BLOCK, EncryptedVhd, encrypted_vhd_size
-from lukspack.errors import KeyFileError, UnsupportedError, VerifyError
+from lukspack.errors import FormatError, KeyFileError, UnsupportedError, VerifyError
 from lukspack.images.vhd_crypt import (
     encrypted_vhd_info,
     key_hash,
@@ -232,8 +232,35 @@ def test_key_file_forms(tmp_path: Path) -> None:
     assert c.new_volume_key(KEY32) == KEY32 and c.key_bytes == 32
     with pytest.raises(KeyFileError, match="neither base64 of 32 or 64 bytes"):
         c.new_volume_key(b"too short")
-    assert c.build_key_material(KEY64, KEY64, None) == b""
-    assert c.recover_volume_key(b"", KEY64, None) == KEY64
+    footer = c.build_key_material(KEY64, KEY64, None)
+    assert len(footer) == 512 and footer == c.finish(footer).trailer[-1][1]
+    assert c.recover_volume_key(b"", KEY64, None) == KEY64  # a journal from before the footer
+
+
+def test_a_resume_reuses_the_saved_footer() -> None:
+    """The key material is the footer: a resumed run (another container, its own time stamp and
+    unique id) takes the saved one's, so its output is byte-identical; a damaged or another
+    disk's footer is refused."""
+    first = EncryptedVhd(4 * MiB, timestamp=7, unique_id=bytes(range(16)))
+    first.new_volume_key(KEY64)
+    saved = first.build_key_material(KEY64, KEY64, None)
+    again = EncryptedVhd(4 * MiB)
+    assert (again.timestamp, again.unique_id) != (7, bytes(range(16)))
+    assert again.recover_volume_key(saved, KEY64, None) == KEY64
+    assert (again.timestamp, again.unique_id) == (7, bytes(range(16)))
+    assert again.finish(saved) == first.finish(saved)
+    bad = bytearray(saved)
+    bad[100] ^= 1
+    with pytest.raises(FormatError, match="not a VHD footer with a valid checksum"):
+        EncryptedVhd(4 * MiB).recover_volume_key(bytes(bad), KEY64, None)
+    with pytest.raises(FormatError, match="not a VHD footer"):
+        EncryptedVhd(4 * MiB).recover_volume_key(saved[:511], KEY64, None)
+    with pytest.raises(FormatError, match="not this disk's"):
+        EncryptedVhd(6 * MiB).recover_volume_key(saved, KEY64, None)
+    other = EncryptedVhd(4 * MiB, timestamp=8)
+    other.new_volume_key(KEY64)
+    with pytest.raises(ValueError, match="another footer"):
+        other.finish(saved)
 
 
 def test_check_prefix_catches_a_wrong_prefix(source: Path, tmp_path: Path) -> None:

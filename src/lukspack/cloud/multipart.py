@@ -13,7 +13,8 @@ again, up to PART_ATTEMPTS times.
 The journal (state file, mode 0600) is JSON lines, appended as the upload goes:
     {"upload": {...}}                 first: upload id, location, endpoint, part size, source
     {"part": N, "size", "etag", "md5", "sha256"}   one line per part the server accepted
-    {"key_material": BASE64}          a streamed image's LUKS header area (public in the image)
+    {"key_material": BASE64}          a streamed image's LUKS header area (an encrypted VHD's
+                                      footer); public in the image
 A torn last line (the process killed while writing it) is ignored.
 """
 

@@ -17,6 +17,13 @@ zeros). Blocks whose source extents are unallocated, or that hold only zeros, st
 Every sector of an allocated block is marked present *and* encrypted: vhd-util's copy marks them
 all present but leaves sectors absent from its source as plaintext zeros (its quirk); this
 container never does. The prefix (footer copy, header, BAT, batmap) is only known at the end.
+
+Key material: there are no key slots, but the footer (time stamp and unique id, chosen when the
+output starts) is what a resumed upload must reuse to be byte-identical to the first run:
+build_key_material returns it (512 bytes, saved in the upload journal), recover_volume_key
+checks it (cookie, checksum, and every field but those two as this disk's) and takes its time
+stamp and unique id. Empty saved material (a journal from before the footer was saved) is
+accepted: that resume gets a new footer.
 """
 
 from __future__ import annotations
@@ -172,6 +179,8 @@ class EncryptedVhd:
 
     def recover_volume_key(self, key_material: bytes, passphrase: bytes | bytearray,
                            cache: Any) -> bytearray:
+        if key_material:
+            self.reuse_footer(key_material)
         key = decode_vhd_key(passphrase)
         digest = key_hash(key, self.nonce)
         if self._key_hash is not None and not hmac.compare_digest(digest, self._key_hash):
@@ -186,9 +195,27 @@ class EncryptedVhd:
 
     def build_key_material(self, volume_key: bytes | bytearray, passphrase: bytes | bytearray,
                            cache: Any) -> bytes:
+        """The footer: what a resume must reuse (see the module's docstring)."""
         self.key_bytes = len(volume_key)
         self._key_hash = key_hash(volume_key, self.nonce)
-        return b""
+        return self.footer()
+
+    def footer(self) -> bytes:
+        return make_tap_footer(self.stream_size, self.timestamp, self.unique_id)
+
+    def reuse_footer(self, saved: bytes) -> None:
+        """Take the time stamp and unique id of a saved footer (a resumed upload's key material)
+        once it is checked: a footer (cookie, checksum) that this container writes for this disk
+        with them. FormatError otherwise."""
+        f = parse_footer(saved) if len(saved) == SECTOR else None
+        if f is None or not f["checksum_ok"]:
+            raise FormatError(f"{self.label}: the saved key material ({len(saved)} bytes) is not "
+                              "a VHD footer with a valid checksum")
+        if make_tap_footer(self.stream_size, f["time_stamp"], f["unique_id"]) != saved:
+            raise FormatError(f"{self.label}: the saved VHD footer is not this disk's (creator "
+                              f"{f['creator_application']!r}, size {f['current_size']}, not "
+                              f"{TAP_CREATOR!r}, {self.stream_size})")
+        self.timestamp, self.unique_id = int(f["time_stamp"]), bytes(f["unique_id"])
 
     # -- the stream ------------------------------------------------------------------------------
     def plan(self, offset: int, view: memoryview | None, allocated: bool) -> ChunkPlan:
@@ -224,9 +251,12 @@ class EncryptedVhd:
     def finish(self, key_material: bytes) -> Finished:
         if self._key_hash is None:
             raise ValueError(f"{self.label}: finish() before the key was given")
+        footer = self.footer()
+        if key_material and key_material != footer:
+            raise ValueError(f"{self.label}: finish() with another footer than the key "
+                             "material's")
         prefix = self.build_prefix()
         end = self._next_sector * SECTOR
-        footer = make_tap_footer(self.stream_size, self.timestamp, self.unique_id)
         return Finished(prefix, [(end, footer)], end + SECTOR)
 
     def batmap(self) -> bytes:
@@ -243,7 +273,7 @@ class EncryptedVhd:
         bitmap = self.batmap()
         checksum = batmap_checksum(bitmap[: batmap_map_bytes(self.stream_size)])
         prefix = b"".join([
-            make_tap_footer(self.stream_size, self.timestamp, self.unique_id),
+            self.footer(),
             make_dynamic_header(TABLE_OFFSET, lay.blocks, BLOCK),
             bat,
             pack_batmap_header(lay.batmap_offset, lay.batmap_sectors, checksum, self.nonce,

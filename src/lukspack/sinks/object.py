@@ -22,7 +22,8 @@ fingerprint (options.fingerprint: every option that shapes the output: format, L
 cipher, key size, sector size, hash, PBKDF and its cost, UUID, label, subsystem, key slot; a
 resume with any of them changed is refused before anything is streamed, naming it) and the LUKS
 header area (key_material: its key slots are encrypted with the
-passphrase and are public in the object anyway). Never the volume key or the passphrase.
+passphrase and are public in the object anyway; for the encrypted VHD its footer, whose time
+stamp and unique id a resume reuses). Never the volume key or the passphrase.
 A resumed run regenerates the whole image (XTS is deterministic under the recovered volume
 key) and sends only the parts the server does not hold with the same MD5.
 """
