@@ -205,7 +205,7 @@ def for_format(opts: EncryptOptions, fmt: str) -> EncryptOptions:
         raise UsageError(f"--key-size {opts.key_bytes * 8} is not supported for aes-xts-plain64 "
                          f"(supported: {', '.join(map(str, KEY_SIZES))})")
     kdf = opts.kdf or KdfOptions()
-    _check_hash(kdf.hash)
+    check_hash(kdf.hash)
     fields_ = opts.fields or HeaderFields()
     if fmt == "qcow2":
         wrong = [g for g in _given(opts) if g.startswith((
@@ -244,7 +244,8 @@ def kdf_note(opts: EncryptOptions, fmt: str) -> str | None:
 HASHES = ("sha1", "sha256", "sha512")
 
 
-def _check_hash(name: str) -> None:
+def check_hash(name: str) -> None:
+    """A usage error for a --hash hashlib does not know."""
     import hashlib
 
     try:
@@ -278,4 +279,4 @@ def fingerprint(opts: EncryptOptions, fmt: str) -> dict[str, Any]:
 __all__ = [
     "EncryptOptions", "StreamOptions", "for_format", "fingerprint", "fingerprint_change",
     "kdf_note",
-    "format_name", "luks_type_name", "output_format", "kdf_options", "header_fields"]
+    "format_name", "luks_type_name", "output_format", "kdf_options", "header_fields", "check_hash"]

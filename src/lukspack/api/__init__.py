@@ -9,3 +9,31 @@ from __future__ import annotations
 from lukspack.api.common import KeySource, Result, exit_code
 
 __all__ = ["KeySource", "Result", "exit_code"]
+
+from lukspack.api.disk import (  # noqa: E402  the disk jobs
+    EncryptCheck,
+    EncryptRequest,
+    EncryptResult,
+    ObjectUpload,
+    encrypt,
+    json_digests,
+)
+
+__all__ += ["EncryptCheck", "EncryptRequest", "EncryptResult", "ObjectUpload", "encrypt",
+            "json_digests"]
+
+from lukspack.api.opened import (  # noqa: E402
+    CheckFinding,
+    CheckRequest,
+    CheckResult,
+    DecryptRequest,
+    DecryptResult,
+    VerifyRequest,
+    VerifyResult,
+    check,
+    decrypt,
+    verify,
+)
+
+__all__ += ["CheckFinding", "CheckRequest", "CheckResult", "DecryptRequest", "DecryptResult",
+            "VerifyRequest", "VerifyResult", "check", "decrypt", "verify"]

@@ -11,24 +11,6 @@ import click
 TARGET_HELP = "IBM Cloud VPC (KVM, NoCloud) or classic (Xen, ConfigDrive)."
 
 
-def _check(source: str, key_file: str | None, fmt: str | None, target: str,
-           remote: Any = None) -> tuple[Any, dict[str, int] | None]:
-    """run_check on SOURCE, decrypted by lukspack's reader where it is encrypted; with what a
-    remote SOURCE cost (remote.source_reads)."""
-    from lukspack.check import run_check
-    from lukspack.disks import unlocked_disk
-    from lukspack.remote import source_reads
-
-    if key_file is None:
-        with unlocked_disk(source, None, fmt, remote=remote) as image:
-            return run_check(image, target), source_reads(image)
-    from lukspack.cli import key_from
-
-    with key_from(key_file, dek_rules=False) as key, \
-            unlocked_disk(source, key, fmt, remote=remote) as image:
-        return run_check(image, target), source_reads(image)
-
-
 def register(cli: click.Group) -> None:
     from lukspack.cli import KEY_FILE_HELP, emit
     from lukspack.cli.cloud import cos_options, remote_options_from
@@ -47,15 +29,13 @@ def register(cli: click.Group) -> None:
               as_json: bool, **cloud: Any) -> None:
         """Check that SOURCE is a bootable Linux with cloud-init fit for IBM Cloud, reading only
         the blocks it needs (no root, no mount). Exit 1 on any FAIL."""
-        from lukspack.check import raise_on_fail
+        from lukspack import api
 
-        report, reads = _check(source, key_file, input_format, target,
-                               remote_options_from(**cloud))
-        data = report.to_dict()
-        if reads is not None:
-            data["source_reads"] = reads
-        emit(data, as_json, report.lines())
-        raise_on_fail(report, source)
+        key = None if key_file is None else api.KeySource(path=key_file)
+        r = api.check(api.CheckRequest(source, target, key, input_format,
+                                       remote_options_from(**cloud)))
+        emit(r.to_dict(), as_json, r.lines())
+        r.raise_on_fail(source)
 
     @cli.command("boot-test")
     @click.argument("image", type=click.Path())

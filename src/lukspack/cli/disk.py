@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from lukspack.cli import KEY_FILE_HELP, emit, human, key_from, progress_bar
+from lukspack.cli import KEY_FILE_HELP, emit, human, progress_bar
 from lukspack.cli.cloud import cos_options, remote_options_from, stream_options
 from lukspack.cli.options import (
     batch_option,
@@ -24,28 +24,19 @@ MiB = 1 << 20
 OUTPUT_FORMAT_NAMES = ["raw", "qcow2", "vhd", "luks", "vpc", "vmdk", "vhdx", "vdi"]
 
 
-def _stream(verify: bool = True, as_json: bool = False, digest: bool = True) -> Any:
-    from lukspack.options import StreamOptions
-
-    return StreamOptions(verify=verify, plaintext_digest=as_json and digest,
-                         output_digest=as_json and digest)
-
-
 COS_ONLY = ("resume", "part_size", "concurrency", "state_dir", "verify_remote")
 
 
-def _check_encrypt_conflicts(output: str, as_json: bool, no_digest: bool) -> None:
-    """Options that say nothing without another are usage errors, not silently dropped."""
-    if no_digest and not as_json:
-        raise click.UsageError("--no-digest skips the SHA-256 of --json: give --json, or drop "
-                               "--no-digest")
-    if not output.startswith("cos://"):
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in COS_ONLY
-                 if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
-        if given:
-            raise click.UsageError(f"{', '.join(given)} apply to a cos:// OUTPUT (a multipart "
-                                   f"upload), not {output}")
+def _upload_given(cloud: dict[str, Any]) -> Any:
+    """api.ObjectUpload from the transfer options given on the command line (not defaults)."""
+    from lukspack.api import ObjectUpload
+
+    ctx = click.get_current_context()
+    given = {n: cloud[n] for n in COS_ONLY
+             if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
+    if "part_size" in given:
+        given["part_size_mib"] = given.pop("part_size")
+    return ObjectUpload(**given)
 
 
 @click.command()
@@ -107,49 +98,33 @@ def encrypt(source: str, output: str, key_file: str, luks_type: str | None,
     or an http(s):// URL) into OUTPUT: LUKS1 or LUKS2 RAW, qcow2 with LUKS inside (IBM Cloud
     VPC), or the encrypted VHD (IBM Cloud classic). An option the output format does not take
     is a usage error (the encrypted VHD takes none of the LUKS options)."""
-    from lukspack.encrypt import encrypt as do_encrypt
-    from lukspack.options import EncryptOptions, fingerprint, for_format, header_fields, kdf_options
-    from lukspack.options import output_format as format_of
+    from lukspack import api
+    from lukspack.options import header_fields, kdf_options
 
-    kdf = kdf_options(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,
-                      pbkdf_parallel)
-    opts = EncryptOptions(luks_type=luks_type, kdf=kdf,
-                          sector_size=int(sector_size) if sector_size else None,
-                          key_bytes=key_size // 8 if key_size is not None else None,
-                          fields=header_fields(uuid, label, subsystem, key_slot), cipher=cipher,
-                          output_format=output_format, input_format=input_format, disk=disk,
-                          force=force, stream=_stream(verify, as_json, not no_digest),
-                          target=target, skip_check=skip_check,
-                          source_options=remote_options_from(**cloud))
-    _check_encrypt_conflicts(output, as_json, no_digest)  # --skip-check alone: options.py
-    if key_size is not None and key_size % 8:
-        raise click.UsageError(f"--key-size {key_size} is not a whole number of bytes")
-    fmt = format_of(output, output_format, target)
-    for_format(opts, fmt)  # a usage error before the key file is read
-    sink = None
-    if output.startswith("cos://"):  # streamed into a multipart upload: no local copy
-        from lukspack.cli.cloud import object_sink_from
+    req = api.EncryptRequest(
+        source, output, api.KeySource(path=key_file), output_format, luks_type, cipher, key_size,
+        kdf_options(hash_, iter_time, pbkdf_force_iterations, pbkdf, pbkdf_memory,
+                    pbkdf_parallel), int(sector_size) if sector_size else None,
+        header_fields(uuid, label, subsystem, key_slot), verify, force,
+        api.json_digests(as_json, no_digest), input_format, disk, target, skip_check,
+        remote_options_from(**cloud), _upload_given(cloud))
+    with progress_bar(progress) as bar:
+        r = api.encrypt(req, bar)
+    emit(r.to_dict(), as_json, _encrypt_lines(r, source, target))
 
-        print_ = fingerprint(opts, fmt)
 
-        def sink() -> Any:
-            return object_sink_from(source, output, print_, **cloud)
-    # what the key means for the output's target is keys.key_for_target's, in do_encrypt
-    with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
-        s = do_encrypt(source, output, key, opts, bar, sink=sink,
-                       protected=(("key file", key_file),))
-    kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(s["output_format"],
-                                                               s["type"].upper())
-    emit(s, as_json, [
-        f"{s['output']}: {kind} {s['cipher']} {s['key_bits']}-bit, "
-        f"{human(s['total_bytes'])} ({s['header_bytes']} header + {s['payload_bytes']} payload)",
-        f"source {source} ({s['source_format']}, {human(s['virtual_size'])})"
-        + (f", sha256 {s['source_sha256']}" if s.get("source_sha256") else ""),
-        (f"verified ({s['verification']}): decrypts to the source" if s["verified"]
-         else "not verified (--no-verify)") + f", {s['seconds']:.1f} s",
-    ] + ([f"check for IBM Cloud {target}: {s['check']['PASS']} passed, "
-          f"{s['check']['WARN']} warnings, {s['check']['FAIL']} failed"]
-         if s.get("check") else []))
+def _encrypt_lines(r: Any, source: str, target: str | None) -> list[str]:
+    kind = {"qcow2": "qcow2+LUKS1", "vhd": "encrypted VHD"}.get(r.output_format,
+                                                               r.kind.upper())
+    return [
+        f"{r.output}: {kind} {r.cipher} {r.key_bits}-bit, "
+        f"{human(r.total_bytes)} ({r.header_bytes} header + {r.payload_bytes} payload)",
+        f"source {source} ({r.source_format}, {human(r.virtual_size)})"
+        + (f", sha256 {r.source_sha256}" if r.source_sha256 else ""),
+        (f"verified ({r.verification}): decrypts to the source" if r.verified
+         else "not verified (--no-verify)") + f", {r.seconds:.1f} s",
+    ] + ([f"check for IBM Cloud {target}: {r.check.passed} passed, "
+          f"{r.check.warned} warnings, {r.check.failed} failed"] if r.check else [])
 
 
 @click.command()
@@ -171,34 +146,24 @@ def verify(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: 
            source: str | None, as_json: bool, progress: bool | None, batch_mode: bool,
            input_format: str | None, disk: int | None, key_only: bool, **cloud: Any) -> None:
     """Unlock IMAGE and decrypt its whole disk; with --source, compare it byte for byte."""
-    from lukspack.plaintext import verify as do_verify
+    from lukspack import api
 
+    req = api.VerifyRequest(image, api.KeySource(path=key_file, size=keyfile_size,
+                                                  offset=keyfile_offset),
+                            source, input_format, disk, remote_options_from(**cloud), key_only)
+    with progress_bar(False if key_only else progress) as bar:
+        r = api.verify(req, bar)
     if key_only:
-        if source is not None:
-            raise click.UsageError("--key-only decrypts nothing: it cannot compare with --source")
-        from lukspack.plaintext import test_key
-
-        with key_from(key_file, dek_rules=False, size=keyfile_size,
-                      offset=keyfile_offset) as key:
-            r = test_key(image, key)
-        emit(r, as_json, [f"{image}: key opens {r['type'].upper()} {r['cipher']}; nothing "
-                          "decrypted"] + [f"note: {n}" for n in r.get("notes", [])])
-        return
-    if source is None and (input_format is not None or disk is not None):
-        raise click.UsageError("--input-format and --disk describe --source: give --source "
-                               "(IMAGE's format is read from its content)")
-    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
-            progress_bar(progress) as bar:
-        r = do_verify(image, key, source, _stream(), bar, input_format=input_format, disk=disk,
-                      remote=remote_options_from(**cloud))
-    lines = [f"{image}: key opens {r['type'].upper()} {r['cipher']}, disk sha256 "
-             f"{r['disk_sha256']} ({r['disk_bytes']} bytes)"]
-    if source:
-        rest = r["disk_bytes"] - r["source_bytes"]
-        lines.append(f"matches {r['source']} ({r['source_bytes']} bytes"
+        lines = [f"{image}: key opens {r.kind.upper()} {r.cipher}; nothing decrypted"]
+    else:
+        lines = [f"{image}: key opens {r.kind.upper()} {r.cipher}, disk sha256 "
+                 f"{r.disk_sha256} ({r.disk_bytes} bytes)"]
+    if source and not key_only:
+        assert r.disk_bytes is not None and r.source_bytes is not None
+        rest = r.disk_bytes - r.source_bytes
+        lines.append(f"matches {r.source} ({r.source_bytes} bytes"
                      + (f"; the other {rest} bytes of the disk decrypt to zeros)" if rest else ")"))
-    lines += [f"note: {n}" for n in r.get("notes", [])]
-    emit(r, as_json, lines)
+    emit(r.to_dict(), as_json, lines + [f"note: {n}" for n in r.notes or ()])
 
 
 @click.command()
@@ -214,14 +179,14 @@ def decrypt(image: str, output: str, key_file: str, keyfile_size: int | None,
             keyfile_offset: int, force: bool, as_json: bool, progress: bool | None,
             batch_mode: bool) -> None:
     """Write the decrypted disk of IMAGE to OUTPUT as RAW (mode 0600)."""
-    from lukspack.plaintext import decrypt as do_decrypt
+    from lukspack import api
 
-    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
-            progress_bar(progress) as bar:
-        r = do_decrypt(image, output, key, force=force, progress=bar,
-                       protected=(("key file", key_file),))
-    emit(r, as_json, [f"{output}: {human(r['bytes'])} RAW, disk sha256 {r['disk_sha256']}"]
-         + [f"note: {n}" for n in r.get("notes", [])])
+    req = api.DecryptRequest(image, output, api.KeySource(path=key_file, size=keyfile_size,
+                                                           offset=keyfile_offset), force)
+    with progress_bar(progress) as bar:
+        r = api.decrypt(req, bar)
+    emit(r.to_dict(), as_json, [f"{output}: {human(r.bytes)} RAW, disk sha256 {r.disk_sha256}"]
+         + [f"note: {n}" for n in r.notes or ()])
 
 
 @click.command()

@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 INPUT_FORMATS = ["raw", "vhd", "qcow2", "vmdk", "vhdx", "vdi", "ova"]
-HASHES = ("sha1", "sha256", "sha512")
 
 # qemu-img's -f names: vpc is its VHD; luks (a LUKS image) is a usage error saying to decrypt
 INPUT_ALIASES = {"vpc": "vhd", "luks": "luks"}
@@ -71,17 +70,17 @@ def kdf_options(f: Any) -> Any:
 
 
 def check_kdf_usage(luks_type: str, hash_: str | None, pbkdf: str | None) -> None:
-    """Option combinations that cannot work are usage errors (exit 2), before any I/O."""
-    if hash_ is not None:
-        import hashlib
+    """Option combinations that cannot work are usage errors (exit 2), before any I/O: the
+    library's rules (options.check_hash, luks.format.KdfOptions.check for Argon2 with LUKS1),
+    not copies of them."""
+    from lukspack.luks.format import KdfOptions
+    from lukspack.options import check_hash
 
-        try:
-            hashlib.new(hash_)
-        except (ValueError, TypeError):
-            raise click.UsageError(f"--hash {hash_} is not a known hash (use one of "
-                                   f"{', '.join(HASHES)})") from None
-    if luks_type == "luks1" and pbkdf not in (None, "pbkdf2"):
-        raise click.UsageError(f"LUKS1 key slots use pbkdf2 only, not --pbkdf {pbkdf}")
+    if hash_ is not None:
+        check_hash(hash_)
+    if pbkdf is not None:
+        KdfOptions(hash_ or KdfOptions.hash, pbkdf=pbkdf, force_iterations=1000).check(luks_type)
+
 
 disk_option = click.option("--disk", type=click.IntRange(min=0), default=None,
                            help="Which disk of an OVA with several (0 is the first).")
