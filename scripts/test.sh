@@ -19,4 +19,5 @@ need_btrfs_progs
 # syslinux only recommends syslinux-common, which holds the MBR code the test images use
 [ -f /usr/lib/syslinux/mbr/mbr.bin ] || need_debs /nonexistent/mbr.bin syslinux-common
 ruff check .
+mypy
 python -m pytest -q "$@"

@@ -12,10 +12,10 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 FAKE_PYTHON = """#!/bin/bash
-# `python3 -m venv .venv`: a venv whose python, lukspack and ruff record their arguments
+# `python3 -m venv .venv`: a venv whose python, lukspack, ruff and mypy record their arguments
 if [ "$1 $2" = "-m venv" ]; then
   mkdir -p "$3/bin"
-  for tool in python lukspack ruff; do
+  for tool in python lukspack ruff mypy; do
     printf '#!/bin/bash\\necho "%s $*" >> "$LOG"\\n' "$tool" > "$3/bin/$tool"
     chmod +x "$3/bin/$tool"
   done
@@ -60,7 +60,8 @@ def test_test_sh_installs_the_test_extras(tmp_path: Path) -> None:
     calls = _run(root, "test.sh", tmp_path / "test.log")
     installs = [c for c in calls if c.startswith("python -m pip install --quiet -e")]
     assert installs == ["python -m pip install --quiet -e .[test]"], calls
-    assert "ruff check ." in calls and any(c.startswith("python -m pytest") for c in calls)
+    assert "ruff check ." in calls and "mypy " in calls  # mypy strict, its config in pyproject
+    assert calls.index("mypy ") < next(i for i, c in enumerate(calls) if c.startswith("python -m pytest"))
     # a demo after the tests finds lukspack installed (with more), and installs only lukspack
     calls = _run(root, "demo.sh", tmp_path / "demo.log")
     assert [c for c in calls if "pip install --quiet -e" in c] == \

@@ -52,10 +52,10 @@ def info(path: str, input_format: str | None = None, disk: int | None = None, *,
             else:
                 os.close(fd)
     with open_image(path, input_format, disk, remote=remote) as image:
-        d = image.info()
+        out: dict[str, Any] = image.info()
         reads = source_reads(image)
         if reads is not None:
-            d["source_reads"] = reads
+            out["source_reads"] = reads
         if image.warnings:
-            d["notes"] = [*d.get("notes", []), *image.warnings]
-        return d
+            out["notes"] = [*out.get("notes", []), *image.warnings]
+        return out

@@ -97,7 +97,7 @@ def run_stream(total: int, read: Reader, write: Writer, *,
     ready: queue.Queue[tuple[int, memoryview, mmap.mmap, Any] | None] = queue.Queue(maxsize=depth)
     local = threading.local()
 
-    def put(q: queue.Queue, item: Any) -> None:
+    def put(q: queue.Queue[Any], item: Any) -> None:
         while not stop.is_set():
             try:
                 q.put(item, timeout=_POLL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Protocol
 
 from lukspack.images.base import DiskImage
 
@@ -21,6 +22,20 @@ class ReadCounter:
     def __init__(self) -> None:
         self.bytes = 0
         self.reads = 0
+
+
+class VolumeFile(Protocol):
+    """What the filesystem readers and libyal's open_file_object read a guest volume through:
+    a DiskFile slice, or an LVM logical volume (inspection.LvFile)."""
+
+    size: int
+
+    def pread(self, offset: int, size: int) -> bytes: ...
+    def read(self, size: int = -1) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def tell(self) -> int: ...
+    def get_offset(self) -> int: ...
+    def get_size(self) -> int: ...
 
 
 class DiskFile:
@@ -86,7 +101,9 @@ class FileTypes:
     """is_dir/is_link/is_file from a `mode` property: what every guest file node shares (the
     libyal-backed Node of filesystems.py and the Btrfs reader's BtrfsNode)."""
 
-    mode: int
+    @property
+    def mode(self) -> int:
+        raise NotImplementedError
 
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)

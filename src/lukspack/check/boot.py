@@ -89,9 +89,10 @@ def check_boot(guest: Guest, layout: Layout, report: Report, cmdlines: list[tupl
     if serial:
         report.add("PASS", "boot", "serial console", f"{serial[0][0]}: {serial[0][1]}")
     else:
-        p, c = cmdlines[0]
+        where, line = cmdlines[0]
         report.add("WARN", "boot", "serial console",
-                   f"{p}: {c!r} has no console=ttyS0 (advised: IBM Cloud's serial console shows nothing)")
+                   f"{where}: {line!r} has no console=ttyS0 (advised: IBM Cloud's serial console "
+                   "shows nothing)")
 
 
 def check_root_subvolume(root: FileSystem, cmdlines: list[tuple[str, str]], report: Report) -> None:
@@ -119,12 +120,14 @@ def _check_root_subvolume(root: BtrfsFS, cmdlines: list[tuple[str, str]], report
         return
     for path, line in entries:
         flags = re.search(r"(?:^|\s)rootflags=(\S+)", line)
+        got: int | None = None
         try:
-            got = btrfs.mounted_subvolume(flags.group(1) if flags else "")
+            mounted = btrfs.mounted_subvolume(flags.group(1) if flags else "")
         except OSError as e:
-            got, why = None, str(e)
+            why = str(e)
         else:
-            why = f"it mounts {btrfs.subvolume_path(got) or 'the top level'} (id {got})"
+            got = mounted
+            why = f"it mounts {btrfs.subvolume_path(mounted) or 'the top level'} (id {mounted})"
         if got != root.subvolume:
             report.add("FAIL", "boot", "root subvolume", f"{path}: {line!r}: the root is {root.description} "
                        f"but {why} (add rootflags=subvol={btrfs.subvolume_path(root.subvolume)})")

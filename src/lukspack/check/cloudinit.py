@@ -88,7 +88,8 @@ def _module_names(items: Any) -> list[str]:
     return names
 
 
-def check_cloud_init(guest: Guest, report: Report, target: str, cmdlines: list[tuple[str, str]]) -> dict:
+def check_cloud_init(guest: Guest, report: Report, target: str, cmdlines: list[tuple[str, str]]
+                     ) -> dict[str, Any]:
     area = "cloud-init"
     version = dpkg_version(guest, "cloud-init")
     where = f"{DPKG_STATUS}: cloud-init {version}" if version else ""
@@ -167,7 +168,8 @@ def _check_enabled(guest: Guest, report: Report, cmdlines: list[tuple[str, str]]
         report.add("PASS", area, "enabled", f"{len(evidence)} units wanted: " + ", ".join(evidence))
 
 
-def _check_datasources(report: Report, target: str, configs: list) -> None:
+def _check_datasources(report: Report, target: str,
+                       configs: list[tuple[str, str, dict[str, Any]]]) -> None:
     area = "cloud-init"
     for path, text, data in configs:
         if "datasource_list" in data:

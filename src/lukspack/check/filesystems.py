@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lukspack.check.blockio import MAX_FILE, DiskFile, FileTypes
+from lukspack.check.blockio import MAX_FILE, FileTypes, VolumeFile
 from lukspack.check.btrfs import Btrfs, BtrfsFS, BtrfsNode, read_uuid
 
 EXT_SUPER = 1024
@@ -30,7 +30,7 @@ class Volume:
     """A block device of the guest: a partition, an LV or the whole disk."""
 
     device: str  # the guest's name: /dev/vda1, /dev/mapper/vg0-root
-    file: DiskFile
+    file: VolumeFile
     kind: str = "unknown"  # ext4 | xfs | vfat | btrfs | swap | lvm2 | luks | unknown
     uuid: str = ""
     label: str = ""
@@ -141,7 +141,7 @@ class Node(FileTypes):
         n = min(self.size - offset, limit)
         if n <= 0:
             return b""
-        return self.entry.read_buffer_at_offset(n, offset)
+        return bytes(self.entry.read_buffer_at_offset(n, offset))
 
 
 class GuestFS:
@@ -161,6 +161,11 @@ class GuestFS:
         self._volume = lib.volume()
         self._volume.open_file_object(vol.file)
         self.root = Node(self, self._volume.get_root_directory(), "/")
+
+    @property
+    def description(self) -> str:
+        """How the check names this filesystem (BtrfsFS names its subvolume)."""
+        return f"{self.vol.device} ({self.kind})"
 
     def lookup(self, path: str) -> Node | None:
         """The entry at a link-free path of this filesystem, or None."""

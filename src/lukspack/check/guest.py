@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import posixpath
 
-from lukspack.check.filesystems import MAX_FILE, FileNode, FileSystem
+from lukspack.check.blockio import MAX_FILE
+from lukspack.check.filesystems import FileNode, FileSystem
 
 MAX_LINKS = 40  # the kernel's limit (ELOOP)
 

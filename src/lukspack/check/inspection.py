@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from lukspack.check.blockio import DiskFile
 from lukspack.check.btrfs import BtrfsFS
@@ -14,19 +15,27 @@ from lukspack.check.partitions import PartitionTable, read_table
 from lukspack.check.report import Report
 
 
+class LogicalVolume(Protocol):
+    """What LvFile reads of a pyvslvm logical volume (libvslvm has no type stubs)."""
+
+    size: int
+
+    def read_buffer_at_offset(self, size: int, offset: int) -> bytes: ...
+
+
 class LvFile:
     """A logical volume as a file object for the filesystem readers (reads go through the PV's
     DiskFile, which counts them)."""
 
-    def __init__(self, lv: object) -> None:
+    def __init__(self, lv: LogicalVolume) -> None:
         self.lv = lv
-        self.size = lv.size  # type: ignore[attr-defined]
+        self.size = int(lv.size)
         self.pos = 0
 
     def pread(self, offset: int, size: int) -> bytes:
         if offset >= self.size or size <= 0:
             return b""
-        return self.lv.read_buffer_at_offset(min(size, self.size - offset), offset)  # type: ignore
+        return bytes(self.lv.read_buffer_at_offset(min(size, self.size - offset), offset))
 
     def read(self, size: int = -1) -> bytes:
         data = self.pread(self.pos, self.size - self.pos if size is None or size < 0 else size)
@@ -100,7 +109,7 @@ def _open_lvm(pv: Volume, layout: Layout, report: Report) -> None:
         name = f"{vg.name}/{lv.name}"
         layout.lvm.append(name)
         mapper = f"/dev/mapper/{vg.name.replace('-', '--')}-{lv.name.replace('-', '--')}"
-        vol = Volume(mapper, LvFile(lv))  # type: ignore[arg-type]
+        vol = Volume(mapper, LvFile(lv))
         probe(vol)
         layout.handles.append(lv)
         layout.volumes.append(vol)
@@ -166,7 +175,7 @@ def find_root(layout: Layout, report: Report) -> tuple[Volume, FileSystem] | Non
             found.append((vol, roots[0]))  # Btrfs: the default subvolume if it is one, else the first
         if len(roots) > 1:
             report.add("INFO", "root", "root filesystem", f"{vol.device}: also root-like (snapshots?): "
-                       + ", ".join(fs.description for fs in roots[1:]))  # type: ignore[union-attr]
+                       + ", ".join(fs.description for fs in roots[1:]))
     if not found:
         report.add("FAIL", "root", "root filesystem",
                    "no filesystem has /etc, /bin (or bin -> usr/bin) and /etc/fstab or /etc/hosts")
@@ -220,7 +229,8 @@ def resolve_spec(spec: str, layout: Layout) -> tuple[Volume | None, str]:
     return None, ""
 
 
-def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report) -> list[tuple]:
+def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report
+                ) -> list[tuple[str, str, str, str]]:
     text = guest.read_text("/etc/fstab")
     if text is None:
         report.add("WARN", "root", "/etc/fstab", "/etc/fstab missing: only the root filesystem is read")

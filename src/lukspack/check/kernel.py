@@ -19,7 +19,7 @@ INITRD_NAMES = ("/boot/initrd.img-{v}", "/boot/initramfs-{v}.img", "/boot/initrd
 MODULE_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 
 
-def _vkey(v: str) -> list:
+def _vkey(v: str) -> list[int | str]:
     return [int(p) if p.isdigit() else p for p in re.split(r"[.\-+_]", v)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from lukspack.check.guest import Guest
 from lukspack.check.report import Report
@@ -35,7 +36,7 @@ def _dhcp_configs(guest: Guest) -> list[str]:
     return found
 
 
-def check_network(guest: Guest, report: Report, cloud: dict) -> None:
+def check_network(guest: Guest, report: Report, cloud: dict[str, Any]) -> None:
     found = _dhcp_configs(guest)
     if cloud.get("installed") and not cloud.get("network_disabled"):
         report.add("PASS", "network", "network configuration",

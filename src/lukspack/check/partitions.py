@@ -11,6 +11,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from lukspack.check.blockio import DiskFile
 
@@ -139,7 +140,7 @@ def _read_logical(disk: DiskFile, ext_lba: int, table: PartitionTable) -> None:
         ebr_lba = ext_lba + nxt[2]
 
 
-def _gpt_header(disk: DiskFile, lba: int) -> tuple[tuple | None, str]:
+def _gpt_header(disk: DiskFile, lba: int) -> tuple[tuple[Any, ...] | None, str]:
     raw = disk.pread(lba * SECTOR, SECTOR)
     if len(raw) < GPT_HEADER.size or raw[:8] != GPT_SIGNATURE:
         return None, f"no 'EFI PART' signature at LBA {lba}"

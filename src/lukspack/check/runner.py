@@ -106,7 +106,7 @@ def run_check(image: DiskImage, target: str = "vpc") -> CheckReport:
         check_network(guest, report, cloud)
         if target == "classic":
             check_classic_layout(guest, layout, report)
-    os_info = {k: info[k] for k in ("ID", "VERSION_ID", "PRETTY_NAME", "source") if k in info}
+    os_info: dict[str, str] = {k: info[k] for k in ("ID", "VERSION_ID", "PRETTY_NAME", "source") if k in info}
     image.check_unchanged()  # a few KiB read: the reads' own 4 MiB checks may never have run
     return CheckReport(image.path, target, image.virtual_size, report.findings, report.facts,
                        disk.counter.bytes, disk.counter.reads, time.perf_counter() - started,

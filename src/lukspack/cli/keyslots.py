@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from lukspack.cli import KEY_FILE_HELP, emit, key_from
+from lukspack.cli import KEY_FILE_HELP, emit
 from lukspack.cli.options import (
     batch_option,
-    check_kdf_usage,
     json_option,
     kdf_options,
     keyfile_options,
     progress_option,
 )
+
+
+@dataclass
+class _BarState:
+    phase: str = ""
+    last: float = 0.0
+    width: int = 0
 
 
 @contextmanager
@@ -32,26 +38,26 @@ def kdf_progress(enabled: bool | None) -> Iterator[Any]:
     if enabled is False or (enabled is None and not tty):
         yield None
         return
-    state = {"phase": "", "last": 0.0, "width": 0}
+    state = _BarState()
 
     def end() -> None:
-        if tty and state["width"]:
+        if tty and state.width:
             sys.stderr.write("\n")
-            state["width"] = 0
+            state.width = 0
 
     def show(phase: str, seconds: float, expected: float | None) -> None:
-        if phase != state["phase"]:
+        if phase != state.phase:
             end()
-            state["phase"], state["last"] = phase, 0.0
+            state.phase, state.last = phase, 0.0
         every = p.REDRAW_EVERY if tty else p.LINE_EVERY
-        if state["last"] and seconds - state["last"] < every:
+        if state.last and seconds - state.last < every:
             return
-        state["last"] = seconds
+        state.last = seconds
         text = f"{phase:>8} {seconds:5.1f} s" + (f" of about {expected:.1f} s"
                                                  if expected else "")
         if tty:
-            sys.stderr.write("\r" + text + " " * max(0, int(state["width"]) - len(text)))
-            state["width"] = len(text)
+            sys.stderr.write("\r" + text + " " * max(0, state.width - len(text)))
+            state.width = len(text)
         else:
             sys.stderr.write(text + "\n")
         sys.stderr.flush()
@@ -81,25 +87,20 @@ def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset:
             pbkdf_force_iterations: int | None, as_json: bool, progress: bool | None,
             batch_mode: bool) -> None:
     """Add a key slot to IMAGE (LUKS1, LUKS2 or qcow2+LUKS, in place), as luksAddKey."""
-    from lukspack.keys import dek_rule_broken
+    from lukspack.api import KeySource
+    from lukspack.api.keyslots import AddKeyRequest
+    from lukspack.api.keyslots import add_key as job
     from lukspack.luks.format import KdfOptions
-    from lukspack.luks.keyslots import add_key as do_add
 
-    if key_file == "-" and new_key_file == "-":
-        raise click.UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
-    check_kdf_usage("luks2", hash_, None)
-    kdf = KdfOptions(hash_, iter_time or 2000, pbkdf_force_iterations, pbkdf, pbkdf_memory,  # type: ignore[arg-type]
-                     pbkdf_parallel)
-    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key, \
-            key_from(new_key_file, dek_rules=False) as new, kdf_progress(progress) as bar:
-        r = do_add(image, key, new, kdf, key_slot=key_slot, new_name=new_key_file, progress=bar)
-        rule = dek_rule_broken(new)
-    if rule is not None and r["container"] != "qcow2":  # qcow2: the VPC rule's warning, in r
-        warnings.warn(f"{new_key_file}: cryptsetup accepts this key, but it is not a valid "
-                      f"IBM Cloud data encryption key: {rule}", stacklevel=1)
-    emit(r, as_json, [f"{image}: added key slot {r['added_slot']} ({r['pbkdf']}), opened with "
-                      f"slot {r['opened_slot']}; active slots: "
-                      f"{', '.join(map(str, r['active_slots']))}"])
+    kdf = KdfOptions(iter_time_ms=iter_time or 2000, force_iterations=pbkdf_force_iterations,
+                     pbkdf=pbkdf, memory_kb=pbkdf_memory, parallel=pbkdf_parallel)
+    request = AddKeyRequest(image, KeySource(key_file, size=keyfile_size, offset=keyfile_offset),
+                            KeySource(new_key_file), key_slot, hash_, kdf)
+    with kdf_progress(progress) as bar:
+        r = job(request, bar)
+    emit(r.to_dict(), as_json, [f"{image}: added key slot {r.added_slot} ({r.pbkdf}), opened "
+                                f"with slot {r.opened_slot}; active slots: "
+                                f"{', '.join(map(str, r.active_slots))}"])
 
 
 @click.command(name="remove-key")
@@ -111,12 +112,14 @@ def add_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset:
 def remove_key(image: str, key_file: str, keyfile_size: int | None, keyfile_offset: int,
                as_json: bool, batch_mode: bool) -> None:
     """Remove the key slot that --key-file opens, as luksRemoveKey; never the last one."""
-    from lukspack.luks.keyslots import remove_key as do_remove
+    from lukspack.api import KeySource
+    from lukspack.api.keyslots import RemoveKeyRequest
+    from lukspack.api.keyslots import remove_key as job
 
-    with key_from(key_file, dek_rules=False, size=keyfile_size, offset=keyfile_offset) as key:
-        r = do_remove(image, key)
-    emit(r, as_json, [f"{image}: removed key slot {r['removed_slot']}; active slots: "
-                      f"{', '.join(map(str, r['active_slots']))}"])
+    key = KeySource(key_file, size=keyfile_size, offset=keyfile_offset)
+    r = job(RemoveKeyRequest(image, key))
+    emit(r.to_dict(), as_json, [f"{image}: removed key slot {r.removed_slot}; active slots: "
+                                f"{', '.join(map(str, r.active_slots))}"])
 
 
 def register(cli: click.Group) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -34,14 +34,17 @@ class _Format(logging.Formatter):
         return f"lukspack: {msg}"
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """lukspack's own stderr handler: enable() finds it again by its class."""
+
+
 def enable(level: int) -> None:
     """Log the lukspack logger at level (INFO: -v, DEBUG: --debug) to stderr; a second call
     lowers the level, never adds a second handler."""
     log = logging.getLogger(LOGGER)
-    handler = next((h for h in log.handlers if getattr(h, "_lukspack", False)), None)
+    handler = next((h for h in log.handlers if isinstance(h, _Handler)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._lukspack = True  # type: ignore[attr-defined]
+        handler = _Handler(sys.stderr)
         log.addHandler(handler)
         log.propagate = False
     current = log.level or logging.WARNING

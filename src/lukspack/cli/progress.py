@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 ProgressFn = Callable[[str, int, int], None]
 LINE_EVERY = 5.0  # seconds between lines when stderr is not a terminal
@@ -25,7 +26,7 @@ def human(n: float) -> str:
 
 
 class Renderer:
-    def __init__(self, stream, interactive: bool) -> None:  # noqa: ANN001 - a text stream
+    def __init__(self, stream: TextIO, interactive: bool) -> None:
         self.stream, self.interactive = stream, interactive
         self.phase = ""
         self.t0 = self.first = self.last = 0.0

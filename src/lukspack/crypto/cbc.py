@@ -15,6 +15,7 @@ the sectors of a pass at once: one ECB call per block position (32 calls for 512
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -58,10 +59,11 @@ class CbcCipher:
         if self._iv_mode == "plain":
             iv[:, 0] &= np.uint64(0xFFFFFFFF)
         if self._essiv is not None:
-            self._essiv.run(memoryview(iv).cast("B"))
+            self._essiv.run(iv.data.cast("B"))
         return iv
 
-    def _passes(self, buf: bytearray | memoryview, first_iv: int):
+    def _passes(self, buf: bytearray | memoryview, first_iv: int
+                ) -> Iterator[tuple[memoryview, np.ndarray, np.ndarray]]:
         mv = memoryview(buf).cast("B")
         if len(mv) % self.sector_size:
             raise ValueError(f"buffer of {len(mv)} bytes is not whole {self.sector_size}-byte sectors")
@@ -88,7 +90,7 @@ class CbcCipher:
             x = ivs
             for j in range(self._blocks):
                 x ^= data[:, j]
-                self._enc.run(memoryview(x).cast("B"))
+                self._enc.run(x.data.cast("B"))
                 data[:, j] = x
 
     def close(self) -> None:

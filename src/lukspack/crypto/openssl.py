@@ -12,7 +12,9 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -60,17 +62,23 @@ def _load_libcrypto() -> ctypes.CDLL | None:
     return lib
 
 
+if TYPE_CHECKING:  # (xts_sectors, address of EVP_CipherInit_ex, of EVP_CipherUpdate)
+    from typing_extensions import Buffer
+
+    XtsLoop = tuple[Callable[[int, int, int, Buffer, int, int, int, int], None], int, int]
+
+
 def backend_name() -> str:
     return "libcrypto via ctypes (GIL released)" if _libcrypto() else "cryptography (GIL held)"
 
 
-def _xts_loop() -> tuple | None:
+def _xts_loop() -> XtsLoop | None:
     with _load_lock:
         return _load_xts_loop()
 
 
 @cache
-def _load_xts_loop() -> tuple | None:
+def _load_xts_loop() -> XtsLoop | None:
     """(xts_sectors, address of EVP_CipherInit_ex, address of EVP_CipherUpdate), or None.
 
     xts_sectors is the C loop in _xtsloop.c, built when lukspack is installed; without a compiler
@@ -85,6 +93,8 @@ def _load_xts_loop() -> tuple | None:
         return None
     init = ctypes.cast(lib.EVP_CipherInit_ex, ctypes.c_void_p).value
     update = ctypes.cast(lib.EVP_CipherUpdate, ctypes.c_void_p).value
+    if init is None or update is None:
+        return None
     return xts_sectors, init, update
 
 
@@ -107,7 +117,10 @@ class AesXts:
             raise RuntimeError("the native AES-XTS loop is not available")
         if len(key) not in (32, 64):
             raise ValueError(f"OpenSSL AES-XTS takes a 256 or 512-bit key, not {len(key) * 8} bits")
-        self._lib = lib = _libcrypto()
+        lib = _libcrypto()
+        if lib is None:
+            raise RuntimeError("libcrypto is not available")
+        self._lib = lib
         self._loop, self._init, self._update = loop
         self._sector, self._step, self._mask = sector_size, iv_step, iv_mask
         cipher = getattr(lib, f"EVP_aes_{len(key) * 4}_xts")()
@@ -174,12 +187,13 @@ class AesEcb:
         n = len(mv)
         if n % 16:
             raise ValueError(f"AES-ECB needs whole 16-byte blocks, got {n} bytes")
-        if self._ctx is not None:
+        lib = self._lib
+        if self._ctx is not None and lib is not None:
             addr = ctypes.addressof(ctypes.c_char.from_buffer(mv)) if n else 0
             for start in range(0, n, self._MAX_CALL):
                 size = min(self._MAX_CALL, n - start)
                 p = addr + start
-                if self._lib.EVP_CipherUpdate(self._ctx, p, ctypes.byref(self._outlen), p, size) != 1:
+                if lib.EVP_CipherUpdate(self._ctx, p, ctypes.byref(self._outlen), p, size) != 1:
                     raise RuntimeError("EVP_CipherUpdate failed")
         elif n:
             self._update_py(mv)
@@ -192,7 +206,7 @@ class AesEcb:
         mv[:k] = out[:k]
 
     def close(self) -> None:
-        if self._ctx is not None:
+        if self._ctx is not None and self._lib is not None:
             self._lib.EVP_CIPHER_CTX_free(self._ctx)  # cleanses the key schedule
             self._ctx = None
 

@@ -29,7 +29,8 @@ _U32 = np.uint64(32)
 
 def _fold(h: np.ndarray) -> np.ndarray:
     """Carry-less h * 0x87 (x^7 + x^2 + x + 1) for h < 2^56: the GF(2^128) reduction."""
-    return h ^ (h << np.uint64(1)) ^ (h << np.uint64(2)) ^ (h << np.uint64(7))
+    folded: np.ndarray = h ^ (h << np.uint64(1)) ^ (h << np.uint64(2)) ^ (h << np.uint64(7))
+    return folded
 
 
 def _shift_tables(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +101,7 @@ class XtsCipher:
         if self._native is not None:
             self._native.run(mv, first_iv, encrypt)
         else:
+            assert self._numpy is not None  # one of the two engines is made in __init__
             self._numpy.run(mv, first_iv, encrypt)
 
 
@@ -157,7 +159,7 @@ class NumpyXts:
         iv[:, 1] = 0
         np.add(self._steps[:units], np.uint64(first_iv), out=iv[:, 0])
         np.bitwise_and(iv[:, 0], self._iv_mask, out=iv[:, 0])
-        self._tweak_ecb.run(memoryview(iv).cast("B"))
+        self._tweak_ecb.run(iv.data.cast("B"))
         base = self._base[:units]
         base[:, 0] = iv
         for g in range(1, self._groups):  # base of each run of 32 blocks: previous * x^32

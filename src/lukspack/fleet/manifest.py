@@ -113,7 +113,7 @@ def _raw_rows(path: str) -> tuple[dict[str, Any], list[tuple[dict[str, Any], int
     images = doc.get("images")
     if not isinstance(images, list) or not images:
         raise ManifestError(f"{path}: 'images' must be a non-empty list of rows")
-    rows = []
+    rows: list[tuple[dict[str, Any], int | None]] = []
     for i, r in enumerate(images):
         if not isinstance(r, dict):
             raise ManifestError(f"{path}: row {i}: must be a mapping of field: value")

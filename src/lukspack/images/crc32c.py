@@ -13,7 +13,7 @@ import google_crc32c
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC-32C of data; crc continues a previous result."""
-    return google_crc32c.extend(crc, data if isinstance(data, bytes) else bytes(data))
+    return int(google_crc32c.extend(crc, data if isinstance(data, bytes) else bytes(data)))
 
 
 def crc32c_zeroed(data: bytes | bytearray | memoryview, at: int) -> int:

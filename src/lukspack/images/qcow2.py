@@ -255,7 +255,8 @@ class Qcow2Image(DiskImage):
             merge = cur is not None and kind == cur[2] and (
                 kind in (UNALLOCATED, ZERO) or (kind == NORMAL and cur[3] + cur[1] == host))
             if merge:
-                cur[1] += n  # type: ignore[index]
+                assert cur is not None
+                cur[1] += n
             else:
                 if cur is not None:
                     yield cur[0], cur[1], cur[2], cur[3]

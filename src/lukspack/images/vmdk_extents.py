@@ -243,6 +243,7 @@ class SparseExtent:
                 part[:] = grain[within : within + n]
             else:
                 # coalesce grains that are contiguous in the file into one read
+                assert gt is not None  # sector != 0: the grain table exists
                 while done + n < len(view) and (within + n) % self.grain == 0:
                     nk = k + (within + n) // self.grain
                     if nk >= self.gtes or int(gt[nk]) != sector + (within + n) // SECTOR:

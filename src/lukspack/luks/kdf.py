@@ -389,8 +389,7 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
             return None
         cost = pbkdf2_cost(hash_name, key_length, iter_time_ms, force_iterations)
         return SlotKdf("pbkdf2", cost.slot_iterations, hash_name)
-    forced = force_iterations is not None
-    if forced and force_iterations < ARGON2_MIN_TIME:
+    if force_iterations is not None and force_iterations < ARGON2_MIN_TIME:
         raise UnsupportedError(f"--pbkdf-force-iterations {force_iterations} is below the minimum "
                                f"{ARGON2_MIN_TIME} for {pbkdf}")
     memory = DEFAULT_MEMORY_KB if memory_kb is None else memory_kb
@@ -405,7 +404,7 @@ def slot_kdf(pbkdf: str, hash_name: str, key_length: int, *,
     # cryptsetup 2.6 caps threads by the online CPUs and memory by the RAM even when forced
     threads = min(threads, os.cpu_count() or 1)
     memory = min(memory, adjusted_phys_memory_kb())
-    if forced:  # no benchmark: the values are used as given
+    if force_iterations is not None:  # no benchmark: the values are used as given
         log.info("key slot KDF: %s, time cost %d, %d KiB, %d threads (forced)", pbkdf,
                  force_iterations, memory, threads)
         return SlotKdf(pbkdf, force_iterations, hash_name, memory, threads)

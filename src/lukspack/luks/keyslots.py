@@ -170,18 +170,23 @@ def _slow(fn: Callable[[], T], progress: KdfProgress | None = None, phase: str =
     log.info("%s: %.3f s", phase, time.monotonic() - started)
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    value: T = box["value"]
+    return value
 
 
 def add_key(path: str, passphrase: bytes | bytearray, new_passphrase: bytes | bytearray,
             kdf: KdfOptions, *, key_slot: int | None = None,
-            new_name: str = "new key", progress: KdfProgress | None = None
-            ) -> dict[str, Any]:
+            new_name: str = "new key", progress: KdfProgress | None = None,
+            hash_name: str | None = None) -> dict[str, Any]:
     """Add a key slot opened by new_passphrase; passphrase must open an existing slot. In a
     qcow2+LUKS image the new passphrase follows keys.key_for_target's VPC rule (UTF-8, as QEMU
     reads secrets), checked before anything is unlocked or written.
     progress(phase, seconds, expected seconds or None): called while each KDF runs ("unlock",
-    "calibrate", "key slot"). A KDF over a minute is announced first (a warning)."""
+    "calibrate", "key slot"). A KDF over a minute is announced first (a warning).
+    hash_name: the --hash asked for (None: LUKS1 the header's, LUKS2 sha256); it replaces
+    kdf.hash when given."""
+    if hash_name is not None:
+        kdf = dataclasses.replace(kdf, hash=hash_name)
     with _open_rw(path) as t:
         t.progress = progress
         notes = []
@@ -190,7 +195,8 @@ def add_key(path: str, passphrase: bytes | bytearray, new_passphrase: bytes | by
 
             notes = key_for_target("vpc", new_passphrase, new_name).warnings
         if isinstance(t.vol.header, luks1.Luks1Header):
-            r = _add_luks1(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
+            r = _add_luks1(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot,
+                           asked=hash_name)
         else:
             assert isinstance(t.vol.header, luks2.Luks2Header)
             r = _add_luks2(t, t.vol.header, passphrase, new_passphrase, kdf, key_slot)
@@ -241,10 +247,10 @@ def _unlock(t: _Target, passphrase: bytes | bytearray) -> tuple[bytearray, int]:
 
 def _add_luks1(t: _Target, hdr: luks1.Luks1Header, passphrase: bytes | bytearray,
                new_passphrase: bytes | bytearray, kdf: KdfOptions,
-               key_slot: int | None) -> dict[str, Any]:
-    if kdf.hash not in (None, hdr.hash_spec):
+               key_slot: int | None, asked: str | None) -> dict[str, Any]:
+    if asked not in (None, hdr.hash_spec):
         raise LukspackError(f"{t.path}: LUKS1 key slots use the header's hash {hdr.hash_spec}, "
-                            f"not --hash {kdf.hash}")
+                            f"not --hash {asked}")
     kdf = dataclasses.replace(kdf, hash=hdr.hash_spec)
     free = [i for i, s in enumerate(hdr.slots) if not s.enabled]
     index = _pick_slot(t.path, key_slot, free, luks1.NUM_KEYS)

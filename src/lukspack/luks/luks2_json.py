@@ -96,7 +96,7 @@ def u32(parent: dict[str, Any], key: str, where: str) -> int:
     v = get(parent, key, int, where)
     if not 0 <= v <= U32_MAX:
         raise InvalidMetadata(f"{where} \"{key}\" is {v}, outside 0..{U32_MAX}")
-    return v
+    return int(v)
 
 
 def priority(keyslot: dict[str, Any]) -> int:
@@ -179,7 +179,8 @@ def _is_reencrypt_flag(flag: str) -> bool:
 
 
 def mandatory_requirements(j: dict[str, Any]) -> list[str]:
-    return j.get("config", {}).get("requirements", {}).get("mandatory", [])
+    found = j.get("config", {}).get("requirements", {}).get("mandatory", [])
+    return [str(flag) for flag in found]
 
 
 def _requirements(j: dict[str, Any]) -> None:

@@ -173,7 +173,7 @@ class RemoteFile(ByteSource):
         data = self.fetcher.get(offset, n)
         if len(data) != n:
             raise Transient(f"short read: {len(data)} of {n} bytes")
-        return data
+        return bytes(data)
 
     def _retry(self, call: Callable[[], T], what: str) -> T:
         delay = self.opts.backoff_s

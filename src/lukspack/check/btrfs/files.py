@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -33,6 +34,9 @@ from lukspack.check.btrfs.ondisk import (
     parse_dir_items,
 )
 from lukspack.check.btrfs.trees import Btrfs, Tree
+
+if TYPE_CHECKING:  # filesystems.py opens a BtrfsFS on its Volume
+    from lukspack.check.filesystems import Volume
 
 LZO_LEN = 4  # btrfs's LZO framing: a le32 total length, then per segment a le32 length
 
@@ -90,7 +94,7 @@ class BtrfsFS:
 
     kind = "btrfs"
 
-    def __init__(self, vol: object, btrfs: Btrfs, subvolume: int | None = None) -> None:
+    def __init__(self, vol: Volume, btrfs: Btrfs, subvolume: int | None = None) -> None:
         self.vol = vol  # the check's Volume it lives on
         self.btrfs = btrfs
         self.subvolume = btrfs.default_subvolume() if subvolume is None else subvolume

@@ -290,7 +290,7 @@ class Btrfs:
         """The subvolume a mount with these options (fstab's, or rootflags=) gets: subvolid=, else
         subvol= (a path from the top level), else the default subvolume; BtrfsError if the
         option names none."""
-        opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options.split(",") if o)
+        opts = dict(o.partition("=")[::2] for o in options.split(",") if o)
         by_id = by_path = None
         if "subvolid" in opts:
             if not re.fullmatch(r"[0-9]{1,20}", opts["subvolid"]):
