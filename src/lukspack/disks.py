@@ -82,9 +82,12 @@ def not_encrypted(path: str, fd: int, fmt: str | None = None) -> str | None:
 
 
 def open_encrypted(path: str, passphrase: bytes | bytearray,
-                   fmt: str | None = None) -> EncryptedImage:
+                   fmt: str | None = None, *, remote: Any = None) -> EncryptedImage:
     """Unlock an encrypted image with the key file; the reader decrypts. A plain image of a
-    format lukspack names is refused saying so: 'not encrypted (qcow2, no LUKS)'."""
+    format lukspack names is refused saying so: 'not encrypted (qcow2, no LUKS)'. A remote
+    image (cos://, http(s)://) is read through its ByteSource (options `remote`)."""
+    if is_remote(path):
+        return _open_remote_encrypted(path, passphrase, remote)
     kind = encryption_of(path, fmt)
     if kind is None and not is_remote(path):
         fd = _open_fd(path)
@@ -110,6 +113,32 @@ def open_encrypted(path: str, passphrase: bytes | bytearray,
         raise
 
 
+def _open_remote_encrypted(path: str, passphrase: bytes | bytearray,
+                           remote: Any) -> EncryptedImage:
+    """An encrypted object or URL, its kind read from its content, opened by the reader the
+    engine's read-back uses (readback.open_output): the same code as for a local file."""
+    from lukspack.images import open_bytes
+    from lukspack.images.vhd_crypt import is_encrypted_vhd
+    from lukspack.readback import open_output
+
+    src = open_bytes(path, remote)
+    try:
+        found = sniff_file(path, src)
+        if found.format == "luks":
+            kind = "luks"
+        elif found.format == "qcow2" and found.qcow2_crypt_method == CRYPT_LUKS:
+            kind = "qcow2"
+        elif found.format == "vhd" and is_encrypted_vhd(src):
+            kind = "vhd"
+        else:
+            raise LukspackError(f"{path}: is not encrypted ({found.format}): give the LUKS RAW, "
+                                "qcow2+LUKS or encrypted VHD image")
+        return open_output(kind, src, path, passphrase, None)
+    except BaseException:
+        src.close()
+        raise
+
+
 def open_disk(path: str, passphrase: bytes | bytearray | None = None,
               fmt: str | None = None, *, remote: Any = None) -> DiskImage:
     """A plain image as it is; an encrypted one unlocked with passphrase (required). remote:
@@ -119,7 +148,7 @@ def open_disk(path: str, passphrase: bytes | bytearray | None = None,
         return open_image(path, fmt, remote=remote)
     if passphrase is None:
         raise LukspackError(f"{path}: is encrypted ({kind}); give its --key-file")
-    return open_encrypted(path, passphrase, fmt)
+    return open_encrypted(path, passphrase, fmt, remote=remote)
 
 
 @contextlib.contextmanager
@@ -130,7 +159,7 @@ def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | No
     if encrypted:
         if passphrase is None:
             raise LukspackError(f"{path}: a key file is needed to open it")
-        image: DiskImage = open_encrypted(path, passphrase, fmt)
+        image: DiskImage = open_encrypted(path, passphrase, fmt, remote=remote)
     else:
         image = open_disk(path, passphrase, fmt, remote=remote)
     try:
@@ -143,10 +172,10 @@ def unlocked_disk(path: str, passphrase: bytes | bytearray | None, fmt: str | No
 
 
 @contextlib.contextmanager
-def unlocked_encrypted(path: str, passphrase: bytes | bytearray,
-                       fmt: str | None = None) -> Iterator[EncryptedImage]:
+def unlocked_encrypted(path: str, passphrase: bytes | bytearray, fmt: str | None = None, *,
+                       remote: Any = None) -> Iterator[EncryptedImage]:
     """open_encrypted for a with-block: the decrypting reader, closed and its key wiped after."""
-    image = open_encrypted(path, passphrase, fmt)
+    image = open_encrypted(path, passphrase, fmt, remote=remote)
     try:
         yield image
     finally:

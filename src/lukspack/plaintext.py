@@ -107,7 +107,7 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
     its options `remote`), compare byte for byte."""
     opts = opts or StreamOptions()
     started = time.perf_counter()
-    with unlocked_encrypted(image_path, passphrase) as enc:
+    with unlocked_encrypted(image_path, passphrase, remote=remote) as enc:
         result = _describe(enc)
         if source is None:
             result.update(decrypt_stream(enc, opts, progress, "verify"))
@@ -126,6 +126,9 @@ def verify(image_path: str, passphrase: bytes | bytearray, source: str | None = 
                 if reads is not None:
                     result["source_reads"] = reads
             result["matches_source"] = True
+        image_reads = source_reads(enc)
+        if image_reads is not None:  # a cos:// or http(s):// image
+            result["image_reads"] = image_reads
         result.update(_notes(enc))
         qemu = qemu_key_notes(enc, passphrase)
         if qemu:
@@ -149,12 +152,13 @@ def qemu_key_notes(enc: EncryptedImage, passphrase: bytes | bytearray) -> list[s
     return []
 
 
-def test_key(image_path: str, passphrase: bytes | bytearray) -> dict[str, Any]:
+def test_key(image_path: str, passphrase: bytes | bytearray, *,
+             remote: Any = None) -> dict[str, Any]:
     """Whether the key opens the image, decrypting nothing (`verify --key-only`, as `cryptsetup
     open --test-passphrase`): LUKS and qcow2+LUKS unlock a key slot (its digest checked); an
     encrypted VHD compares the key hash. WrongKeyError when it does not open."""
     started = time.perf_counter()
-    with unlocked_encrypted(image_path, passphrase) as enc:
+    with unlocked_encrypted(image_path, passphrase, remote=remote) as enc:
         result = {**_describe(enc), "key_opens": True}
         notes = qemu_key_notes(enc, passphrase)
         if notes:

@@ -23,7 +23,8 @@ __all__ = ["CheckFinding", "CheckRequest", "CheckResult", "DecryptRequest", "Dec
 @dataclass(frozen=True)
 class VerifyRequest:
     """Open image with key and decrypt its whole disk; with source, compare it byte for byte
-    (input_format, disk and remote describe the source). key_only: only test that the key
+    (input_format and disk describe the source). image and source may be local files,
+    cos:// objects or http(s):// URLs, read with `remote`. key_only: only test that the key
     opens the image, decrypting nothing (cryptsetup open --test-passphrase)."""
 
     image: str
@@ -53,6 +54,7 @@ class VerifyResult(Result):
     source_bytes: int | None = None
     source_reads: dict[str, int] | None = None
     matches_source: bool | None = None  # None: no source given
+    image_reads: dict[str, int] | None = None  # GETs and bytes of a remote image
     notes: tuple[str, ...] | None = None
     quirk_sectors: int | None = None
     seconds: float = 0.0
@@ -74,7 +76,8 @@ def verify(req: VerifyRequest, progress: ProgressFn | None = None) -> VerifyResu
         if req.source is not None:
             raise UsageError("--key-only decrypts nothing: it cannot compare with --source")
         with req.key.open(dek_rules=False) as key:
-            return VerifyResult.from_summary(plaintext.test_key(req.image, key))
+            return VerifyResult.from_summary(plaintext.test_key(
+                req.image, key, remote=remote_or_default(req.remote)))
     if req.source is None and (req.input_format is not None or req.disk is not None):
         raise UsageError("--input-format and --disk describe --source: give --source "
                          "(IMAGE's format is read from its content)")
