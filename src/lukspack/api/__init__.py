@@ -7,5 +7,7 @@ CLI's exit code). docs/api.md has worked examples."""
 from __future__ import annotations
 
 from lukspack.api.common import KeySource, Result, exit_code
+from lukspack.api.publish import PublishRequest, PublishResult, publish
 
 __all__ = ["KeySource", "Result", "exit_code"]
+__all__ += ["PublishRequest", "PublishResult", "publish"]

@@ -46,7 +46,8 @@ def remote_options_from(endpoint_type: str = "public", endpoint_url: str | None 
     endpoint and credentials `upload` would use."""
     from lukspack.remote import RemoteOptions
 
-    return RemoteOptions(cos=_cos(endpoint_type, endpoint_url, credentials_file, iam_url))
+    return RemoteOptions(cos=cos_options_from(endpoint_type, endpoint_url, credentials_file,
+                                              iam_url))
 
 
 def transfer_options(f: Any) -> Any:
@@ -80,10 +81,10 @@ def object_sink_from(source: str, output: str, fingerprint: dict[str, Any], *,
     """The ObjectSink for a streamed encryption, from stream_options' values."""
     from lukspack.sinks.object import ObjectSinkOptions, open_streamed
 
-    opts = ObjectSinkOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
-                             credentials_file=credentials_file, iam_url=iam_url,
-                             part_size=part_size * MiB, concurrency=concurrency, resume=resume,
-                             state_dir=state_dir, verify_remote=verify_remote)
+    cos = cos_options_from(endpoint_type, endpoint_url, credentials_file, iam_url,
+                           part_size=part_size, concurrency=concurrency, resume=resume,
+                           state_dir=state_dir, verify_remote=verify_remote)
+    opts = ObjectSinkOptions.from_cos(cos)
     return open_streamed(output, source, opts, fingerprint,
                          remote_options_from(endpoint_type, endpoint_url, credentials_file,
                                              iam_url))
@@ -106,8 +107,9 @@ def kms_options(f: Any) -> Any:
     return f
 
 
-def _cos(endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
-         iam_url: str | None, **transfer: Any) -> Any:
+def cos_options_from(endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
+                     iam_url: str | None, **transfer: Any) -> Any:
+    """The CosOptions of cos_options' (and transfer_options') values; --part-size is MiB."""
     from lukspack.cloud.upload import CosOptions
 
     if "part_size" in transfer:
@@ -162,9 +164,9 @@ def upload(file: str, location: str, endpoint_type: str, endpoint_url: str | Non
     if abort_kept and (resume or verify_remote):
         raise click.UsageError("--abort discards the kept upload: it cannot go with "
                                + ("--resume" if resume else "--verify-remote"))
-    opts = _cos(endpoint_type, endpoint_url, credentials_file, iam_url, part_size=part_size,
-                concurrency=concurrency, resume=resume, state_dir=state_dir,
-                verify_remote=verify_remote)
+    opts = cos_options_from(endpoint_type, endpoint_url, credentials_file, iam_url,
+                            part_size=part_size, concurrency=concurrency, resume=resume,
+                            state_dir=state_dir, verify_remote=verify_remote)
     if abort_kept:
         r = up.abort_kept(file, location, opts)
         emit(r, as_json, [f"{location}: discarded the kept upload {r['aborted']}"])
