@@ -4,6 +4,7 @@ the CLI's exit code; upload and wrap_key work without the CLI."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from lukspack import api
 from lukspack.cloud.upload import CosOptions
-from lukspack.errors import UsageError
+from lukspack.errors import LukspackError, UsageError
 from tests.cloud.test_kms import run_cli
 from tests.cloud.test_publish import BUCKET, publish_args
 
@@ -84,3 +85,65 @@ def test_publish_vhd_with_kdf_option_is_a_usage_error(cloud, bootable_disk, tmp_
     with pytest.raises(UsageError) as e:
         api.publish(req)
     assert api.exit_code(e.value) == 2 and "vhd" in str(e.value).lower()
+
+
+def _kms(cloud) -> api.KmsTarget:
+    from tests.cloud.conftest import INSTANCE, ROOT_KEY
+
+    return api.KmsTarget("us-south", INSTANCE, ROOT_KEY, kms_url=cloud.kp.url,
+                         iam_url=cloud.iam_url)
+
+
+def test_wrap_key_and_unwrap_key_from_python(cloud, tmp_path) -> None:
+    from lukspack.cloud.errors import CloudError
+    from tests.cloud.conftest import ROOT_KEY
+
+    dek = base64.b64encode(bytes(range(32)))
+    out = tmp_path / "wdek"
+    r = api.wrap_key(api.WrapKeyRequest(api.KeySource(data=dek), "classic", _kms(cloud),
+                                        output=str(out)))
+    assert r.checked and r.output == str(out) and out.read_text() == r.wdek
+    assert cloud.kp.unwrap_local(ROOT_KEY, r.wdek) == dek.decode()
+    assert list(r.to_dict()) == ["wdek", "target", "root_key_id", "instance_id", "checked",
+                                 "output"]
+    req = api.UnwrapKeyRequest(str(out), _kms(cloud), api.KeySource(data=dek), "classic")
+    u = api.unwrap_key(req)
+    assert u.unwrapped_bytes == 32 and u.matches_key_file is True
+    assert api.unwrap_mismatch(req, u) is None
+    other = api.UnwrapKeyRequest(str(out), _kms(cloud), api.KeySource(data=base64.b64encode(bytes(32))),
+                             "classic")
+    err = api.unwrap_mismatch(other, api.unwrap_key(other))
+    assert isinstance(err, CloudError) and api.exit_code(err) == 1
+    with pytest.raises(LukspackError) as e:  # never over an existing file
+        api.wrap_key(api.WrapKeyRequest(api.KeySource(data=dek), "classic", _kms(cloud),
+                                        output=str(out)))
+    assert str(out) in str(e.value) and api.exit_code(e.value) in (1, 2)
+
+
+def test_wrap_key_without_an_api_key(cloud, tmp_path, monkeypatch) -> None:
+    from lukspack.cloud.errors import CredentialsError
+
+    monkeypatch.delenv("IBMCLOUD_API_KEY")
+    with pytest.raises(CredentialsError, match="no IBM Cloud API key"):
+        api.wrap_key(api.WrapKeyRequest(api.KeySource(data=b"k" * 44), "vpc", _kms(cloud)))
+
+
+def test_upload_from_python(cos_env, s3, obj, tmp_path) -> None:
+    import hashlib
+    import os
+
+    data = os.urandom((5 << 20) + 12345)
+    f = tmp_path / "file.bin"
+    f.write_bytes(data)
+    r = api.upload(api.UploadRequest(str(f), obj, CosOptions(part_size=5 << 20,
+                                                             verify_remote=True)))
+    assert isinstance(r, api.UploadResult) and r.parts == 2 and r.verified_remote
+    assert r.sha256 == hashlib.sha256(data).hexdigest() and r.bytes == len(data)
+    assert r.to_dict()["state_file"] is None  # printed as null, as --json always did
+    from lukspack.cloud.location import parse_cos
+
+    loc = parse_cos(obj)
+    assert s3.client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read() == data
+    with pytest.raises(UsageError, match="--abort discards the kept upload") as e:
+        api.abort_upload(api.UploadRequest(str(f), obj, CosOptions(resume=True)))
+    assert api.exit_code(e.value) == 2

@@ -11,3 +11,23 @@ from lukspack.api.publish import PublishRequest, PublishResult, publish
 
 __all__ = ["KeySource", "Result", "exit_code"]
 __all__ += ["PublishRequest", "PublishResult", "publish"]
+
+from lukspack.api.cloud import (  # noqa: E402
+    AbortUploadResult,
+    KmsTarget,
+    UnwrapKeyRequest,
+    UnwrapKeyResult,
+    UploadRequest,
+    UploadResult,
+    WrapKeyRequest,
+    WrapKeyResult,
+    abort_upload,
+    unwrap_key,
+    unwrap_mismatch,
+    upload,
+    wrap_key,
+)
+
+__all__ += ["AbortUploadResult", "KmsTarget", "UnwrapKeyRequest", "UnwrapKeyResult",
+            "UploadRequest", "UploadResult", "WrapKeyRequest", "WrapKeyResult", "abort_upload",
+            "unwrap_key", "unwrap_mismatch", "upload", "wrap_key"]
