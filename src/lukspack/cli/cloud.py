@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from lukspack.cli import emit, human, key_from, progress_bar
+from lukspack.cli import emit, human, progress_bar
 
 MiB = 1 << 20
 TARGET_CHOICE = click.Choice(["vpc", "classic", "luks-raw"])
@@ -46,7 +46,8 @@ def remote_options_from(endpoint_type: str = "public", endpoint_url: str | None 
     endpoint and credentials `upload` would use."""
     from lukspack.remote import RemoteOptions
 
-    return RemoteOptions(cos=_cos(endpoint_type, endpoint_url, credentials_file, iam_url))
+    return RemoteOptions(cos=cos_options_from(endpoint_type, endpoint_url, credentials_file,
+                                              iam_url))
 
 
 def transfer_options(f: Any) -> Any:
@@ -80,10 +81,10 @@ def object_sink_from(source: str, output: str, fingerprint: dict[str, Any], *,
     """The ObjectSink for a streamed encryption, from stream_options' values."""
     from lukspack.sinks.object import ObjectSinkOptions, open_streamed
 
-    opts = ObjectSinkOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
-                             credentials_file=credentials_file, iam_url=iam_url,
-                             part_size=part_size * MiB, concurrency=concurrency, resume=resume,
-                             state_dir=state_dir, verify_remote=verify_remote)
+    cos = cos_options_from(endpoint_type, endpoint_url, credentials_file, iam_url,
+                           part_size=part_size, concurrency=concurrency, resume=resume,
+                           state_dir=state_dir, verify_remote=verify_remote)
+    opts = ObjectSinkOptions.from_cos(cos)
     return open_streamed(output, source, opts, fingerprint,
                          remote_options_from(endpoint_type, endpoint_url, credentials_file,
                                              iam_url))
@@ -106,40 +107,15 @@ def kms_options(f: Any) -> Any:
     return f
 
 
-def _cos(endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
-         iam_url: str | None, **transfer: Any) -> Any:
+def cos_options_from(endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
+                     iam_url: str | None, **transfer: Any) -> Any:
+    """The CosOptions of cos_options' (and transfer_options') values; --part-size is MiB."""
     from lukspack.cloud.upload import CosOptions
 
     if "part_size" in transfer:
         transfer["part_size"] *= MiB
     return CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
                       credentials_file=credentials_file, iam_url=iam_url, **transfer)
-
-
-def _key_protect(region: str, instance_id: str, kms_url: str | None, private_ep: bool,
-                 credentials_file: str | None, iam_url: str | None) -> Any:
-    from lukspack.cloud.credentials import NoCredentials, load_credentials
-    from lukspack.cloud.errors import CredentialsError
-    from lukspack.cloud.kms import KeyProtect
-    from lukspack.cloud.kms import kms_url as make_url
-
-    try:
-        creds = load_credentials(credentials_file, iam_url=iam_url)
-    except NoCredentials:  # others (a bad --iam-url, a broken file) say what is wrong
-        raise CredentialsError("no IBM Cloud API key: set IBMCLOUD_API_KEY or put 'apikey' in "
-                               "the credentials file") from None
-    return KeyProtect(make_url(region, private_ep, kms_url), instance_id, creds.tokens())
-
-
-def _read_text(path: str, what: str) -> str:
-    from lukspack.cloud.errors import CloudError
-
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read(1 << 16).strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CloudError(f"{path}: cannot read the {what}: "
-                         f"{getattr(e, 'strerror', None) or 'not ASCII text'}") from None
 
 
 @click.command()
@@ -157,25 +133,23 @@ def upload(file: str, location: str, endpoint_type: str, endpoint_url: str | Non
            as_json: bool, progress: bool) -> None:
     """Upload FILE to cos://REGION/BUCKET/OBJECT: parallel multipart, each part checked by the
     server, the SHA-256 stored as metadata; interrupted, it resumes with --resume."""
-    from lukspack.cloud import upload as up
+    from lukspack import api
 
-    if abort_kept and (resume or verify_remote):
-        raise click.UsageError("--abort discards the kept upload: it cannot go with "
-                               + ("--resume" if resume else "--verify-remote"))
-    opts = _cos(endpoint_type, endpoint_url, credentials_file, iam_url, part_size=part_size,
-                concurrency=concurrency, resume=resume, state_dir=state_dir,
-                verify_remote=verify_remote)
+    req = api.UploadRequest(file, location, cos_options_from(
+        endpoint_type, endpoint_url, credentials_file, iam_url, part_size=part_size,
+        concurrency=concurrency, resume=resume, state_dir=state_dir,
+        verify_remote=verify_remote))
     if abort_kept:
-        r = up.abort_kept(file, location, opts)
-        emit(r, as_json, [f"{location}: discarded the kept upload {r['aborted']}"])
+        a = api.abort_upload(req)
+        emit(a.to_dict(), as_json, [f"{location}: discarded the kept upload {a.aborted}"])
         return
     with progress_bar(progress) as bar:
-        s = up.upload_file(file, location, opts, bar)
-    kept = f", {s['kept_parts']} already there" if s.get("kept_parts") else ""
-    emit(s, as_json, [
-        f"{s['location']}: {human(s['bytes'])} in {s['parts']} part(s) of "
-        f"{human(s['part_size'])}{kept}, sha256 {s['sha256']}"
-        + (", read back and compared" if s["verified_remote"] else "")])
+        s = api.upload(req, progress=bar)
+    kept = f", {s.kept_parts} already there" if s.kept_parts else ""
+    emit(s.to_dict(), as_json, [
+        f"{s.location}: {human(s.bytes)} in {s.parts} part(s) of "
+        f"{human(s.part_size)}{kept}, sha256 {s.sha256}"
+        + (", read back and compared" if s.verified_remote else "")])
 
 
 @click.command(name="wrap-key")
@@ -191,28 +165,21 @@ def wrap_key(key_file: str, target: str, region: str, instance_id: str, root_key
              kms_url: str | None, private_ep: bool, credentials_file: str | None,
              iam_url: str | None, output: str | None, no_check: bool, as_json: bool) -> None:
     """Wrap the key with a Key Protect root key, as the image service needs it back."""
-    from lukspack.cloud.kms import wrap_key as do_wrap
-    from lukspack.keys import check_new_key_path
+    from lukspack import api
 
-    if output is not None:  # before Key Protect is asked: --output is never overwritten
-        check_new_key_path(output, "the WDEK")
-    kp = _key_protect(region, instance_id, kms_url, private_ep, credentials_file, iam_url)
-    with key_from(key_file, dek_rules=False) as key:
-        r = do_wrap(kp, root_key_id, key, target, check=not no_check, name=key_file)
-    if output:
-        from lukspack.keys import write_key_file
-
-        write_key_file(output, r["wdek"].encode())  # mode 0600, never over an existing file
-        r["output"] = output
+    kms = api.KmsTarget(region, instance_id, root_key_id, kms_url, private_ep, credentials_file,
+                        iam_url)
+    r = api.wrap_key(api.WrapKeyRequest(api.KeySource(path=key_file), target, kms,
+                                        output=output, check=not no_check))
     if as_json:
-        emit(r, True, [])
+        emit(r.to_dict(), True, [])
         return
     if not output:
-        click.echo(r["wdek"])
+        click.echo(r.wdek)
     click.echo(f"wrapped for {target} with root key {root_key_id}"
-               + (", unwrapped once and compared" if r["checked"] else "")
+               + (", unwrapped once and compared" if r.checked else "")
                + (f"; WDEK written to {output} (mode 0600)" if output else ""), err=True)
-    for note in r.get("warnings", []):
+    for note in r.warnings or ():
         warnings.warn(note, stacklevel=1)
 
 
@@ -226,23 +193,21 @@ def unwrap_key(wdek_file: str, region: str, instance_id: str, root_key_id: str,
                kms_url: str | None, private_ep: bool, credentials_file: str | None,
                iam_url: str | None, key_file: str | None, target: str, as_json: bool) -> None:
     """Check a WDEK: unwrap it (never printed) and, with --key-file, compare."""
-    from lukspack.cloud.errors import CloudError
-    from lukspack.cloud.kms import unwrap_matches
+    from lukspack import api
 
-    kp = _key_protect(region, instance_id, kms_url, private_ep, credentials_file, iam_url)
-    wdek = _read_text(wdek_file, "WDEK")
-    if key_file:
-        with key_from(key_file, dek_rules=False) as key:
-            r = unwrap_matches(kp, root_key_id, wdek, key, target)
-    else:
-        r = unwrap_matches(kp, root_key_id, wdek, None, target)
-    emit(r, as_json, [f"{wdek_file}: unwraps with root key {root_key_id} to "
-                      f"{r['unwrapped_bytes']} bytes"
-                      + ("" if key_file is None else
-                         f"; {'matches' if r['matches_key_file'] else 'does NOT match'} "
-                         f"{key_file} for {target}")])
-    if key_file and not r["matches_key_file"]:
-        raise CloudError(f"{wdek_file}: does not hold {key_file} as {target} needs it")
+    kms = api.KmsTarget(region, instance_id, root_key_id, kms_url, private_ep, credentials_file,
+                        iam_url)
+    req = api.UnwrapKeyRequest(wdek_file, kms, None if key_file is None else
+                               api.KeySource(path=key_file), target)
+    r = api.unwrap_key(req)
+    emit(r.to_dict(), as_json, [f"{wdek_file}: unwraps with root key {root_key_id} to "
+                                f"{r.unwrapped_bytes} bytes"
+                                + ("" if key_file is None else
+                                   f"; {'matches' if r.matches_key_file else 'does NOT match'} "
+                                   f"{key_file} for {target}")])
+    mismatch = api.unwrap_mismatch(req, r)
+    if mismatch is not None:
+        raise mismatch
 
 
 @click.group(name="import")
@@ -286,9 +251,10 @@ def import_vpc(name: str, file_: str, os_name: str, root_key_crn: str, wdek_file
                iam_url: str | None, as_json: bool) -> None:
     """Create a VPC custom image (POST /v1/images) from an encrypted qcow2 in COS."""
     _wait_conflicts(wait, dry_run, "expect_sha256")
+    from lukspack.api.cloud import read_text
     from lukspack.cloud import imports
 
-    wdek = _read_text(wdek_file, "WDEK")
+    wdek = read_text(wdek_file, "WDEK")
     req = imports.vpc_image_request(name=name, file=file_, os_name=os_name,
                                     root_key_crn=root_key_crn, wdek=wdek,
                                     resource_group=resource_group, api_url=api_url)
@@ -352,10 +318,11 @@ def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_
                    timeout: int, dry_run: bool, api_url: str | None, credentials_file: str | None,
                    iam_url: str | None, as_json: bool) -> None:
     """Create a classic image template (SoftLayer createFromIcos) from COS."""
+    from lukspack.api.cloud import read_text
     from lukspack.cloud import imports
 
     _wait_conflicts(wait, dry_run, "timeout")
-    wdek = _read_text(wdek_file, "WDEK")
+    wdek = read_text(wdek_file, "WDEK")
     creds = None if dry_run else _api_key(credentials_file, iam_url)
     api_key = creds.api_key if creds is not None and creds.api_key else \
         os.environ.get("IBMCLOUD_API_KEY", "")

@@ -9,8 +9,6 @@ import click
 from lukspack.cli import emit, progress_bar
 from lukspack.cli.cloud import cos_options
 
-MiB = 1 << 20
-
 
 @click.command()
 @click.argument("source")
@@ -61,69 +59,42 @@ def publish(source: str, target: str, cos: str, root_key_crn: str, kms_instance:
             endpoint_type: str, endpoint_url: str | None, credentials_file: str | None,
             iam_url: str | None, as_json: bool, progress: bool) -> None:
     """Check, encrypt SOURCE straight into the bucket, wrap the key, import, wait, compare."""
-    from lukspack.cloud import publish as pub
-    from lukspack.cloud.upload import CosOptions
-    from lukspack.keys import wipe
-    from lukspack.options import EncryptOptions, for_format, kdf_options
+    from lukspack import api
+    from lukspack.cli.cloud import cos_options_from
 
-    if (key_file is None) == (new_key_file is None):
-        raise click.UsageError("give one of --key-file and --new-key-file")
-    if new_key_bytes is not None and (new_key_file is None or target == "vpc"):
-        raise click.UsageError("--new-key-bytes goes with --new-key-file for --to classic (a new "
-                               "VPC key is a 44-character passphrase)")
-    if new_key_file is not None:
-        from lukspack.keys import check_new_key_path
+    req = api.PublishRequest(
+        source, target, cos, root_key_crn, kms_instance, name, os_name,
+        key=None if key_file is None else api.KeySource(path=key_file),
+        new_key_file=new_key_file,
+        new_key_bytes=None if new_key_bytes is None else int(new_key_bytes),
+        output_format=output_format, resource_group=resource_group, note=note,
+        cloud_init=cloud_init, byol=byol, kms_url=kms_url, private_kms=private_kms,
+        api_url=api_url, wait=wait, resume=resume, skip_check=skip_check,
+        pbkdf_force_iterations=pbkdf_force_iterations,
+        cos_options=cos_options_from(endpoint_type, endpoint_url, credentials_file, iam_url,
+                                     part_size=part_size, concurrency=concurrency,
+                                     resume=resume))
+    with progress_bar(progress) as bar:
+        r = api.publish(req, progress=bar, say=lambda line: click.echo(line, err=True))
+    emit(r.to_dict(), as_json, _lines(r))
 
-        check_new_key_path(new_key_file)  # before the checks and the image's check run
-    cos_opts = CosOptions(endpoint_url=endpoint_url, endpoint_type=endpoint_type,
-                          credentials_file=credentials_file, iam_url=iam_url,
-                          part_size=part_size * MiB, concurrency=concurrency, resume=resume)
-    plan = pub.PublishPlan(target, cos, root_key_crn, kms_instance, name, os_name,
-                           output_format=output_format, resource_group=resource_group, note=note,
-                           cloud_init=cloud_init, byol=byol, kms_url=kms_url,
-                           private_kms=private_kms, api_url=api_url, wait=wait, resume=resume,
-                           skip_check=skip_check, cos_options=cos_opts)
-    from lukspack.remote import RemoteOptions
 
-    # --pbkdf-force-iterations with the encrypted VHD (no key slots): a usage error, now
-    enc = EncryptOptions(kdf=kdf_options(force_iterations=pbkdf_force_iterations),
-                         source_options=RemoteOptions(cos=cos_opts))
-    for_format(enc, plan.format)
-
-    def say(line: str) -> None:
-        click.echo(line, err=True)
-
-    if new_key_file is not None:
-        # every check (the image's too) before the key is written: nothing to clean up
-        checked = pub.preflight(plan, say, source, enc)
-        key = pub.new_key(new_key_file, plan.wrap_target,
-                          None if new_key_bytes is None else int(new_key_bytes))
-        say(f"wrote a new key to {new_key_file} (mode 0600)")
-        try:
-            with progress_bar(progress) as bar:
-                r = pub.publish(source, plan, key, enc, bar, say, checked, new_key_file)
-        finally:
-            wipe(key)
-    else:
-        from lukspack.cli import key_from
-
-        assert key_file is not None
-        with key_from(key_file, dek_rules=False) as key, progress_bar(progress) as bar:
-            r = pub.publish(source, plan, key, enc, bar, say, key_name=key_file)
-    img: dict[str, Any] = r.get("image") or {}
-    lines = [f"{r['object']}: {r['format']}, sha256 {r['sha256']}",
+def _lines(r: Any) -> list[str]:
+    """publish's text output: the object, the image, the check, the checksum."""
+    img: dict[str, Any] = r.image or {}
+    lines = [f"{r.object}: {r.format}, sha256 {r.sha256}",
              f"image {img.get('name')}: id {img.get('id')}"
              + (f", status {img.get('status')}" if img.get("status") else "")
              + (f", crn {img['crn']}" if img.get("crn") else "")]
-    check = r.get("check") or {}
-    lines.append(f"check for IBM Cloud {plan.target}: skipped (--skip-check)" if check.get("skipped")
-                 else f"check for IBM Cloud {plan.target}: {check.get('PASS')} passed, "
+    check = r.check or {}
+    lines.append(f"check for IBM Cloud {r.target}: skipped (--skip-check)" if check.get("skipped")
+                 else f"check for IBM Cloud {r.target}: {check.get('PASS')} passed, "
                       f"{check.get('WARN')} warnings, {check.get('FAIL')} failed")
     if img.get("checksum_match"):
         lines.append("file.checksums.sha256 matches the uploaded object")
     elif img.get("checksum_note"):
         lines.append(img["checksum_note"])
-    emit(r, as_json, lines)
+    return lines
 
 
 def register(cli: click.Group) -> None:

@@ -32,7 +32,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lukspack.cloud import imports
 from lukspack.cloud.credentials import Credentials, load_credentials
@@ -43,6 +43,9 @@ from lukspack.cloud.location import CosLocation, parse_cos
 from lukspack.cloud.multipart import SHA256_METADATA, cache_dir, source_identity, state_name
 from lukspack.cloud.s3 import cloud_error
 from lukspack.cloud.upload import CosOptions, connect
+
+if TYPE_CHECKING:
+    from lukspack.options import EncryptOptions
 
 AUTHORIZATIONS = {
     "vpc": ["Cloud Block Storage -> Key Protect (or Hyper Protect Crypto Services): Reader",
@@ -118,7 +121,7 @@ class Checked:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_source(source: str, plan: PublishPlan, encrypt_options: Any, say: Say
+def check_source(source: str, plan: PublishPlan, encrypt_options: EncryptOptions, say: Say
                  ) -> tuple[dict[str, Any], list[str]]:
     """`lukspack check --target` on the source (CheckFailed names the failures); the counts and
     the WARN lines. With plan.skip_check, nothing is read and the summary says it was skipped."""
@@ -128,9 +131,8 @@ def check_source(source: str, plan: PublishPlan, encrypt_options: Any, say: Say
     from lukspack.check import ensure_fit
     from lukspack.images import open_image
 
-    with open_image(source, getattr(encrypt_options, "input_format", None),
-                    getattr(encrypt_options, "disk", None),
-                    remote=getattr(encrypt_options, "source_options", None)) as image:
+    with open_image(source, encrypt_options.input_format, encrypt_options.disk,
+                    remote=encrypt_options.source_options) as image:
         report = ensure_fit(image, plan.target)
     counts = report.to_dict()["counts"]
     say(f"checked: {source} for IBM Cloud {plan.target}: {counts['PASS']} passed, "
@@ -140,7 +142,7 @@ def check_source(source: str, plan: PublishPlan, encrypt_options: Any, say: Say
 
 
 def preflight(plan: PublishPlan, say: Say, source: str | None = None,
-              encrypt_options: Any = None, key: bytes | bytearray | None = None,
+              encrypt_options: EncryptOptions | None = None, key: bytes | bytearray | None = None,
               key_name: str = "key file") -> Checked:
     """Every check that needs no upload; raises at the first failure. key: the key file's content
     (None when a new key will be made, which passes by construction); source: the image the
@@ -168,7 +170,9 @@ def preflight(plan: PublishPlan, say: Say, source: str | None = None,
     say(f"checked: name {plan.name!r}, object {loc}, root key {crn.key_id}")
     check: dict[str, Any] = {"target": plan.target, "skipped": True}
     if source is not None:
-        check, warned = check_source(source, plan, encrypt_options, say)
+        from lukspack.options import EncryptOptions
+
+        check, warned = check_source(source, plan, encrypt_options or EncryptOptions(), say)
         notes += warned
     creds = load_credentials(plan.cos_options.credentials_file, iam_url=plan.cos_options.iam_url)
     creds.tokens().token()
@@ -291,57 +295,93 @@ def _final(e: BaseException) -> bool:
         isinstance(e, CloudError) and not isinstance(e, (RemoteError, CredentialsError)))
 
 
-def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any,
+def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: EncryptOptions,
             progress: Any = None, say: Say = lambda _m: None, checked: Checked | None = None,
             key_name: str = "key file") -> dict[str, Any]:
     """Run a publish; key is the key file's content (already written when new); checked is
     what preflight() returned when the caller ran it already (with the source)."""
-    import dataclasses
-
-    from lukspack.encrypt import encrypt
-    from lukspack.options import fingerprint
-    from lukspack.remote import is_remote, remote_identity
-    from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
-
     checked = checked or preflight(plan, say, source, encrypt_options, key, key_name)
-    loc, creds, kp = checked.loc, checked.creds, checked.kp
+    state = _open_state(plan, checked.loc)
+    ident = _resumed_source(source, encrypt_options, state)
+    summary: dict[str, Any] = {"target": plan.target, "object": str(checked.loc),
+                               "format": plan.format, "check": checked.check}
+    if "uploaded" not in state.data:
+        summary.update(_encrypt_upload(source, plan, checked.loc, key, encrypt_options, ident,
+                                       state, progress, say))
+    summary["sha256"] = state.data["uploaded"]["sha256"]
+    summary["image"] = _import_or_withdraw(plan, checked, key, key_name, state, summary, say)
+    state.remove()
+    summary["authorizations"] = AUTHORIZATIONS[plan.target]
+    if checked.warnings:
+        summary["warnings"] = list(checked.warnings)
+    return summary
+
+
+def _open_state(plan: PublishPlan, loc: CosLocation) -> PublishState:
+    """The publish state: what a resumed publish finished; a new publish starts without one."""
     state = PublishState(loc)
     if plan.resume:
         state.load()
     else:
         state.remove()
+    return state
+
+
+def _resumed_source(source: str, encrypt_options: EncryptOptions, state: PublishState
+                    ) -> dict[str, Any]:
+    """The source's identity; a resumed publish must find the source it started from."""
+    from lukspack.remote import is_remote, remote_identity
+
     if is_remote(source):
-        ident = remote_identity(source, getattr(encrypt_options, "source_options", None))
+        ident = remote_identity(source, encrypt_options.source_options)
     else:
         ident = source_identity(source)
-    if state.data and state.data.get("source") != {k: ident[k] for k in ("size", "mtime_ns",
-                                                                            "head_sha256")}:
+    if state.data and state.data.get("source") != _identity_kept(ident):
         raise CloudError(f"{source}: not the source of the publish being resumed")
-    summary: dict[str, Any] = {"target": plan.target, "object": str(loc), "format": plan.format,
-                               "check": checked.check}
-    if "uploaded" not in state.data:
-        sink_opts = ObjectSinkOptions(**{f.name: getattr(plan.cos_options, f.name)
-                                         for f in dataclasses.fields(CosOptions)})
-        sink_opts.resume, sink_opts.verify_remote = plan.resume, True
-        sink_opts.source_identity = ident
-        sink_opts.fingerprint = fingerprint(encrypt_options, plan.format)
-        sink = open_object_sink(str(loc), sink_opts)
-        # the check ran in preflight, before the key was written and anything was created: no
-        # target here, so encrypt does not run it again
-        opts = dataclasses.replace(encrypt_options, output_format=plan.format,
-                                   sink_options=sink_opts, target=None, skip_check=False)
-        s = encrypt(source, str(loc), key, opts, progress, sink=lambda: sink,
-                    key_material=sink.saved_key_material)
-        sha = sink.output_sha256()
-        summary["resumed_parts"] = sink.kept_parts
-        state.save(source={k: ident[k] for k in ("size", "mtime_ns", "head_sha256")},
-                   uploaded={"sha256": sha, "bytes": s.get("total_bytes")})
-        say(f"uploaded {loc}: {s.get('total_bytes')} bytes, sha256 {sha}")
-        summary["encrypt"] = s
-    summary["sha256"] = state.data["uploaded"]["sha256"]
+    return ident
+
+
+def _identity_kept(ident: dict[str, Any]) -> dict[str, Any]:
+    return {k: ident[k] for k in ("size", "mtime_ns", "head_sha256")}
+
+
+def _encrypt_upload(source: str, plan: PublishPlan, loc: CosLocation, key: bytearray,
+                    encrypt_options: EncryptOptions, ident: dict[str, Any], state: PublishState,
+                    progress: Any, say: Say) -> dict[str, Any]:
+    """Encrypt the source into the object (the sink resumes a kept upload), read back; the
+    state remembers the upload. Returns the summary's resumed_parts and encrypt."""
+    import dataclasses
+
+    from lukspack.encrypt import encrypt
+    from lukspack.options import fingerprint
+    from lukspack.sinks.object import ObjectSinkOptions, open_object_sink
+
+    sink_opts = ObjectSinkOptions.from_cos(plan.cos_options, resume=plan.resume,
+                                           verify_remote=True, source_identity=ident,
+                                           fingerprint=fingerprint(encrypt_options, plan.format))
+    sink = open_object_sink(str(loc), sink_opts)
+    # the check ran in preflight, before the key was written and anything was created: no
+    # target here, so encrypt does not run it again
+    opts = dataclasses.replace(encrypt_options, output_format=plan.format,
+                               sink_options=sink_opts, target=None, skip_check=False)
+    s = encrypt(source, str(loc), key, opts, progress, sink=lambda: sink,
+                key_material=sink.saved_key_material)
+    sha = sink.output_sha256()
+    state.save(source=_identity_kept(ident),
+               uploaded={"sha256": sha, "bytes": s.get("total_bytes")})
+    say(f"uploaded {loc}: {s.get('total_bytes')} bytes, sha256 {sha}")
+    return {"resumed_parts": sink.kept_parts, "encrypt": s}
+
+
+def _import_or_withdraw(plan: PublishPlan, checked: Checked, key: bytearray, key_name: str,
+                        state: PublishState, summary: dict[str, Any], say: Say
+                        ) -> dict[str, Any]:
+    """Wrap the key and import; refused for a reason a retry cannot change (before an image
+    exists), the object is deleted and the state removed, and the error says so."""
+    loc = checked.loc
     try:
-        summary["image"] = _wrap_and_import(plan, loc, creds, kp, key, key_name, state, summary,
-                                            say)
+        return _wrap_and_import(plan, loc, checked.creds, checked.kp, key, key_name, state,
+                                summary, say)
     except Exception as e:
         if "image" in state.data or not _final(e):
             raise
@@ -349,11 +389,6 @@ def publish(source: str, plan: PublishPlan, key: bytearray, encrypt_options: Any
         state.remove()
         raise type(e)(f"{e}; deleted {loc}, which could not be imported (fix this and publish "
                       "again)") from None
-    state.remove()
-    summary["authorizations"] = AUTHORIZATIONS[plan.target]
-    if checked.warnings:
-        summary["warnings"] = list(checked.warnings)
-    return summary
 
 
 def _wrap_and_import(plan: PublishPlan, loc: CosLocation, creds: Credentials, kp: KeyProtect,

@@ -29,28 +29,6 @@ def upload_state_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "uploads")
 
 
-def _key(task: dict[str, Any]) -> bytearray | None:
-    """The row's key file's bytes, which publish holds to keys.key_for_target before any byte
-    is uploaded; None for a `key: new` not written yet (_publish makes it after the checks)."""
-    from lukspack.keys import read_key_file
-
-    path = task["key_file"]
-    if task["key"] == "new" and not os.path.exists(path):
-        return None
-    return read_key_file(path, dek_rules=False)
-
-
-def _new_key(task: dict[str, Any], plan: Any, say: Callable[[str], None]) -> bytearray:
-    """A new key for the row's target (keys.new_key's rule: classic 64 bytes), mode 0600."""
-    from lukspack.cloud.publish import new_key
-
-    path = task["key_file"]
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    key = new_key(path, plan.wrap_target)
-    say(f"wrote a new key to {path} (mode 0600)")
-    return key
-
-
 def _done_elsewhere(task: dict[str, Any], cos: Any) -> dict[str, Any] | None:
     rec = st.read_bucket_record(task["output"], cos)
     return rec if rec is not None and rec.get("status") == "done" else None
@@ -158,29 +136,27 @@ def _record(task: dict[str, Any], plan: Any, record: dict[str, Any]) -> None:
 
 def _publish(task: dict[str, Any], plan: Any, say: Callable[[str], None],
              progress: Callable[[str, int, int], None]) -> dict[str, Any]:
-    from lukspack.cloud import publish as pub
-    from lukspack.keys import wipe
-    from lukspack.luks.format import KdfOptions
-    from lukspack.options import EncryptOptions
-    from lukspack.remote import RemoteOptions
+    """The row through api.publish, the job `lukspack publish` runs: an existing key file, or
+    (`key: new`, not written yet) a new key written once every check passed."""
+    from lukspack import api
 
+    path = task["key_file"]
+    new = task["key"] == "new" and not os.path.exists(path)
+    if new:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     # the KDF settings serve the outputs with key slots; the encrypted VHD has none (its key is
     # the key file), so a fleet-wide --pbkdf-force-iterations does not apply to its rows
     iterations = task.get("pbkdf_force_iterations") if plan.format != "vhd" else None
-    enc = EncryptOptions(kdf=KdfOptions(force_iterations=iterations) if iterations else None,
-                         input_format=task.get("input_format"),
-                         source_options=RemoteOptions(cos=plan.cos_options))
-    key = _key(task)
-    checked = None
-    if key is None:  # as `publish --new-key-file`: every check (the image's too) first, so a
-        # row that fails them leaves no key behind
-        checked = pub.preflight(plan, say, task["source"], enc)
-        key = _new_key(task, plan, say)
-    try:  # publish's pre-flight: the key rule, the names, the image check, IAM, bucket, root key
-        return pub.publish(task["source"], plan, key, enc, progress, say, checked,
-                           key_name=task["key_file"])
-    finally:
-        wipe(key)
+    req = api.PublishRequest(
+        task["source"], plan.target, plan.cos, plan.root_key_crn, plan.kms_instance, plan.name,
+        plan.os_name, key=None if new else api.KeySource(path=path),
+        new_key_file=path if new else None, output_format=plan.output_format,
+        resource_group=plan.resource_group, note=plan.note, cloud_init=plan.cloud_init,
+        byol=plan.byol, kms_url=plan.kms_url, private_kms=plan.private_kms,
+        api_url=plan.api_url, wait=plan.wait, resume=plan.resume, skip_check=plan.skip_check,
+        pbkdf_force_iterations=iterations or None, input_format=task.get("input_format"),
+        cos_options=plan.cos_options)
+    return api.publish(req, progress=progress, say=say).to_dict()
 
 
 def _abort_strays(plan: Any) -> None:

@@ -63,6 +63,21 @@ class ObjectSinkOptions(CosOptions):
     source_identity: dict[str, Any] | None = None  # cloud.multipart.source_identity(SOURCE)
     fingerprint: dict[str, Any] | None = None  # options.fingerprint(): what shapes the output
 
+    @classmethod
+    def from_cos(cls, cos: CosOptions, *, resume: bool | None = None,
+                 verify_remote: bool | None = None,
+                 source_identity: dict[str, Any] | None = None,
+                 fingerprint: dict[str, Any] | None = None) -> ObjectSinkOptions:
+        """The sink options of an upload reached with cos (every CosOptions field copied);
+        resume and verify_remote, when given, replace cos's."""
+        return cls(endpoint_url=cos.endpoint_url, endpoint_type=cos.endpoint_type,
+                   credentials_file=cos.credentials_file, iam_url=cos.iam_url,
+                   part_size=cos.part_size, concurrency=cos.concurrency,
+                   resume=cos.resume if resume is None else resume, resumable=cos.resumable,
+                   state_dir=cos.state_dir,
+                   verify_remote=cos.verify_remote if verify_remote is None else verify_remote,
+                   source_identity=source_identity, fingerprint=fingerprint)
+
 
 class ObjectSink:
     concurrent_writes = False
