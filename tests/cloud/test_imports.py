@@ -217,3 +217,30 @@ def test_iam_url_takes_the_base_or_the_token_url(cloud, tmp_path, capsys, form) 
     code, _, err = run_cli(_classic_args(cloud, loc, w, iam_url=url), capsys)
     assert code == 0, err
     assert not cloud.iam.refusals
+
+
+def test_import_job_from_python(cloud, tmp_path, capsys) -> None:
+    """lukspack.api.imports.import_image: what `import vpc|classic` calls; its rules are typed
+    errors with the CLI's exit code, its result is what --json prints."""
+    from lukspack.api import exit_code
+    from lukspack.api.imports import ImportRequest, import_image
+    from lukspack.errors import UsageError
+
+    loc = uploaded(capsys, tmp_path, "vpc/py.qcow2")
+    w = wdek_file(cloud, tmp_path, b"abc123", "vpc")
+    base = ("vpc", "py", loc, "debian-12-amd64", cloud.root_key_crn, str(w))
+    for bad in ({"wait": True, "dry_run": True}, {"expect_sha256": "0" * 64},
+                {"note": "classic only"}):
+        with pytest.raises(UsageError) as e:
+            ImportRequest(*base, **bad)  # type: ignore[arg-type]
+        assert exit_code(e.value) == 2
+    with pytest.raises(UsageError, match="--timeout is read by --wait"):
+        ImportRequest("classic", *base[1:], timeout_s=60)
+    seen: list[str] = []
+    r = import_image(ImportRequest(*base, wait=True, api_url=cloud.vpc.url,
+                                   iam_url=cloud.iam_url), on_status=seen.append)
+    d = r.to_dict()
+    assert d["status"] == "available" and d["checksum_match"] is True and seen[-1] == "available"
+    assert d["name"] == "py" and r.request is None
+    dry = import_image(ImportRequest(*base, dry_run=True, api_url=cloud.vpc.url))
+    assert dry.image is None and dry.to_dict()["headers"]["authorization"] == "Bearer <redacted>"

@@ -4,9 +4,9 @@ builds the request, calls the job and renders the result; `fleet` and users' scr
 same functions and get the same typed errors (`lukspack.errors`; `exit_code` maps one to the
 CLI's exit code). docs/api.md has worked examples.
 
-The disk jobs (`encrypt`, `verify`, `decrypt`, `check`), the cloud jobs (`upload`,
-`abort_upload`, `wrap_key`, `unwrap_key`, `publish`) are here; the fleet, key and key-slot jobs
-are in `lukspack.api.fleet`, `lukspack.api.keys` and `lukspack.api.keyslots`."""
+The disk jobs (`encrypt`, `verify`, `decrypt`, `check`) and the cloud jobs (`upload`,
+`abort_upload`, `wrap_key`, `unwrap_key`, `import_image`, `publish`) are here; the fleet, key
+and key-slot jobs are in `lukspack.api.fleet`, `lukspack.api.keys` and `lukspack.api.keyslots`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from lukspack.api.disk import (
     encrypt,
     json_digests,
 )
+from lukspack.api.imports import ImportRequest, ImportResult, import_image
 from lukspack.api.opened import (
     CheckFinding,
     CheckRequest,
@@ -53,7 +54,7 @@ __all__ = [
     "EncryptCheck", "EncryptRequest", "EncryptResult", "ObjectUpload", "encrypt", "json_digests",
     "CheckFinding", "CheckRequest", "CheckResult", "DecryptRequest", "DecryptResult",
     "VerifyRequest", "VerifyResult", "check", "decrypt", "verify",
-    "PublishRequest", "PublishResult", "publish",
+    "PublishRequest", "PublishResult", "publish", "ImportRequest", "ImportResult", "import_image",
     "AbortUploadResult", "KmsTarget", "UnwrapKeyRequest", "UnwrapKeyResult", "UploadRequest",
     "UploadResult", "WrapKeyRequest", "WrapKeyResult", "abort_upload", "unwrap_key",
     "unwrap_mismatch", "upload", "wrap_key",

@@ -8,8 +8,8 @@ lukspack.cloud.credentials); no option takes a secret.
 from __future__ import annotations
 
 import json
-import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -228,12 +228,6 @@ def api_options(f: Any) -> Any:
     return f
 
 
-def _api_key(credentials_file: str | None, iam_url: str | None) -> Any:
-    from lukspack.cloud.credentials import load_credentials
-
-    return load_credentials(credentials_file, iam_url=iam_url)
-
-
 @import_group.command(name="vpc")
 @click.option("--name", required=True)
 @click.option("--file", "file_", required=True, help="cos://REGION/BUCKET/OBJECT (qcow2).")
@@ -250,40 +244,22 @@ def import_vpc(name: str, file_: str, os_name: str, root_key_crn: str, wdek_file
                dry_run: bool, api_url: str | None, credentials_file: str | None,
                iam_url: str | None, as_json: bool) -> None:
     """Create a VPC custom image (POST /v1/images) from an encrypted qcow2 in COS."""
-    _wait_conflicts(wait, dry_run, "expect_sha256")
-    from lukspack.api.cloud import read_text
-    from lukspack.cloud import imports
+    from lukspack.api.imports import ImportRequest, import_image
 
-    wdek = read_text(wdek_file, "WDEK")
-    req = imports.vpc_image_request(name=name, file=file_, os_name=os_name,
-                                    root_key_crn=root_key_crn, wdek=wdek,
-                                    resource_group=resource_group, api_url=api_url)
-    if dry_run:
-        click.echo(json.dumps(imports.describe(req), indent=2))
-        return
-    from lukspack.cloud.publish import object_sha256_metadata, vpc_import_and_wait
-    from lukspack.cloud.upload import CosOptions
-
-    creds = _api_key(credentials_file, iam_url)
-    expected = expect_sha256 or (object_sha256_metadata(
-        file_, CosOptions(credentials_file=credentials_file, iam_url=iam_url)) if wait else None)
-    r = vpc_import_and_wait(req, creds.tokens(), wait=wait, expected_sha256=expected,
-                            api_url=api_url,
-                            on_status=lambda s: click.echo(f"image status: {s}", err=True))
-    emit(r, as_json, _image_lines(r))
+    req = ImportRequest("vpc", name, file_, os_name, root_key_crn, wdek_file,
+                        resource_group=resource_group, expect_sha256=expect_sha256, wait=wait,
+                        dry_run=dry_run, api_url=api_url, credentials_file=credentials_file,
+                        iam_url=iam_url)
+    r = import_image(req, on_status=lambda s: click.echo(f"image status: {s}", err=True))
+    _emit_import(r, as_json, _image_lines)
 
 
-def _wait_conflicts(wait: bool, dry_run: bool, only_with_wait: str) -> None:
-    """--dry-run sends nothing, so there is nothing to wait for; an option that only --wait reads
-    is a usage error without it (conflicting options exit 2)."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    flag = "--" + only_with_wait.replace("_", "-")
-    if wait and dry_run:
-        raise click.UsageError("--dry-run sends nothing: there is nothing to --wait for")
-    if not wait and ctx.get_parameter_source(only_with_wait) is not ParameterSource.DEFAULT:
-        raise click.UsageError(f"{flag} is read by --wait: give --wait, or drop {flag}")
+def _emit_import(r: Any, as_json: bool, lines: Callable[[dict[str, Any]], list[str]]) -> None:
+    """A dry run prints the request (secrets redacted); else the service's record."""
+    if r.request is not None:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    else:
+        emit(r.to_dict(), as_json, lines(r.to_dict()))
 
 
 def _image_lines(r: dict[str, Any]) -> list[str]:
@@ -295,6 +271,11 @@ def _image_lines(r: dict[str, Any]) -> list[str]:
     elif r.get("checksum_note"):
         lines.append(r["checksum_note"])
     return lines
+
+
+def _template_lines(r: dict[str, Any]) -> list[str]:
+    return [f"image template {r.get('name')}: id {r.get('id')}, global identifier "
+            f"{r.get('globalIdentifier')}" + (f", status {r['status']}" if r.get("status") else "")]
 
 
 @import_group.command(name="classic")
@@ -310,41 +291,24 @@ def _image_lines(r: dict[str, Any]) -> list[str]:
               show_default=True, help="vhd: encrypted VHD; raw: the 2018 LUKS RAW.")
 @click.option("--wait", is_flag=True,
               help="Poll the image template until no transaction is left and it is Active.")
-@click.option("--timeout", type=click.IntRange(min=1), default=4 * 3600, show_default=True,
-              help="With --wait: give up after this many seconds (exit 1; the template stays).")
+@click.option("--timeout", type=click.IntRange(min=1), default=None,
+              help="With --wait: give up after this many seconds (exit 1; the template stays) "
+                   "[default: 14400].")
 @api_options
 def import_classic(name: str, file_: str, os_code: str, root_key_crn: str, wdek_file: str,
                    note: str, cloud_init: bool, byol: bool, image_format: str, wait: bool,
                    timeout: int, dry_run: bool, api_url: str | None, credentials_file: str | None,
                    iam_url: str | None, as_json: bool) -> None:
     """Create a classic image template (SoftLayer createFromIcos) from COS."""
-    from lukspack.api.cloud import read_text
-    from lukspack.cloud import imports
+    from lukspack.api.imports import ImportRequest, import_image
 
-    _wait_conflicts(wait, dry_run, "timeout")
-    wdek = read_text(wdek_file, "WDEK")
-    creds = None if dry_run else _api_key(credentials_file, iam_url)
-    api_key = creds.api_key if creds is not None and creds.api_key else \
-        os.environ.get("IBMCLOUD_API_KEY", "")
-    req = imports.classic_image_request(name=name, uri=file_, os_code=os_code,
-                                        root_key_crn=root_key_crn, wdek=wdek,
-                                        api_key=api_key or "<IBMCLOUD_API_KEY>", note=note,
-                                        cloud_init=cloud_init, byol=byol,
-                                        image_format=image_format, api_url=api_url)
-    if dry_run:
-        click.echo(json.dumps(imports.describe(req), indent=2))
-        return
-    assert creds is not None
-    r = imports.send(req, creds.tokens(), "SoftLayer createFromIcos")
-    if wait:
-        done = imports.wait_classic_image(
-            r["id"], creds.tokens(), api_url=api_url, timeout_s=timeout,
-            interval_s=float(os.environ.get("LUKSPACK_POLL_S", "15")),
-            on_status=lambda st: click.echo(f"image template status: {st}", err=True))
-        r = {**r, "status": (done.get("status") or {}).get("keyName"), "waited": True}
-    emit(r, as_json, [f"image template {r.get('name')}: id {r.get('id')}, global identifier "
-                      f"{r.get('globalIdentifier')}"
-                      + (f", status {r['status']}" if r.get("status") else "")])
+    req = ImportRequest("classic", name, file_, os_code, root_key_crn, wdek_file, note=note,
+                        cloud_init=cloud_init, byol=byol, image_format=image_format, wait=wait,
+                        timeout_s=timeout, dry_run=dry_run, api_url=api_url,
+                        credentials_file=credentials_file, iam_url=iam_url)
+    r = import_image(req, on_status=lambda st: click.echo(f"image template status: {st}",
+                                                          err=True))
+    _emit_import(r, as_json, _template_lines)
 
 
 def register(cli: click.Group) -> None:
