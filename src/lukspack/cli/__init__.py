@@ -21,7 +21,7 @@ import click
 
 from lukspack import __version__
 from lukspack.cli.progress import human, progress_bar
-from lukspack.errors import Interrupted, LukspackError
+from lukspack.errors import Interrupted, LukspackError, exit_code
 
 __all__ = ["cli", "main", "emit", "human", "key_from", "progress_bar", "KEY_FILE_HELP"]
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 130
     except Interrupted as e:
         click.echo(f"lukspack: {e}", err=True)
-        code = e.exit_code
+        code = exit_code(e)
     except click.UsageError as e:  # one line, as for every other error
         where = f" (see 'lukspack {e.ctx.info_name} --help')" if e.ctx is not None and \
             e.ctx.info_name != "lukspack" else " (see 'lukspack --help')"
@@ -181,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         code = e.exit_code
     except LukspackError as e:
-        kind = "usage error" if e.exit_code == 2 else "error"  # errors.UsageError: exit 2
-        click.echo(f"lukspack: {kind}: {e}", err=True)
-        code = e.exit_code
+        code = exit_code(e)  # the one mapping, as a script calling lukspack.api gets it
+        click.echo(f"lukspack: {'usage error' if code == 2 else 'error'}: {e}", err=True)
     except BrokenPipeError:
         code = 1
     except MemoryError:
