@@ -315,7 +315,7 @@ class _Run:
             except BaseException as e:
                 note = self.after.withdraw()
                 if isinstance(e, LukspackError) and note:  # one line says what is left
-                    e.args = (f"{e}; {note}",)
+                    e.add_hint(note)
                 raise
         return location
 

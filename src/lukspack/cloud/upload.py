@@ -86,12 +86,6 @@ def resumable_failure(e: BaseException) -> bool:
     return not isinstance(e, LukspackError) and is_transient(e)
 
 
-def add_hint(e: BaseException, hint: str) -> None:
-    """Append a hint to a LukspackError's one-line message."""
-    if isinstance(e, LukspackError) and e.args:
-        e.args = (f"{e.args[0]}; {hint}",) + e.args[1:]
-
-
 def sha256_file(path: str, size: int, progress: ProgressFn | None) -> str:
     h = hashlib.sha256()
     done = 0
@@ -228,8 +222,9 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
     except BaseException as e:
         sender.close()
         if opts.resumable and resumable_failure(e):
-            add_hint(e, f"the upload is kept: run the same command with --resume to send the "
-                        f"rest, or with --abort to discard it (state {spath})")
+            if isinstance(e, LukspackError):
+                e.add_hint(f"the upload is kept: run the same command with --resume to send "
+                           f"the rest, or with --abort to discard it (state {spath})")
         else:
             abort_upload(client, loc, upload_id)
             journal.remove()
