@@ -329,7 +329,8 @@ class _Run:
                                           self.cache),
                       self.source_digests, disk_size=c.disk_size, stream_size=c.stream_size,
                       source=self.image, label=sink.location, workers=self.opts.workers,
-                      progress=phase_progress(self.progress, "verify", c.stream_size))
+                      progress=phase_progress(self.progress, "verify", c.stream_size),
+                      interruption=self.interruption)
         finally:
             source.close()
         log.info("stage verify: read back through the %s reader in %.3f s", c.name,
