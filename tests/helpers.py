@@ -83,7 +83,6 @@ class InProcessCli(Cli):
 
     def __call__(self, *args: str, input: bytes | None = None, check: bool = True,
                  ) -> subprocess.CompletedProcess[bytes]:
-        import contextlib
         import io
         import signal
         import warnings
@@ -111,10 +110,6 @@ class InProcessCli(Cli):
             signal.signal(signal.SIGTERM, saved[4])
             warnings.showwarning = saved[5]
             os.chdir(saved[6])
-            with contextlib.suppress(Exception):
-                import lukspack.cli as c
-
-                c._interrupted = False
         p = subprocess.CompletedProcess(["lukspack", *argv], code, out.getvalue().encode(),
                                         err.getvalue().encode())
         if check and code != 0:

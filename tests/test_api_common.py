@@ -68,3 +68,16 @@ def test_exit_codes() -> None:
     assert exit_code(Interrupted(signal.SIGTERM)) == 143
     assert exit_code(KeyboardInterrupt()) == 130
     assert exit_code(ValueError()) == 1
+
+
+def test_a_hint_is_declared_and_printed_after_the_message() -> None:
+    """add_hint() keeps the message apart; str() (the CLI's error line) joins them with "; "."""
+    from lukspack.cloud.errors import CloudError
+
+    e = CloudError("s3://b/k: the upload failed")
+    e.add_hint("run it again with --resume")
+    e.add_hint("or --abort")
+    assert e.message == "s3://b/k: the upload failed"
+    assert e.hints == ("run it again with --resume", "or --abort")
+    assert str(e) == "s3://b/k: the upload failed; run it again with --resume; or --abort"
+    assert e.args == ("s3://b/k: the upload failed",)

@@ -127,6 +127,31 @@ def test_data_threads_nice_is_absolute_not_stacked() -> None:
     with ThreadPoolExecutor(1) as pool:
         got = pool.submit(outer).result()
     main = nice()
-    want = min(19, main + pipeline.DATA_THREAD_NICE) if sys.platform.startswith("linux") else main
+    want = min(19, main + pipeline.data_thread_nice()) if sys.platform.startswith("linux") else main
     assert got == (want, want)
     assert nice() == main  # the calling thread is untouched
+
+
+def test_a_stream_raises_its_own_interruptions_signal() -> None:
+    """A recorded signal of the Interruption passed in stops the stream as Interrupted (exit
+    130); the process default is untouched, so the next stream runs."""
+    import signal
+
+    import pytest
+
+    from lukspack.errors import Interrupted
+    from lukspack.interrupt import Interruption, current
+
+    mine = Interruption()
+    seen: list[int] = []
+
+    def write(offset: int, view: memoryview, meta: object) -> None:
+        seen.append(offset)
+        mine.request(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as e:
+        run_stream(64 * 1024, lambda o, v: None, write, chunk_size=1024, interruption=mine)
+    assert e.value.exit_code == 130
+    assert len(seen) < 64
+    assert not current().deferring()
+    assert run_stream(4096, lambda o, v: None, lambda o, v, m: None, chunk_size=1024) == 4096

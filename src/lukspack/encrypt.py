@@ -90,38 +90,15 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
     created for a run that fails its checks; `lambda: sink` for one already made); None: the
     sink the output names (make_sink). A resumable sink's saved key material is used when
     key_material is not given."""
-    fmt = output_format(output, opts.output_format, opts.target)
-    for_format(opts, fmt)  # usage errors first
-    log.info("output %s: %s, %s", output, FORMAT_NAMES[format_name(fmt)],
-             _why_format(output, opts))
-    note = kdf_note(opts, fmt)
-    if note is not None:  # said before anything starts
-        warnings.warn(note, stacklevel=2)
-    from lukspack.keys import key_for_target
-
-    # what the key means for the output's target, before any output exists (keys.py's one rule)
-    key_notes = key_for_target(fmt, passphrase, dict(protected).get("key file", "key file")).warnings
-    if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
-        check_output_path(output, opts.force, (("source", source), *protected))
+    key_notes = _check_before_start(source, output, passphrase, opts, sink, protected)
     t0 = time.perf_counter()
     with open_image(source, opts.input_format, opts.disk, remote=opts.source_options) as image:
         log.info("source %s: %s (%s), %d bytes virtual, opened in %.3f s", image.path,
                  image.format_name, "from --input-format" if opts.input_format else
                  "detected from its content", image.virtual_size, time.perf_counter() - t0)
         container = make_container(image, output, opts)
-        log.info("layout: %s, %d bytes before the payload, %d-byte disk, at most %d bytes, "
-                 "%s; %s-%s, %d-bit key, %d-byte sectors", container.name,
-                 container.prefix_size, container.disk_size, container.size_hint,
-                 "sparse (holes not stored)" if container.sparse else "every byte written",
-                 container.cipher_name, container.cipher_mode, container.key_bytes * 8,
-                 container.sector_size)
-        report = None
-        if opts.target is not None and not opts.skip_check:
-            from lukspack.check import ensure_fit
-
-            t1 = time.perf_counter()
-            report = ensure_fit(image, opts.target)  # CheckFailed names the failures
-            log.info("check for %s: passed in %.3f s", opts.target, time.perf_counter() - t1)
+        _log_layout(container)
+        report = _check_fit(image, opts)
         made: Sink = make_sink(output, opts, source_files(image), protected) if sink is None \
             else sink()
         if key_material is None:
@@ -129,13 +106,61 @@ def encrypt(source: str, output: str, passphrase: bytes | bytearray, opts: Encry
         with KdfCache() as cache:  # this encryption's: the header check reuses the build's
             summary = encrypt_image(image, container, made, passphrase, opts.stream, progress,
                                     key_material=key_material, cache=cache)
-        if key_notes:
-            summary.setdefault("warnings", []).extend(key_notes)
-        reads = source_reads(image)
-        if reads is not None:
-            summary["source_reads"] = reads
-        if report is not None:
-            summary["check"] = {"target": opts.target, **report.to_dict()["counts"]}
-            summary.setdefault("warnings", []).extend(
-                f"check: {f}" for f in report.lines() if f.lstrip().startswith("WARN"))
-        return summary
+        return _add_notes(summary, image, key_notes, report, opts)
+
+
+def _check_before_start(source: str, output: str, passphrase: bytes | bytearray,
+                        opts: EncryptOptions, sink: SinkFactory | None,
+                        protected: tuple[tuple[str, str], ...]) -> list[str]:
+    """Usage errors, the KDF note and a bad output path, before anything is read; returns the
+    key's warnings for the output's target."""
+    fmt = output_format(output, opts.output_format, opts.target)
+    for_format(opts, fmt)  # usage errors first
+    log.info("output %s: %s, %s", output, FORMAT_NAMES[format_name(fmt)],
+             _why_format(output, opts))
+    note = kdf_note(opts, fmt)
+    if note is not None:  # said before anything starts
+        warnings.warn(note, stacklevel=3)  # at encrypt()'s caller
+    from lukspack.keys import key_for_target
+
+    # what the key means for the output's target, before any output exists (keys.py's one rule)
+    key_notes = key_for_target(fmt, passphrase, dict(protected).get("key file", "key file")).warnings
+    if sink is None and not output.startswith(OBJECT_SCHEME):  # a bad output fails before any read
+        check_output_path(output, opts.force, (("source", source), *protected))
+    return list(key_notes)
+
+
+def _log_layout(container: Container) -> None:
+    log.info("layout: %s, %d bytes before the payload, %d-byte disk, at most %d bytes, "
+             "%s; %s-%s, %d-bit key, %d-byte sectors", container.name,
+             container.prefix_size, container.disk_size, container.size_hint,
+             "sparse (holes not stored)" if container.sparse else "every byte written",
+             container.cipher_name, container.cipher_mode, container.key_bytes * 8,
+             container.sector_size)
+
+
+def _check_fit(image: DiskImage, opts: EncryptOptions) -> Any:
+    """The --target check's report (CheckFailed names the failures); None without a target."""
+    if opts.target is None or opts.skip_check:
+        return None
+    from lukspack.check import ensure_fit
+
+    t1 = time.perf_counter()
+    report = ensure_fit(image, opts.target)
+    log.info("check for %s: passed in %.3f s", opts.target, time.perf_counter() - t1)
+    return report
+
+
+def _add_notes(summary: dict[str, Any], image: DiskImage, key_notes: list[str], report: Any,
+               opts: EncryptOptions) -> dict[str, Any]:
+    """The summary's warnings, source reads and check counts."""
+    if key_notes:
+        summary.setdefault("warnings", []).extend(key_notes)
+    reads = source_reads(image)
+    if reads is not None:
+        summary["source_reads"] = reads
+    if report is not None:
+        summary["check"] = {"target": opts.target, **report.to_dict()["counts"]}
+        summary.setdefault("warnings", []).extend(
+            f"check: {f}" for f in report.lines() if f.lstrip().startswith("WARN"))
+    return summary

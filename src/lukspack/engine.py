@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from lukspack import digest, interrupt
-from lukspack.containers.base import ChunkPlan, Container
+from lukspack import digest
+from lukspack.containers.base import ChunkPlan, Container, Finished
 from lukspack.crypto.sector import SectorCipher, make_sector_cipher
 from lukspack.errors import LukspackError, VerifyError
 from lukspack.images import announce
 from lukspack.images.base import DiskImage
 from lukspack.images.source import ByteSource
+from lukspack.interrupt import Interruption, current
 from lukspack.keys import wipe
 from lukspack.luks.kdf import KdfCache
 from lukspack.options import StreamOptions
@@ -58,7 +59,8 @@ def phase_progress(progress: ProgressFn | None, phase: str, total: int
 class Background(Generic[T]):
     """Run fn in a thread now; join() gives its result or raises its exception."""
 
-    def __init__(self, fn: Callable[[], T]) -> None:
+    def __init__(self, fn: Callable[[], T], interruption: Interruption | None = None) -> None:
+        self._interruption = current() if interruption is None else interruption
         self._value: list[T] = []  # [fn's result] once it returned
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
@@ -75,7 +77,7 @@ class Background(Generic[T]):
 
     def join(self) -> T:
         while self._thread.is_alive():
-            interrupt.check()
+            self._interruption.check()
             self._thread.join(0.1)  # short waits keep the main thread responsive to signals
         if self._error is not None:
             raise self._error
@@ -85,20 +87,24 @@ class Background(Generic[T]):
 def encrypt_image(image: DiskImage, container: Container, sink: Sink,
                   passphrase: bytes | bytearray, opts: StreamOptions,
                   progress: ProgressFn | None = None, *, key_material: bytes | None = None,
-                  cache: Any = None) -> dict[str, Any]:
+                  cache: Any = None, interruption: Interruption | None = None
+                  ) -> dict[str, Any]:
     """Stream the image through the container into the sink; returns a summary. On any error
-    or signal the sink is aborted (nothing is left behind) and the error re-raised."""
+    or signal (taken from `interruption`, by default interrupt.current()) the sink is aborted
+    (nothing is left behind) and the error re-raised."""
+    if interruption is None:
+        interruption = current()
     started = time.perf_counter()
     if key_material is None:
         volume_key = container.new_volume_key(passphrase)
     else:
         volume_key = container.recover_volume_key(key_material, passphrase, cache)
     try:
-        with interrupt.deferred(), contextlib.ExitStack() as stack:
+        with interruption.deferred(), contextlib.ExitStack() as stack:
             if cache is None:  # the header check and the read-back reuse the build's KDF
                 cache = stack.enter_context(KdfCache())
             summary = _Run(image, container, sink, passphrase, volume_key, opts, progress,
-                           key_material, cache).run()
+                           key_material, cache, interruption).run()
     except BaseException:
         sink.abort()
         raise
@@ -132,7 +138,9 @@ class _Run:
 
     def __init__(self, image: DiskImage, container: Container, sink: Sink,
                  passphrase: bytes | bytearray, volume_key: bytearray, opts: StreamOptions,
-                 progress: ProgressFn | None, key_material: bytes | None, cache: Any) -> None:
+                 progress: ProgressFn | None, key_material: bytes | None, cache: Any,
+                 interruption: Interruption) -> None:
+        self.interruption = interruption
         self.image, self.container, self.sink = image, container, sink
         self.passphrase, self.volume_key, self.opts = passphrase, volume_key, opts
         self.progress, self.key_material, self.cache = progress, key_material, cache
@@ -222,16 +230,31 @@ class _Run:
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        c, sink, opts = self.container, self.sink, self.opts
-        sink.begin(c.prefix_size, space_needed(c, self.image))
+        header = self._start()
+        self._encrypt_stream()
+        fin = self._place_header(header)
+        location = self._publish(fin.total_size)
+        # after commit: an object's bytes are in order only once the upload is complete
+        out_sha = self.sink.output_sha256() if self.opts.output_digest else None
+        return self._summary(location, fin.total_size, out_sha)
+
+    def _start(self) -> Background[bytes]:
+        """Begin the sink, announce the image, start the key derivation in the background."""
+        c = self.container
+        self.sink.begin(c.prefix_size, space_needed(c, self.image))
         announce(self.image)  # the checks passed (space too): its notes come before the work
         if self.key_material is None:
             c.prepare()  # Argon2 calibration, before the payload threads load the CPU
             header = self.header = Background(lambda: c.build_key_material(
-                self.volume_key, self.passphrase, self.cache))
+                self.volume_key, self.passphrase, self.cache), self.interruption)
         else:
             material = self.key_material
-            header = self.header = Background(lambda: material)
+            header = self.header = Background(lambda: material, self.interruption)
+        return header
+
+    def _encrypt_stream(self) -> None:
+        """The payload: read, encrypt and write every chunk."""
+        c, opts = self.container, self.opts
         chunk = max(c.chunk_align, opts.chunk_size // c.chunk_align * c.chunk_align)
         if opts.verify and not self.tee:
             self.source_digests = SourceDigests(c.stream_size, chunk)
@@ -242,9 +265,14 @@ class _Run:
         run_stream(c.stream_size, self.read, self.write,
                    transform_factory=self.transform_factory, chunk_size=chunk,
                    workers=opts.workers,
-                   progress=phase_progress(self.progress, "encrypt", c.stream_size))
+                   progress=phase_progress(self.progress, "encrypt", c.stream_size),
+                   interruption=self.interruption)
         self.image.check_unchanged()  # after the last read, before anything is committed
         log.info("stage encrypt: %.3f s for %d bytes", time.perf_counter() - t0, c.stream_size)
+
+    def _place_header(self, header: Background[bytes]) -> Finished:
+        """Wait for the key material; write the trailer and the checked prefix."""
+        c, sink = self.container, self.sink
         sink.start_writeback()  # a file's disk drains while the key slot is derived
         t0 = time.perf_counter()
         key_material = header.join()
@@ -256,7 +284,7 @@ class _Run:
         fin = c.finish(key_material)
         for dest, data in fin.trailer:
             sink.write(dest, data)
-        if opts.verify:  # on the bytes in memory, before they are placed
+        if self.opts.verify:  # on the bytes in memory, before they are placed
             c.check_prefix(fin.prefix, self.passphrase, self.volume_key, self.cache)
         sink.write_prefix(0, fin.prefix)
         if self.before is not None:
@@ -267,11 +295,16 @@ class _Run:
                                       "differently")
         log.info("stage header: built, checked and placed in %.3f s",
                  time.perf_counter() - t0)
+        return fin
+
+    def _publish(self, total_size: int) -> str:
+        """Read back before commit, make durable, commit, read back after commit."""
+        sink = self.sink
         if self.before is not None:  # before anything is published
-            self._read_back(self.before.source(fin.total_size))
+            self._read_back(self.before.source(total_size))
         self.direct = sink.direct
         t0 = time.perf_counter()
-        sink.finish(fin.total_size)
+        sink.finish(total_size)
         log.info("stage finish: %.3f s (durable)", time.perf_counter() - t0)
         t0 = time.perf_counter()
         location = sink.commit()
@@ -282,11 +315,9 @@ class _Run:
             except BaseException as e:
                 note = self.after.withdraw()
                 if isinstance(e, LukspackError) and note:  # one line says what is left
-                    e.args = (f"{e}; {note}",)
+                    e.add_hint(note)
                 raise
-        # after commit: an object's bytes are in order only once the upload is complete
-        out_sha = sink.output_sha256() if opts.output_digest else None
-        return self._summary(location, fin.total_size, out_sha)
+        return location
 
     def _read_back(self, source: ByteSource) -> None:
         """The output as written, through the decrypting reader, against the source's digests."""
@@ -298,7 +329,8 @@ class _Run:
                                           self.cache),
                       self.source_digests, disk_size=c.disk_size, stream_size=c.stream_size,
                       source=self.image, label=sink.location, workers=self.opts.workers,
-                      progress=phase_progress(self.progress, "verify", c.stream_size))
+                      progress=phase_progress(self.progress, "verify", c.stream_size),
+                      interruption=self.interruption)
         finally:
             source.close()
         log.info("stage verify: read back through the %s reader in %.3f s", c.name,

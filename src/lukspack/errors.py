@@ -7,9 +7,22 @@ from __future__ import annotations
 
 
 class LukspackError(Exception):
-    """Base of every error lukspack reports to a user."""
+    """Base of every error lukspack reports to a user. `hints` are what the user can do about it
+    (add_hint()); str() is the message and the hints on one line, joined by "; "."""
 
     exit_code = 1
+    hints: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """The message without the hints."""
+        return super().__str__()
+
+    def add_hint(self, hint: str) -> None:
+        self.hints = (*self.hints, hint)
+
+    def __str__(self) -> str:
+        return "; ".join((self.message, *self.hints))
 
 
 class UsageError(LukspackError):

@@ -18,9 +18,10 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
-from lukspack import interrupt
+from lukspack.interrupt import Interruption, current
 
 CHUNK_SIZE = 4 << 20
 WORKERS = 2
@@ -30,6 +31,9 @@ Reader = Callable[[int, memoryview], Any]  # fills the chunk; returns a ticket f
 Transform = Callable[[memoryview, int, Any], Any]  # (chunk, offset, ticket) -> meta for the writer
 Writer = Callable[[int, memoryview, Any], None]  # (offset, chunk, meta, or the ticket without one)
 Progress = Callable[[int], None]
+
+
+Item = tuple[int, memoryview, mmap.mmap, Any]  # (offset, chunk, its buffer, Future or ticket)
 
 
 class _Stop(Exception):
@@ -45,7 +49,9 @@ def aligned_buffer(size: int) -> mmap.mmap:
 # The data threads yield to the key derivation thread: PBKDF2 for --iter-time (2 s) is the longest
 # single task of an encryption and cannot be split, so it gets a core while the stream shares the
 # other. Linux applies nice to single threads; elsewhere this is a no-op.
-DATA_THREAD_NICE = int(os.environ.get("LUKSPACK_DATA_NICE", "10"))
+def data_thread_nice() -> int:
+    """LUKSPACK_DATA_NICE (default 10), read when a stream starts."""
+    return int(os.environ.get("LUKSPACK_DATA_NICE", "10"))
 
 
 def _nice() -> int | None:
@@ -58,15 +64,18 @@ def _nice() -> int | None:
 _BASE_NICE = _nice()  # of the thread that imported lukspack (the main thread)
 
 
-def lower_priority() -> None:
-    """Set the calling (data) thread to the main thread's nice + DATA_THREAD_NICE, so that the key
-    derivation thread gets a core. Absolute, not relative: threads inherit the nice value of the
-    thread that starts them, and adding again would stack up to 19."""
-    if DATA_THREAD_NICE <= 0 or _BASE_NICE is None or not sys.platform.startswith("linux"):
+def lower_priority(nice: int | None = None) -> None:
+    """Set the calling (data) thread to the main thread's nice + `nice` (by default
+    data_thread_nice()), so that the key derivation thread gets a core. Absolute, not relative:
+    threads inherit the nice value of the thread that starts them, and adding again would stack
+    up to 19."""
+    if nice is None:
+        nice = data_thread_nice()
+    if nice <= 0 or _BASE_NICE is None or not sys.platform.startswith("linux"):
         return
-    target = min(19, _BASE_NICE + DATA_THREAD_NICE)
-    current = _nice()
-    if current is None or current >= target:
+    target = min(19, _BASE_NICE + nice)
+    current_nice = _nice()
+    if current_nice is None or current_nice >= target:
         return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), target)
@@ -74,11 +83,139 @@ def lower_priority() -> None:
         pass
 
 
+class _Transforms(threading.local):
+    """Each worker thread's own transform, built on its first chunk."""
+
+    fn: Transform | None = None
+
+
+class _Stream:
+    """One run_stream call: the reader stage (a thread), the transform stage (a pool), and the
+    writer stage (the calling thread), linked by the free-buffer and ready queues."""
+
+    def __init__(self, total: int, read: Reader, write: Writer,
+                 transform_factory: Callable[[], Transform] | None, in_hash: Any, out_hash: Any,
+                 chunk_size: int, workers: int, progress: Progress | None,
+                 interruption: Interruption) -> None:
+        self.total, self.read, self.write = total, read, write
+        self.transform_factory, self.in_hash, self.out_hash = transform_factory, in_hash, out_hash
+        self.chunk_size, self.progress, self.interruption = chunk_size, progress, interruption
+        self.nice = data_thread_nice()
+        depth = workers * 2 + 2
+        self.free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(min(depth, max(1, -(-total // chunk_size)))):
+            self.free.put(aligned_buffer(chunk_size))
+        self.ready: queue.Queue[Item | None] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.local = _Transforms()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="lukspack-x",
+                                       initializer=partial(lower_priority, self.nice)) \
+            if transform_factory else None
+
+    # -- queue operations that give up when the stream stops -----------------------------------
+
+    def _put_ready(self, item: Item | None) -> None:
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    def _take_free(self) -> mmap.mmap:
+        while not self.stop.is_set():
+            try:
+                return self.free.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        raise _Stop
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def transform_stage(self, view: memoryview, offset: int, ticket: Any) -> Any:
+        """On a pool thread: this thread's transform of one chunk."""
+        fn = self.local.fn
+        if fn is None:
+            assert self.transform_factory is not None  # the pool exists only with a factory
+            fn = self.local.fn = self.transform_factory()
+        return fn(view, offset, ticket)
+
+    def reader_stage(self) -> None:
+        """On the reader thread: fill free buffers in order, hash them, hand them to the pool."""
+        lower_priority(self.nice)
+        try:
+            for offset in range(0, self.total, self.chunk_size):
+                buf = self._take_free()
+                view = memoryview(buf)[: min(self.chunk_size, self.total - offset)]
+                ticket = self.read(offset, view)
+                if self.in_hash is not None:
+                    self.in_hash.update(view)
+                fut = self.pool.submit(self.transform_stage, view, offset, ticket) \
+                    if self.pool else ticket
+                self._put_ready((offset, view, buf, fut))
+            self._put_ready(None)
+        except _Stop:
+            pass
+        except BaseException as e:  # handed to the writer stage, which re-raises it
+            self.errors.append(e)
+            self.stop.set()
+
+    def _next_ready(self) -> Item | None:
+        """The next chunk in order (None at the end); raises a recorded signal or reader error."""
+        while True:
+            self.interruption.check()
+            try:
+                return self.ready.get(timeout=_POLL)
+            except queue.Empty:
+                if self.errors:
+                    raise self.errors[0] from None
+
+    def _result(self, fut: Any) -> Any:
+        while isinstance(fut, Future) and not fut.done():
+            self.interruption.check()
+            wait([fut], timeout=_POLL)
+        return fut.result() if isinstance(fut, Future) else fut
+
+    def writer_stage(self) -> int:
+        """On the calling thread: write the chunks in order, recycle their buffers."""
+        done = 0
+        while (item := self._next_ready()) is not None:
+            offset, view, buf, fut = item
+            meta = self._result(fut)
+            if self.out_hash is not None:
+                self.out_hash.update(view)
+            self.write(offset, view, meta)
+            done += len(view)
+            self.free.put(buf)
+            if self.progress is not None:
+                self.progress(done)
+        if self.errors:
+            raise self.errors[0]
+        return done
+
+    def run(self) -> int:
+        with self.interruption.deferred():  # signals are raised at the polls, never in a lock
+            reader = threading.Thread(target=self.reader_stage, name="lukspack-read",
+                                      daemon=True)
+            reader.start()
+            try:
+                return self.writer_stage()
+            finally:
+                self.stop.set()
+                while reader.is_alive():
+                    reader.join(_POLL)
+                if self.pool is not None:
+                    self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_stream(total: int, read: Reader, write: Writer, *,
                transform_factory: Callable[[], Transform] | None = None,
                in_hash: Any = None, out_hash: Any = None,
                chunk_size: int = CHUNK_SIZE, workers: int = WORKERS,
-               progress: Progress | None = None) -> int:
+               progress: Progress | None = None,
+               interruption: Interruption | None = None) -> int:
     """Stream `total` bytes from read() through a per-thread transform to write(), in order.
 
     read(offset, chunk) runs on the reader thread, in order, and may return a ticket (a plan of
@@ -86,94 +223,8 @@ def run_stream(total: int, read: Reader, write: Writer, *,
     thread's transform (so each thread has its own cipher contexts and scratch buffers); it gets
     the ticket and returns what the writer gets (without a transform the writer gets the
     ticket). in_hash and out_hash are hashlib objects fed the data before and after the
-    transform, in order.
+    transform, in order. Signals are taken from `interruption` (by default interrupt.current()).
     """
-    depth = workers * 2 + 2
-    free: queue.Queue[mmap.mmap] = queue.Queue()
-    for _ in range(min(depth, max(1, -(-total // chunk_size)))):
-        free.put(aligned_buffer(chunk_size))
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    ready: queue.Queue[tuple[int, memoryview, mmap.mmap, Any] | None] = queue.Queue(maxsize=depth)
-    local = threading.local()
-
-    def put(q: queue.Queue[Any], item: Any) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                continue
-        raise _Stop
-
-    def take_free() -> mmap.mmap:
-        while not stop.is_set():
-            try:
-                return free.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-        raise _Stop
-
-    def do_transform(view: memoryview, offset: int, ticket: Any) -> Any:
-        fn = getattr(local, "fn", None)
-        if fn is None:
-            fn = local.fn = transform_factory()  # type: ignore[misc]
-        return fn(view, offset, ticket)
-
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lukspack-x",
-                              initializer=lower_priority) if transform_factory else None
-
-    def produce() -> None:
-        lower_priority()
-        try:
-            for offset in range(0, total, chunk_size):
-                buf = take_free()
-                view = memoryview(buf)[: min(chunk_size, total - offset)]
-                ticket = read(offset, view)
-                if in_hash is not None:
-                    in_hash.update(view)
-                fut = pool.submit(do_transform, view, offset, ticket) if pool else ticket
-                put(ready, (offset, view, buf, fut))
-            put(ready, None)
-        except _Stop:
-            pass
-        except BaseException as e:  # handed to the writer thread, which re-raises it
-            errors.append(e)
-            stop.set()
-
-    with interrupt.deferred():  # signals are raised at the polls below, never inside a lock
-        reader = threading.Thread(target=produce, name="lukspack-read", daemon=True)
-        reader.start()
-        done = 0
-        try:
-            while True:
-                interrupt.check()
-                try:
-                    item = ready.get(timeout=_POLL)
-                except queue.Empty:
-                    if errors:
-                        raise errors[0] from None
-                    continue
-                if item is None:
-                    break
-                offset, view, buf, fut = item
-                while isinstance(fut, Future) and not fut.done():
-                    interrupt.check()
-                    wait([fut], timeout=_POLL)
-                meta = fut.result() if isinstance(fut, Future) else fut
-                if out_hash is not None:
-                    out_hash.update(view)
-                write(offset, view, meta)
-                done += len(view)
-                free.put(buf)
-                if progress is not None:
-                    progress(done)
-            if errors:
-                raise errors[0]
-        finally:
-            stop.set()
-            while reader.is_alive():
-                reader.join(_POLL)
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-    return done
+    return _Stream(total, read, write, transform_factory, in_hash, out_hash, chunk_size,
+                   workers, progress,
+                   current() if interruption is None else interruption).run()

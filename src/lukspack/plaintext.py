@@ -44,21 +44,39 @@ def decrypt_stream(enc: EncryptedImage, opts: StreamOptions, progress: ProgressF
     """Decrypt the whole disk; digest it; compare with source (the rest must be zeros); hand
     each plaintext chunk to write(offset, data)."""
     size = enc.virtual_size
-    h = hashlib.sha256()
-    hs = hashlib.sha256()  # the source's own bytes
-    src_size = source.virtual_size if source is not None else 0
     unit = enc.chunk_align
     chunk = max(unit, opts.chunk_size // unit * unit)
+    stages = _DecryptStages(enc, source, write)
+    run_stream(size, stages.read, stages.written, transform_factory=stages.decrypt_factory,
+               chunk_size=chunk, workers=opts.workers,
+               progress=phase_progress(progress, phase, size))
+    d = {"disk_bytes": size, "disk_sha256": stages.h.hexdigest()}
+    if source is not None:
+        d["source_sha256"] = stages.hs.hexdigest()
+    return d
 
-    def read(offset: int, view: memoryview) -> Any:
-        runs = enc.read_ciphertext(offset, view)
+
+class _DecryptStages:
+    """decrypt_stream's stages for run_stream: read ciphertext (and the source's bytes),
+    decrypt, then digest, compare with the source and hand on."""
+
+    def __init__(self, enc: EncryptedImage, source: DiskImage | None,
+                 write: Write | None) -> None:
+        self.enc, self.source, self.write = enc, source, write
+        self.h = hashlib.sha256()
+        self.hs = hashlib.sha256()  # the source's own bytes
+        self.src_size = source.virtual_size if source is not None else 0
+
+    def read(self, offset: int, view: memoryview) -> Any:
+        runs = self.enc.read_ciphertext(offset, view)
         theirs = None
-        if source is not None and offset < src_size:
-            theirs = bytearray(min(len(view), src_size - offset))
-            source.read_into(offset, theirs)
+        if self.source is not None and offset < self.src_size:
+            theirs = bytearray(min(len(view), self.src_size - offset))
+            self.source.read_into(offset, theirs)
         return runs, theirs
 
-    def transform_factory() -> Callable[[memoryview, int, Any], Any]:
+    def decrypt_factory(self) -> Callable[[memoryview, int, Any], Any]:
+        enc = self.enc
         cipher = enc.new_cipher()
 
         def decrypt(view: memoryview, offset: int, ticket: Any) -> Any:
@@ -67,31 +85,29 @@ def decrypt_stream(enc: EncryptedImage, opts: StreamOptions, progress: ProgressF
 
         return decrypt
 
-    def written(offset: int, view: memoryview, theirs: bytearray | None) -> None:
-        h.update(view)
-        if source is not None:
-            n = len(theirs) if theirs is not None else 0
-            if theirs is not None:
-                hs.update(theirs)
-            if theirs is not None and view[:n] != theirs:
-                source.check_unchanged()  # a source that moved says so, not "a difference"
-                enc.check_unchanged()
-                at = offset + first_difference(view[:n], theirs)
-                raise VerifyError(f"{enc.path}: does not decrypt to the source: first difference "
-                                  f"at byte {at}")
-            if n < len(view) and np.frombuffer(view[n:], dtype=np.uint8).any():
-                at = offset + n + int(np.flatnonzero(np.frombuffer(view[n:], np.uint8))[0])
-                raise VerifyError(f"{enc.path}: the disk past the source's {src_size} bytes does "
-                                  f"not decrypt to zeros (byte {at})")
-        if write is not None:
-            write(offset, view)
+    def written(self, offset: int, view: memoryview, theirs: bytearray | None) -> None:
+        self.h.update(view)
+        if self.source is not None:
+            self._compare(self.source, offset, view, theirs)
+        if self.write is not None:
+            self.write(offset, view)
 
-    run_stream(size, read, written, transform_factory=transform_factory, chunk_size=chunk,
-               workers=opts.workers, progress=phase_progress(progress, phase, size))
-    d = {"disk_bytes": size, "disk_sha256": h.hexdigest()}
-    if source is not None:
-        d["source_sha256"] = hs.hexdigest()
-    return d
+    def _compare(self, source: DiskImage, offset: int, view: memoryview,
+                 theirs: bytearray | None) -> None:
+        enc = self.enc
+        n = len(theirs) if theirs is not None else 0
+        if theirs is not None:
+            self.hs.update(theirs)
+        if theirs is not None and view[:n] != theirs:
+            source.check_unchanged()  # a source that moved says so, not "a difference"
+            enc.check_unchanged()
+            at = offset + first_difference(view[:n], theirs)
+            raise VerifyError(f"{enc.path}: does not decrypt to the source: first difference "
+                              f"at byte {at}")
+        if n < len(view) and np.frombuffer(view[n:], dtype=np.uint8).any():
+            at = offset + n + int(np.flatnonzero(np.frombuffer(view[n:], np.uint8))[0])
+            raise VerifyError(f"{enc.path}: the disk past the source's {self.src_size} bytes "
+                              f"does not decrypt to zeros (byte {at})")
 
 
 def _describe(enc: EncryptedImage) -> dict[str, Any]:

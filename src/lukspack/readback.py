@@ -33,6 +33,7 @@ import xxhash
 from lukspack.errors import LukspackError, VerifyError
 from lukspack.images.encrypted import EncryptedImage
 from lukspack.images.source import ByteSource
+from lukspack.interrupt import Interruption
 from lukspack.pipeline import run_stream
 
 DIGEST_BYTES = 16  # XXH3-128
@@ -144,54 +145,22 @@ def open_output(kind: str, src: ByteSource, name: str, passphrase: bytes | bytea
 
 def read_back(open_reader: Callable[[], EncryptedImage], digests: SourceDigests, *,
               disk_size: int, stream_size: int, source: Any, label: str, workers: int,
-              progress: Callable[[int], None] | None = None) -> None:
+              progress: Callable[[int], None] | None = None,
+              interruption: Interruption | None = None) -> None:
     """Decrypt the whole output through its reader and compare every chunk with the source's
     digest; VerifyError naming the first guest byte that differs. source: the DiskImage the
     engine read (read again only to name the first differing byte)."""
     fail = f"{label}: verification failed"
-    try:
-        enc = open_reader()
-    except VerifyError:
-        raise
-    except LukspackError as e:
-        raise VerifyError(f"{fail}: the output as written does not open through its reader: "
-                          f"{e}") from None
+    enc = _open_output(open_reader, fail)
     try:
         if enc.virtual_size != disk_size:
             raise VerifyError(f"{fail}: the output as written holds a disk of {enc.virtual_size} "
                               f"bytes, not {disk_size}")
-        chunk = digests.chunk
-
-        def read(offset: int, view: memoryview) -> Any:
-            end = min(offset + len(view), enc.virtual_size)
-            if not any(e.allocated for e in enc.extents(offset, end)):
-                return None  # the output's tables say zeros here: nothing to read or decrypt
-            return enc.read_ciphertext(offset, view)
-
-        def transform_factory() -> Callable[[memoryview, int, Any], Any]:
-            cipher = enc.new_cipher()
-
-            def decrypt(view: memoryview, offset: int, runs: Any) -> bool:
-                if runs is None:
-                    if digests.matches_zeros(offset, len(view)):
-                        return True
-                    view[:] = bytes(len(view))  # for the message: what the output reads as
-                    return False
-                enc.decrypt_runs(cipher, view, runs)
-                return digests.matches(offset, view)
-
-            return decrypt
-
-        def compare(offset: int, view: memoryview, ok: bool) -> None:
-            if not ok:
-                at = offset + _first_difference(source, digests, offset, view)
-                raise VerifyError(f"{fail}: guest byte {at}, read back through the "
-                                  f"{_reader_name(enc)} reader, does not decrypt to the source's "
-                                  "bytes")
-
+        stages = _ReadBackStages(enc, digests, source, fail)
         try:
-            run_stream(stream_size, read, compare, transform_factory=transform_factory,
-                       chunk_size=chunk, workers=workers, progress=progress)
+            run_stream(stream_size, stages.read, stages.compare,
+                       transform_factory=stages.decrypt_factory, chunk_size=digests.chunk,
+                       workers=workers, progress=progress, interruption=interruption)
         except VerifyError:
             raise
         except LukspackError as e:  # a table entry or offset the reader refuses
@@ -201,6 +170,54 @@ def read_back(open_reader: Callable[[], EncryptedImage], digests: SourceDigests,
         enc.close()
         if key is not None:
             key[:] = bytes(len(key))
+
+
+def _open_output(open_reader: Callable[[], EncryptedImage], fail: str) -> EncryptedImage:
+    """The output through its reader; a reader's refusal is a verification failure."""
+    try:
+        return open_reader()
+    except VerifyError:
+        raise
+    except LukspackError as e:
+        raise VerifyError(f"{fail}: the output as written does not open through its reader: "
+                          f"{e}") from None
+
+
+class _ReadBackStages:
+    """The read-back's stages for run_stream: read ciphertext, decrypt and check, compare."""
+
+    def __init__(self, enc: EncryptedImage, digests: SourceDigests, source: Any,
+                 fail: str) -> None:
+        self.enc, self.digests, self.source, self.fail = enc, digests, source, fail
+
+    def read(self, offset: int, view: memoryview) -> Any:
+        enc = self.enc
+        end = min(offset + len(view), enc.virtual_size)
+        if not any(e.allocated for e in enc.extents(offset, end)):
+            return None  # the output's tables say zeros here: nothing to read or decrypt
+        return enc.read_ciphertext(offset, view)
+
+    def decrypt_factory(self) -> Callable[[memoryview, int, Any], Any]:
+        enc, digests = self.enc, self.digests
+        cipher = enc.new_cipher()
+
+        def decrypt(view: memoryview, offset: int, runs: Any) -> bool:
+            if runs is None:
+                if digests.matches_zeros(offset, len(view)):
+                    return True
+                view[:] = bytes(len(view))  # for the message: what the output reads as
+                return False
+            enc.decrypt_runs(cipher, view, runs)
+            return digests.matches(offset, view)
+
+        return decrypt
+
+    def compare(self, offset: int, view: memoryview, ok: bool) -> None:
+        if not ok:
+            at = offset + _first_difference(self.source, self.digests, offset, view)
+            raise VerifyError(f"{self.fail}: guest byte {at}, read back through the "
+                              f"{_reader_name(self.enc)} reader, does not decrypt to the "
+                              "source's bytes")
 
 
 def _reader_name(enc: EncryptedImage) -> str:

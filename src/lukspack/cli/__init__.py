@@ -129,25 +129,6 @@ _register_all()
 
 # -- entry point -------------------------------------------------------------------------------
 
-_interrupted = False
-
-
-def _on_signal(signum: int, _frame: Any) -> None:
-    """SIGINT and SIGTERM raise Interrupted in the main thread, once: the `with` blocks on the
-    way out remove temporary outputs; a second signal does not interrupt that cleanup. Inside the
-    streaming code the signal is recorded and raised at its next safe point (interrupt.py)."""
-    global _interrupted
-    if _interrupted:
-        return
-    _interrupted = True
-    from lukspack import interrupt
-
-    if interrupt.deferring():
-        interrupt.request(signum)
-        return
-    raise Interrupted(signum)
-
-
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
     _shown.add(str(message))
@@ -155,14 +136,26 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int,
 
 
 def main(argv: list[str] | None = None) -> None:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, once: the `with` blocks on the
+    way out remove temporary outputs; a second signal does not interrupt that cleanup. Inside the
+    streaming code the signal is recorded and raised at its next safe point (interrupt.py). Each
+    call has its own Interruption, bound for the streaming code below it."""
+    from lukspack.interrupt import Interruption, bound
+
+    interruption = Interruption()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        interruption.handle(signum)
+
     # installed even where the shell started us with SIGINT ignored (a background job)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     warnings.showwarning = _show_warning
     _shown.clear()
     code = 0
     try:
-        cli.main(args=argv, prog_name="lukspack", standalone_mode=False)
+        with bound(interruption):
+            cli.main(args=argv, prog_name="lukspack", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("lukspack: interrupted", err=True)
         code = 130

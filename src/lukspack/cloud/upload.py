@@ -86,12 +86,6 @@ def resumable_failure(e: BaseException) -> bool:
     return not isinstance(e, LukspackError) and is_transient(e)
 
 
-def add_hint(e: BaseException, hint: str) -> None:
-    """Append a hint to a LukspackError's one-line message."""
-    if isinstance(e, LukspackError) and e.args:
-        e.args = (f"{e.args[0]}; {hint}",) + e.args[1:]
-
-
 def sha256_file(path: str, size: int, progress: ProgressFn | None) -> str:
     h = hashlib.sha256()
     done = 0
@@ -182,6 +176,29 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
     ident = source_identity(path)
     size = ident["size"]
     spath = state_path(loc, path, opts.state_dir)
+    journal = _kept_journal(client, loc, location, path, spath, ident, opts)
+    part_size = journal.upload["part_size"] if journal else plan_part_size(size, opts.part_size)
+    summary: dict[str, Any] = {"location": str(loc), "endpoint": ep, "bytes": size,
+                               "part_size": part_size, "resumed": journal is not None}
+    if journal is None and size <= part_size:
+        summary.update(_put_whole(client, loc, path, size, progress))
+    else:
+        if journal is None:
+            sha = sha256_file(path, size, progress)
+            mp = Multipart.start(client, loc, spath, {
+                "version": 1, "kind": "upload", "location": str(loc), "endpoint": ep,
+                "total_size": size, "sha256": sha, "source": ident}, part_size,
+                metadata={SHA256_METADATA: sha})
+        else:
+            mp = Multipart.resume(client, loc, journal)
+        summary.update(_send_multipart(client, loc, path, size, part_size, mp, spath, opts,
+                                       progress))
+    return _finish(summary, client, loc, size, part_size, opts, progress, t0)
+
+
+def _kept_journal(client: Any, loc: CosLocation, location: str, path: str, spath: str,
+                  ident: dict[str, Any], opts: CosOptions) -> Journal | None:
+    """The kept upload's journal to resume (with --resume, the source unchanged), or None."""
     journal = Journal.load(spath)
     if journal is not None and not opts.resume:
         raise CloudError(f"{location}: an interrupted upload of {path} is kept ({spath}); "
@@ -194,29 +211,29 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
         if not upload_exists(client, loc, journal.upload["upload_id"]):
             journal.remove()
             journal = None
-    part_size = journal.upload["part_size"] if journal else plan_part_size(size, opts.part_size)
-    summary: dict[str, Any] = {"location": str(loc), "endpoint": ep, "bytes": size,
-                               "part_size": part_size, "resumed": journal is not None}
-    if journal is None and size <= part_size:
-        with open(path, "rb") as f:
-            data = f.read(size + 1)
-        if len(data) != size:
-            raise CloudError(f"{path}: changed size while being read")
-        sha = hashlib.sha256(data).hexdigest()
-        etag = put_small(client, loc, data, sha)
-        if progress:
-            progress("upload", size, size)
-        summary.update(parts=1, sha256=sha, etag=etag, sent_parts=1, kept_parts=0,
-                       retries=0, state_file=None)
-        return _finish(summary, client, loc, size, part_size, opts, progress, t0)
-    if journal is None:
-        sha = sha256_file(path, size, progress)
-        mp = Multipart.start(client, loc, spath, {
-            "version": 1, "kind": "upload", "location": str(loc), "endpoint": ep,
-            "total_size": size, "sha256": sha, "source": ident}, part_size,
-            metadata={SHA256_METADATA: sha})
-    else:
-        mp = Multipart.resume(client, loc, journal)
+    return journal
+
+
+def _put_whole(client: Any, loc: CosLocation, path: str, size: int,
+               progress: ProgressFn | None) -> dict[str, Any]:
+    """A file of one part: one PUT."""
+    with open(path, "rb") as f:
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise CloudError(f"{path}: changed size while being read")
+    sha = hashlib.sha256(data).hexdigest()
+    etag = put_small(client, loc, data, sha)
+    if progress:
+        progress("upload", size, size)
+    return dict(parts=1, sha256=sha, etag=etag, sent_parts=1, kept_parts=0, retries=0,
+                state_file=None)
+
+
+def _send_multipart(client: Any, loc: CosLocation, path: str, size: int, part_size: int,
+                    mp: Multipart, spath: str, opts: CosOptions,
+                    progress: ProgressFn | None) -> dict[str, Any]:
+    """Send the parts not yet sent and complete; on a failure that may pass the upload is kept
+    (the error gets the --resume hint), else aborted."""
     journal = mp.journal
     upload_id, sha = journal.upload["upload_id"], journal.upload["sha256"]
     sender = PartSender(client, loc, upload_id, journal, opts.concurrency, progress, size,
@@ -228,18 +245,18 @@ def upload_file(path: str, location: str, opts: CosOptions | None = None,
     except BaseException as e:
         sender.close()
         if opts.resumable and resumable_failure(e):
-            add_hint(e, f"the upload is kept: run the same command with --resume to send the "
-                        f"rest, or with --abort to discard it (state {spath})")
+            if isinstance(e, LukspackError):
+                e.add_hint(f"the upload is kept: run the same command with --resume to send "
+                           f"the rest, or with --abort to discard it (state {spath})")
         else:
             abort_upload(client, loc, upload_id)
             journal.remove()
         raise
     sender.close()
     journal.remove()
-    summary.update(parts=part_count(size, part_size), sha256=sha, etag=etag,
-                   sent_parts=part_count(size, part_size) - kept, kept_parts=kept,
-                   retries=sender.retries, state_file=None)
-    return _finish(summary, client, loc, size, part_size, opts, progress, t0)
+    return dict(parts=part_count(size, part_size), sha256=sha, etag=etag,
+                sent_parts=part_count(size, part_size) - kept, kept_parts=kept,
+                retries=sender.retries, state_file=None)
 
 
 def _send_parts(path: str, size: int, part_size: int, sender: PartSender, mp: Multipart) -> int:

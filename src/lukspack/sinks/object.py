@@ -47,7 +47,8 @@ from lukspack.cloud.multipart import (
 )
 from lukspack.cloud.resume import Multipart, plan_part_size
 from lukspack.cloud.s3 import cloud_error
-from lukspack.cloud.upload import CosOptions, add_hint, connect, read_back_sha256, resumable_failure
+from lukspack.cloud.upload import CosOptions, connect, read_back_sha256, resumable_failure
+from lukspack.errors import LukspackError
 from lukspack.fingerprints import fingerprint_change
 from lukspack.images.source import ByteSource
 from lukspack.sinks.base import AfterCommit, ReadBack
@@ -278,7 +279,8 @@ class ObjectSink:
                 j.key_material is not None:
             self.resume_hint = (f"the upload is kept: run the same command with --resume to send "
                                 f"the rest (state {self.state_file})")
-            add_hint(err, self.resume_hint)
+            if isinstance(err, LukspackError):
+                err.add_hint(self.resume_hint)
             return
         abort_upload(self.client, self.loc, j.upload["upload_id"])
         j.remove()
