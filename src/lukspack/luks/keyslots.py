@@ -247,7 +247,7 @@ def _unlock(t: _Target, passphrase: bytes | bytearray) -> tuple[bytearray, int]:
 
 def _add_luks1(t: _Target, hdr: luks1.Luks1Header, passphrase: bytes | bytearray,
                new_passphrase: bytes | bytearray, kdf: KdfOptions,
-               key_slot: int | None, asked: str | None) -> dict[str, Any]:
+               key_slot: int | None, asked: str | None = None) -> dict[str, Any]:
     if asked not in (None, hdr.hash_spec):
         raise LukspackError(f"{t.path}: LUKS1 key slots use the header's hash {hdr.hash_spec}, "
                             f"not --hash {asked}")
