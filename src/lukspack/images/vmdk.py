@@ -33,6 +33,7 @@ from lukspack.images.vmdk_extents import (
     File,
     FlatExtent,
     SparseExtent,
+    VmdkExtent,
     ZeroExtent,
 )
 
@@ -102,7 +103,7 @@ class VmdkImage(DiskImage):
                  window: tuple[int, int] | None = None) -> None:
         super().__init__(path, fd, window)
         self._fds: list[LocalFile] = []
-        self.parts: list[tuple[int, Any]] = []  # (disk offset, extent)
+        self.parts: list[tuple[int, VmdkExtent]] = []  # (disk offset, extent)
         self.descriptor = Descriptor()
         try:
             self._open()
@@ -175,7 +176,7 @@ class VmdkImage(DiskImage):
             if access == "NOACCESS":
                 raise UnsupportedError(f"{self.path}: VMDK extent {fname!r} is NOACCESS")
             if kind == "ZERO":
-                ext: Any = ZeroExtent(sectors)
+                ext: VmdkExtent = ZeroExtent(sectors)
             elif kind in ("FLAT", "VMFS", "SPARSE"):
                 f = self._open_extent_file(os.path.join(base, fname))
                 ext = self._sparse_extent(f, sectors) if kind == "SPARSE" else \
@@ -212,7 +213,8 @@ class VmdkImage(DiskImage):
     @property
     def files(self) -> tuple[str, ...]:
         """The descriptor (or sparse file) and every extent file it names."""
-        extra = [ext.f.path for _, ext in self.parts if hasattr(ext, "f") and ext.f.src is not self.source]
+        extra = [ext.file.path for _, ext in self.parts
+                 if ext.file is not None and ext.file.src is not self.source]
         return (self.path, *extra)
 
     def sources(self) -> tuple[ByteSource, ...]:
@@ -227,7 +229,7 @@ class VmdkImage(DiskImage):
         self.close_extents()
         super().close()
 
-    def _parts_in(self, start: int, end: int) -> Iterator[tuple[int, Any]]:
+    def _parts_in(self, start: int, end: int) -> Iterator[tuple[int, VmdkExtent]]:
         for base, ext in self.parts:
             if base + ext.size > start and base < end:
                 yield base, ext
@@ -260,8 +262,8 @@ class VmdkImage(DiskImage):
             "create_type": d.create_type,
             "cid": d.cid,
             "extents": [{"offset": base, "size": ext.size, "type": ext.kind,
-                         **({"file": ext.f.path} if hasattr(ext, "f") else {}),
-                         **(ext.describe() if isinstance(ext, SparseExtent) else {})}
+                         **({} if ext.file is None else {"file": ext.file.path}),
+                         **ext.describe()}
                         for base, ext in self.parts],
         }
         return out

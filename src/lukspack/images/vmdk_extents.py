@@ -9,7 +9,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -72,6 +72,28 @@ class File:
         return bytes(buf)
 
 
+class VmdkExtent(Protocol):
+    """What the disk reads of each of its extents."""
+
+    kind: str  # the descriptor's extent type: FLAT, ZERO or SPARSE
+    size: int  # bytes of the disk it covers
+
+    @property
+    def file(self) -> File | None:
+        """The extent file it reads, None for an extent with no file of its own (ZERO)."""
+        ...
+
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, allocated) runs of [start, end), offsets within the extent."""
+        ...
+
+    def read(self, offset: int, view: memoryview) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Its own keys of `info()`'s vmdk.extents entry."""
+        ...
+
+
 class FlatExtent:
     kind = "FLAT"
 
@@ -88,6 +110,13 @@ class FlatExtent:
     def read(self, offset: int, view: memoryview) -> None:
         self.f.pread_into(self.start + offset, view, "flat extent data")
 
+    @property
+    def file(self) -> File:
+        return self.f
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
 
 class ZeroExtent:
     kind = "ZERO"
@@ -100,6 +129,13 @@ class ZeroExtent:
 
     def read(self, offset: int, view: memoryview) -> None:
         view[:] = bytes(len(view))
+
+    @property
+    def file(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {}
 
 
 class SparseExtent:
@@ -246,7 +282,7 @@ class SparseExtent:
                 assert gt is not None  # sector != 0: the grain table exists
                 while done + n < len(view) and (within + n) % self.grain == 0:
                     nk = k + (within + n) // self.grain
-                    if nk >= self.gtes or int(gt[nk]) != sector + (within + n) // SECTOR:
+                    if gt is None or nk >= self.gtes or int(gt[nk]) != sector + (within + n) // SECTOR:
                         break
                     n = min(n + self.grain, len(view) - done)
                 part = view[done : done + n]
@@ -280,6 +316,10 @@ class SparseExtent:
                               f"does not inflate: {e}") from None
         self._grain_cache = (sector, out)
         return out
+
+    @property
+    def file(self) -> File:
+        return self.f
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "flags": f"0x{self.flags:08x}",
