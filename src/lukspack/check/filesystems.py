@@ -39,6 +39,10 @@ class Volume:
     partition_number: int = 0  # 0: not a partition
     btrfs: Btrfs | None = None  # opened by btrfs_of, shared by its subvolumes
 
+    def names(self) -> dict[str, str]:
+        """How an fstab source can name this volume: uuid, label, partuuid ("" if none)."""
+        return {"uuid": self.uuid, "label": self.label, "partuuid": self.partuuid}
+
 
 def probe(vol: Volume) -> None:
     """Fill kind, uuid, label and detail from the volume's first blocks."""
@@ -146,6 +150,8 @@ class Node(FileTypes):
 
 class GuestFS:
     """A filesystem opened read-only through libyal, reading through the volume's DiskFile."""
+
+    subvolume: int | None = None  # only Btrfs has subvolumes (BtrfsFS)
 
     def __init__(self, vol: Volume) -> None:
         self.vol = vol

@@ -203,7 +203,8 @@ def resolve_spec(spec: str, layout: Layout) -> tuple[Volume | None, str]:
     """The volume an fstab source names, and a note on how it names it."""
     def match(attr: str, value: str) -> Volume | None:
         for v in layout.volumes:
-            if getattr(v, attr) and getattr(v, attr).lower() == value.lower():
+            named = v.names()[attr]
+            if named and named.lower() == value.lower():
                 return v
         return None
 
@@ -260,7 +261,7 @@ def mount_fstab(guest: Guest, root_vol: Volume, layout: Layout, report: Report
                 continue
         if where == "/":
             root = guest.mounts["/"]
-            same = vol is root_vol and (subvolume is None or subvolume == getattr(root, "subvolume", None))
+            same = vol is root_vol and (subvolume is None or subvolume == root.subvolume)
             report.add("PASS" if same else "FAIL", "root", "/etc/fstab",
                        f"/ is {spec} -> {named}" + ("" if same else
                                                     f", not the root found ({_describe(root_vol, root)})"))
