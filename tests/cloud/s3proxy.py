@@ -144,11 +144,17 @@ def kill_9_part_way(cmd: list[str], env: dict[str, str], upstream: str, states: 
                     break
             time.sleep(0.05)
         assert found and p.poll() is None, p.stderr.read() if p.stderr else "did not start"
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
+    finally:
+        kill_9_and_stop(p, proxy)
+    return found[0]
+
+
+def kill_9_and_stop(p: subprocess.Popen, proxy: S3Proxy) -> None:
+    """kill -9 the process (if still running), wait for it, and stop the proxy (held requests
+    dropped, never forwarded)."""
+    try:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
     finally:
         proxy.stop()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    return found[0]

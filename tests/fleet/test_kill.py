@@ -20,7 +20,7 @@ import pytest
 from lukspack.cloud.location import parse_cos
 from lukspack.cloud.multipart import state_name
 from tests.cloud import s3server
-from tests.cloud.s3proxy import S3Proxy, hold_parts_from
+from tests.cloud.s3proxy import S3Proxy, hold_parts_from, kill_9_and_stop
 from tests.fleet.conftest import FORMATS, classic_row, defaults_for, vpc_row, write_manifest
 from tests.fleet.identical import resumed_identical, saved_key_material, sources_of
 from tests.fleet.test_run import download, imports_of
@@ -163,13 +163,8 @@ def test_kill_9_the_fleet_run_then_rerun(cloud, s3, cos_env, big_images, tmp_pat
             time.sleep(0.05)
         assert p.poll() is None, p.communicate()[1]
         saved = saved_key_material(uploads)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
     finally:
-        proxy.stop()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        kill_9_and_stop(p, proxy)
     assert len(saved) == 4, sorted(saved)
     time.sleep(0.5)  # the workers die with the run (PR_SET_PDEATHSIG)
     states = [json.loads(p.read_text()) for p in (tmp_path / "f.yaml.state").glob("*.json")]
