@@ -40,8 +40,10 @@ class Volume:
     btrfs: Btrfs | None = None  # opened by btrfs_of, shared by its subvolumes
 
     def names(self) -> dict[str, str]:
-        """How an fstab source can name this volume: uuid, label, partuuid ("" if none)."""
-        return {"uuid": self.uuid, "label": self.label, "partuuid": self.partuuid}
+        """How an fstab source can name this volume: device, uuid, label, partuuid ("" if
+        none)."""
+        return {"device": self.device, "uuid": self.uuid, "label": self.label,
+                "partuuid": self.partuuid}
 
 
 def probe(vol: Volume) -> None:
