@@ -280,3 +280,14 @@ __all__ = [
     "EncryptOptions", "StreamOptions", "for_format", "fingerprint", "fingerprint_change",
     "kdf_note",
     "format_name", "luks_type_name", "output_format", "kdf_options", "header_fields", "check_hash"]
+
+
+def check_kdf_usage(luks_type: str, hash_: str | None, pbkdf: str | None) -> None:
+    """--hash and --pbkdf combinations that cannot work are usage errors (exit 2), before any
+    I/O: check_hash, and luks.format.KdfOptions.check for Argon2 with LUKS1."""
+    from lukspack.luks.format import KdfOptions
+
+    if hash_ is not None:
+        check_hash(hash_)
+    if pbkdf is not None:
+        KdfOptions(hash_ or KdfOptions.hash, pbkdf=pbkdf, force_iterations=1000).check(luks_type)

@@ -37,13 +37,9 @@ class AddKeyRequest:
     def __post_init__(self) -> None:
         if self.key.path == "-" and self.new_key.path == "-":
             raise UsageError("only one of --key-file and --new-key-file can be '-' (stdin)")
-        if self.hash is not None:
-            from lukspack.options import check_hash
+        from lukspack.options import check_kdf_usage
 
-            check_hash(self.hash)
-        if self.kdf.pbkdf is not None:
-            KdfOptions(self.hash or KdfOptions.hash, pbkdf=self.kdf.pbkdf,
-                       force_iterations=1000).check("luks2")
+        check_kdf_usage("luks2", self.hash, self.kdf.pbkdf)
 
 
 @dataclass(frozen=True, kw_only=True)

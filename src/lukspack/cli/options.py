@@ -69,19 +69,6 @@ def kdf_options(f: Any) -> Any:
     return f
 
 
-def check_kdf_usage(luks_type: str, hash_: str | None, pbkdf: str | None) -> None:
-    """Option combinations that cannot work are usage errors (exit 2), before any I/O: the
-    library's rules (options.check_hash, luks.format.KdfOptions.check for Argon2 with LUKS1),
-    not copies of them."""
-    from lukspack.luks.format import KdfOptions
-    from lukspack.options import check_hash
-
-    if hash_ is not None:
-        check_hash(hash_)
-    if pbkdf is not None:
-        KdfOptions(hash_ or KdfOptions.hash, pbkdf=pbkdf, force_iterations=1000).check(luks_type)
-
-
 disk_option = click.option("--disk", type=click.IntRange(min=0), default=None,
                            help="Which disk of an OVA with several (0 is the first).")
 
